@@ -1,1 +1,21 @@
+//! calico-docker's resource model: the seven kinds of API.md, their JSON Schema,
+//! YAML loading that keeps positions, validation, and the selector language.
+//!
+//! Everything a user writes passes through here before it reaches etcd, and everything
+//! the agent reads from etcd is decoded with these same types and checks.
 
+pub mod error;
+pub mod load;
+pub mod net;
+pub mod resource;
+pub mod schema_doc;
+pub mod selector;
+pub mod validate;
+pub mod yaml;
+
+pub use error::{Diagnostic, Diagnostics};
+pub use load::{check_loaded_set, load_path, load_str, Loaded};
+pub use net::{Cidr, IfaceAddr, Port, Protocol};
+pub use resource::*;
+pub use schema_doc::{schema_text, schema_value};
+pub use selector::{LabelSet, Selector};

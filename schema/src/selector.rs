@@ -348,14 +348,12 @@ fn after_term_error(found: &Spanned, open_paren: Option<usize>) -> SelectorError
         (Tok::RParen, None) => {
             return SelectorError::new(found.column, "unexpected ')' with no matching '('");
         }
-        (Tok::Word(w), _) if w.eq_ignore_ascii_case("and") => (
-            "'&&', '||' or end of selector".into(),
-            "; did you mean '&&'?",
-        ),
-        (Tok::Word(w), _) if w.eq_ignore_ascii_case("or") => (
-            "'&&', '||' or end of selector".into(),
-            "; did you mean '||'?",
-        ),
+        (Tok::Word(w), _) if w.eq_ignore_ascii_case("and") => {
+            ("'&&', '||' or end of selector".into(), "; did you mean '&&'?")
+        }
+        (Tok::Word(w), _) if w.eq_ignore_ascii_case("or") => {
+            ("'&&', '||' or end of selector".into(), "; did you mean '||'?")
+        }
         (_, Some(_)) => ("'&&', '||' or ')'".into(), ""),
         (_, None) => ("'&&', '||' or end of selector".into(), ""),
     };
@@ -379,10 +377,7 @@ impl Lexer {
         let start = self.pos;
         let column = start + 1;
         let Some(&c) = self.chars.get(start) else {
-            return Ok(Spanned {
-                tok: Tok::End,
-                column,
-            });
+            return Ok(Spanned { tok: Tok::End, column });
         };
         let next = self.chars.get(start + 1).copied();
         self.pos += 1;
@@ -469,9 +464,7 @@ impl Parser {
         if self.depth > MAX_NESTING {
             return Err(SelectorError::new(
                 column,
-                format!(
-                    "selector nested too deeply (more than {MAX_NESTING} levels of '(' or '!')"
-                ),
+                format!("selector nested too deeply (more than {MAX_NESTING} levels of '(' or '!')"),
             ));
         }
         Ok(())
@@ -560,9 +553,7 @@ impl Parser {
                 self.expect_word("in", "not")?;
                 Expr::NotIn(key, self.set_after("'not in'")?)
             }
-            Tok::Word(w) if w == "contains" => {
-                Expr::Contains(key, self.string_after("'contains'")?)
-            }
+            Tok::Word(w) if w == "contains" => Expr::Contains(key, self.string_after("'contains'")?),
             Tok::Word(w) if w == "starts" => {
                 self.expect_word("with", "starts")?;
                 Expr::StartsWith(key, self.string_after("'starts with'")?)
@@ -647,11 +638,7 @@ impl Parser {
 
 /// Combines a run of same-precedence terms, splicing in children of the
 /// same kind (from parenthesised groups) so associativity is normalised.
-fn join(
-    mut terms: Vec<Expr>,
-    make: fn(Vec<Expr>) -> Expr,
-    split: fn(Expr) -> Result<Vec<Expr>, Expr>,
-) -> Expr {
+fn join(mut terms: Vec<Expr>, make: fn(Vec<Expr>) -> Expr, split: fn(Expr) -> Result<Vec<Expr>, Expr>) -> Expr {
     if terms.len() == 1 {
         if let Some(only) = terms.pop() {
             return only;
@@ -695,11 +682,7 @@ mod tests {
 
     fn assert_err(text: &str, column: usize, message: &str) {
         let e = err(text);
-        assert_eq!(
-            (e.column, e.message.as_str()),
-            (column, message),
-            "for {text:?}"
-        );
+        assert_eq!((e.column, e.message.as_str()), (column, message), "for {text:?}");
     }
 
     fn web() -> LabelSet {
@@ -867,14 +850,8 @@ mod tests {
 
     #[test]
     fn associativity_is_normalised() {
-        assert_eq!(
-            sel("has(a) && (has(b) && has(c))"),
-            sel("has(a) && has(b) && has(c)")
-        );
-        assert_eq!(
-            sel("(has(a) || has(b)) || has(c)"),
-            sel("has(a) || has(b) || has(c)")
-        );
+        assert_eq!(sel("has(a) && (has(b) && has(c))"), sel("has(a) && has(b) && has(c)"));
+        assert_eq!(sel("(has(a) || has(b)) || has(c)"), sel("has(a) || has(b) || has(c)"));
         assert_ne!(sel("has(a) && has(b)"), sel("has(b) && has(a)"));
     }
 
@@ -882,20 +859,14 @@ mod tests {
 
     #[test]
     fn canonical_normalises_spacing_and_quotes() {
-        assert_eq!(
-            sel(r#"a=="x"&&b=='y'"#).canonical(),
-            r#"a == "x" && b == "y""#
-        );
+        assert_eq!(sel(r#"a=="x"&&b=='y'"#).canonical(), r#"a == "x" && b == "y""#);
         assert_eq!(sel("a!='x'||has( b )").canonical(), r#"a != "x" || has(b)"#);
         assert_eq!(
             sel(r#"k   not    in{'b',"a" ,'b'}"#).canonical(),
             r#"k not in {"a", "b"}"#
         );
         assert_eq!(sel("k in {}").canonical(), "k in {}");
-        assert_eq!(
-            sel("k starts   with'x'").canonical(),
-            r#"k starts with "x""#
-        );
+        assert_eq!(sel("k starts   with'x'").canonical(), r#"k starts with "x""#);
         assert_eq!(sel("k ends with 'x'").canonical(), r#"k ends with "x""#);
         assert_eq!(sel("k contains 'x'").canonical(), r#"k contains "x""#);
         assert_eq!(sel("").canonical(), "all()");
@@ -913,10 +884,7 @@ mod tests {
         assert_eq!(s.canonical(), r#"msg == 'say "hi"'"#);
         assert!(s.matches(&labels(&[("msg", &["say \"hi\""])])));
         assert_eq!(sel(r#"msg == "it's""#).canonical(), r#"msg == "it's""#);
-        assert_eq!(
-            sel(r#"k in {'a"b', "c'd"}"#).canonical(),
-            r#"k in {'a"b', "c'd"}"#
-        );
+        assert_eq!(sel(r#"k in {'a"b', "c'd"}"#).canonical(), r#"k in {'a"b', "c'd"}"#);
     }
 
     #[test]
@@ -958,9 +926,7 @@ mod tests {
 
     #[test]
     fn keys_are_sorted_and_deduped() {
-        let s = sel(
-            r#"tier == "web" && (group in {"a"} || !has(tier)) && all() && b.c/d ends with "x""#,
-        );
+        let s = sel(r#"tier == "web" && (group in {"a"} || !has(tier)) && all() && b.c/d ends with "x""#);
         assert_eq!(s.keys(), vec!["b.c/d", "group", "tier"]);
         assert!(Selector::all().keys().is_empty());
     }
@@ -985,16 +951,8 @@ mod tests {
 
     #[test]
     fn error_missing_quotes() {
-        assert_err(
-            "group == web",
-            10,
-            "expected a quoted string after '==', found 'web'",
-        );
-        assert_err(
-            "a != (",
-            6,
-            "expected a quoted string after '!=', found '('",
-        );
+        assert_err("group == web", 10, "expected a quoted string after '==', found 'web'");
+        assert_err("a != (", 6, "expected a quoted string after '!=', found '('");
         assert_err(
             "a starts with x",
             15,
@@ -1004,11 +962,7 @@ mod tests {
 
     #[test]
     fn error_unexpected_end() {
-        assert_err(
-            "a == \"x\" &&",
-            12,
-            "unexpected end of selector, expected a label key",
-        );
+        assert_err("a == \"x\" &&", 12, "unexpected end of selector, expected a label key");
         assert_err("!", 2, "unexpected end of selector, expected a label key");
         assert_err(
             "a ==",
@@ -1021,11 +975,7 @@ mod tests {
             "unexpected end of selector, expected an operator (==, !=, in, not in, contains, \
              starts with, ends with) after label key 'tier'",
         );
-        assert_err(
-            "has(a",
-            6,
-            "unexpected end of selector, expected ')' after 'has(a'",
-        );
+        assert_err("has(a", 6, "unexpected end of selector, expected ')' after 'has(a'");
     }
 
     #[test]
@@ -1038,16 +988,8 @@ mod tests {
     #[test]
     fn error_single_char_operators() {
         assert_err("a = \"x\"", 3, "unknown operator '='; did you mean '=='?");
-        assert_err(
-            "has(a) & has(b)",
-            8,
-            "unknown operator '&'; did you mean '&&'?",
-        );
-        assert_err(
-            "has(a) | has(b)",
-            8,
-            "unknown operator '|'; did you mean '||'?",
-        );
+        assert_err("has(a) & has(b)", 8, "unknown operator '&'; did you mean '&&'?");
+        assert_err("has(a) | has(b)", 8, "unknown operator '|'; did you mean '||'?");
         assert_err("a ! \"x\"", 3, "unknown operator '!'; did you mean '!='?");
     }
 
@@ -1076,11 +1018,7 @@ mod tests {
             10,
             "expected 'with' after 'starts', found string \"x\"",
         );
-        assert_err(
-            "a ends",
-            7,
-            "unexpected end of selector, expected 'with' after 'ends'",
-        );
+        assert_err("a ends", 7, "unexpected end of selector, expected 'with' after 'ends'");
         assert_err("a not {\"x\"}", 7, "expected 'in' after 'not', found '{'");
     }
 
@@ -1092,39 +1030,23 @@ mod tests {
             "unexpected end of selector, expected ')' to close '(' at column 1",
         );
         assert_err("has(a))", 7, "unexpected ')' with no matching '('");
-        assert_err(
-            "(has(a) has(b))",
-            9,
-            "expected '&&', '||' or ')', found 'has'",
-        );
+        assert_err("(has(a) has(b))", 9, "expected '&&', '||' or ')', found 'has'");
         assert_err("()", 2, "expected a label key, found ')'");
         assert_err("has()", 5, "expected a label key inside has(), found ')'");
-        assert_err(
-            "has(\"a\")",
-            5,
-            "expected a label key inside has(), found string \"a\"",
-        );
+        assert_err("has(\"a\")", 5, "expected a label key inside has(), found string \"a\"");
         assert_err("all(x)", 5, "expected ')' after 'all(', found 'x'");
     }
 
     #[test]
     fn error_sets() {
-        assert_err(
-            "k in \"a\"",
-            6,
-            "expected '{' after 'in', found string \"a\"",
-        );
+        assert_err("k in \"a\"", 6, "expected '{' after 'in', found string \"a\"");
         assert_err("k not in (", 10, "expected '{' after 'not in', found '('");
         assert_err(
             "k in {\"a\" \"b\"}",
             11,
             "expected ',' or '}' in set, found string \"b\"",
         );
-        assert_err(
-            "k in {\"a\",}",
-            11,
-            "expected a quoted string after ',', found '}'",
-        );
+        assert_err("k in {\"a\",}", 11, "expected a quoted string after ',', found '}'");
         assert_err("k in {a}", 7, "expected a quoted string or '}', found 'a'");
         assert_err(
             "k in {",
@@ -1150,31 +1072,15 @@ mod tests {
             8,
             "expected '&&', '||' or end of selector, found 'OR'; did you mean '||'?",
         );
-        assert_err(
-            "a == \"x\" @",
-            10,
-            "expected '&&', '||' or end of selector, found '@'",
-        );
-        assert_err(
-            "\"a\" == \"b\"",
-            1,
-            "expected a label key, found string \"a\"",
-        );
-        assert_err(
-            "has(a) && && has(b)",
-            11,
-            "expected a label key, found '&&'",
-        );
+        assert_err("a == \"x\" @", 10, "expected '&&', '||' or end of selector, found '@'");
+        assert_err("\"a\" == \"b\"", 1, "expected a label key, found string \"a\"");
+        assert_err("has(a) && && has(b)", 11, "expected a label key, found '&&'");
     }
 
     #[test]
     fn error_columns_count_chars_not_bytes() {
         assert_err("é == \"x\"", 1, "expected a label key, found 'é'");
-        assert_err(
-            "a == \"é\" ?",
-            10,
-            "expected '&&', '||' or end of selector, found '?'",
-        );
+        assert_err("a == \"é\" ?", 10, "expected '&&', '||' or end of selector, found '?'");
     }
 
     #[test]
@@ -1205,11 +1111,7 @@ mod tests {
         assert_eq!(e.column, MAX_NESTING + 1);
         let bangs = format!("{}has(a)", "!".repeat(500));
         assert_eq!(err(&bangs).column, MAX_NESTING + 1);
-        let ok = format!(
-            "{}has(a){}",
-            "(".repeat(MAX_NESTING),
-            ")".repeat(MAX_NESTING)
-        );
+        let ok = format!("{}has(a){}", "(".repeat(MAX_NESTING), ")".repeat(MAX_NESTING));
         assert_eq!(sel(&ok), sel("has(a)"));
     }
 }

@@ -1,0 +1,269 @@
+//! From YAML text to validated resources, with every error located.
+//!
+//! The stages, each reporting `file:line:col: field: message`:
+//! 1. YAML syntax and duplicate keys ([`crate::yaml`]);
+//! 2. the JSON Schema of the document's kind (types, unknown fields, ranges);
+//! 3. strict decoding into the Rust types (CIDR host bits, port ranges...);
+//! 4. per-resource semantic checks ([`crate::validate::check_resource`]).
+//!
+//! Cross-resource checks need the stored state and run in [`check_loaded_set`].
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::error::{Diagnostic, Diagnostics};
+use crate::resource::{Kind, Resource};
+use crate::schema_doc::validator;
+use crate::validate::{self, At, Existing, Issue};
+use crate::yaml::{self, Pos, SpanMap};
+
+/// One document, decoded and checked on its own.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub file: String,
+    /// 0-based index of the document in its file.
+    pub index: usize,
+    pub start: Pos,
+    pub spans: SpanMap,
+    pub resource: Resource,
+}
+
+impl Loaded {
+    pub fn diagnostic(&self, issue: &Issue) -> Diagnostic {
+        locate(&self.file, &self.spans, issue)
+    }
+}
+
+fn locate(file: &str, spans: &SpanMap, issue: &Issue) -> Diagnostic {
+    let pos = match issue.at {
+        At::Value => spans.value_pos(&issue.path),
+        At::Key => spans.key_pos(&issue.path),
+        At::Content(off) => spans.content_pos(&issue.path, off),
+    };
+    Diagnostic {
+        file: file.to_string(),
+        line: pos.line,
+        col: pos.col,
+        path: issue.path.clone(),
+        message: issue.message.clone(),
+    }
+}
+
+/// Loads every document of one YAML text. All problems of all documents are reported.
+pub fn load_str(file: &str, text: &str) -> Result<Vec<Loaded>, Diagnostics> {
+    let docs = yaml::parse_documents(file, text).map_err(|d| Diagnostics(vec![d]))?;
+    let mut out = Vec::new();
+    let mut diags = Vec::new();
+    for doc in docs {
+        match load_doc(file, doc) {
+            Ok(l) => out.push(l),
+            Err(mut d) => diags.append(&mut d),
+        }
+    }
+    if diags.is_empty() {
+        Ok(out)
+    } else {
+        Err(Diagnostics(diags))
+    }
+}
+
+fn load_doc(file: &str, doc: yaml::YamlDoc) -> Result<Loaded, Vec<Diagnostic>> {
+    let issue = |path: &str, at: At, message: String| {
+        locate(
+            file,
+            &doc.spans,
+            &Issue {
+                path: path.to_string(),
+                at,
+                message,
+            },
+        )
+    };
+    let Value::Object(obj) = &doc.value else {
+        return Err(vec![issue(
+            "",
+            At::Value,
+            "a document must be a mapping with apiVersion, kind, metadata and spec".into(),
+        )]);
+    };
+    let kind_text = match obj.get("kind") {
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => return Err(vec![issue("kind", At::Value, "kind must be a string".into())]),
+        None => return Err(vec![issue("", At::Value, "missing field 'kind'".into())]),
+    };
+    let Some(kind) = Kind::ALL.iter().copied().find(|k| k.as_str() == kind_text) else {
+        let names: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+        return Err(vec![issue(
+            "kind",
+            At::Value,
+            format!("unknown kind '{kind_text}' (expected one of {})", names.join(", ")),
+        )]);
+    };
+
+    // `anyOf` failures (a port that is neither number nor range...) explain themselves
+    // poorly; strict decoding below says precisely what is wrong with such values.
+    let mut any_of = Vec::new();
+    if let Some(v) = validator(kind) {
+        let mut errs = Vec::new();
+        for e in v.iter_errors(&doc.value) {
+            let d = schema_issue(file, &doc.spans, &e);
+            if matches!(e.kind(), jsonschema::error::ValidationErrorKind::AnyOf { .. }) {
+                any_of.push(d);
+            } else {
+                errs.push(d);
+            }
+        }
+        if !errs.is_empty() {
+            return Err(dedup(errs));
+        }
+    }
+
+    let resource = match Resource::from_json_kind(kind, doc.value.clone()) {
+        Ok(r) => r,
+        Err((path, msg)) => return Err(vec![issue(&clean_path(&path), At::Value, msg)]),
+    };
+    if !any_of.is_empty() {
+        return Err(dedup(any_of));
+    }
+
+    let loaded = Loaded {
+        file: file.to_string(),
+        index: doc.index,
+        start: doc.start,
+        spans: doc.spans,
+        resource,
+    };
+    let issues = validate::check_resource(&loaded.resource);
+    if !issues.is_empty() {
+        return Err(issues.iter().map(|i| loaded.diagnostic(i)).collect());
+    }
+    Ok(loaded)
+}
+
+/// serde_path_to_error writes `.` for the root and may append `?` for untagged paths.
+fn clean_path(p: &str) -> String {
+    if p == "." {
+        String::new()
+    } else {
+        p.replace('?', "")
+    }
+}
+
+fn schema_issue(file: &str, spans: &SpanMap, e: &jsonschema::ValidationError<'_>) -> Diagnostic {
+    use jsonschema::error::ValidationErrorKind as K;
+    let path = yaml::pointer_to_path(e.instance_path().as_str());
+    let (path, at, message) = match e.kind() {
+        K::AdditionalProperties { unexpected } => {
+            let field = unexpected.first().cloned().unwrap_or_default();
+            let msg = format!("unknown field '{field}'");
+            (yaml::join_key(&path, &field), At::Key, msg)
+        }
+        K::Required { property } => {
+            let name = property
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| property.to_string());
+            (path, At::Value, format!("missing required field '{name}'"))
+        }
+        K::Constant { expected_value } => (path, At::Value, format!("must be {expected_value}")),
+        K::Pattern { .. } if path.ends_with("name") => (
+            path,
+            At::Value,
+            format!(
+                "{} is not a valid name (1-63 of A-Z a-z 0-9 _ . -, starting and ending alphanumeric)",
+                e.instance()
+            ),
+        ),
+        _ => (path, At::Value, e.to_string()),
+    };
+    locate(file, spans, &Issue { path, at, message })
+}
+
+/// One problem often trips several schema keywords at one place; keep the first.
+fn dedup(mut v: Vec<Diagnostic>) -> Vec<Diagnostic> {
+    let mut seen = std::collections::HashSet::new();
+    v.retain(|d| seen.insert((d.line, d.col, d.path.clone())));
+    v
+}
+
+/// Cross-resource checks of a loaded set against stored resources.
+pub fn check_loaded_set(set: &[Loaded], existing: &Existing<'_>) -> Result<(), Diagnostics> {
+    let refs: Vec<&Resource> = set.iter().map(|l| &l.resource).collect();
+    let diags: Vec<Diagnostic> = validate::check_set(&refs, existing)
+        .into_iter()
+        .map(|(i, issue)| set[i].diagnostic(&issue))
+        .collect();
+    if diags.is_empty() {
+        Ok(())
+    } else {
+        Err(Diagnostics(diags))
+    }
+}
+
+/// The YAML files under `dir`, recursively, in a stable order, skipping dot-files and
+/// dot-directories (git's metadata, git-sync's staging, editors' swap files).
+pub fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') {
+                continue;
+            }
+            let path = entry.path();
+            // Follows symlinks, so a git-sync style `current -> rev-xyz` link works.
+            let meta = std::fs::metadata(&path)?;
+            if meta.is_dir() {
+                stack.push(path);
+            } else if name.ends_with(".yaml") || name.ends_with(".yml") {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Loads a file, or every YAML file under a directory. File names in diagnostics are
+/// as given (relative stays relative).
+pub fn load_path(path: &Path) -> Result<Vec<Loaded>, Diagnostics> {
+    let read_err = |p: &Path, e: std::io::Error| {
+        Diagnostics(vec![Diagnostic {
+            file: p.display().to_string(),
+            line: 0,
+            col: 0,
+            path: String::new(),
+            message: format!("cannot read: {e}"),
+        }])
+    };
+    let meta = std::fs::metadata(path).map_err(|e| read_err(path, e))?;
+    let files = if meta.is_dir() {
+        yaml_files(path).map_err(|e| read_err(path, e))?
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut out = Vec::new();
+    let mut diags = Vec::new();
+    for f in files {
+        let text = match std::fs::read_to_string(&f) {
+            Ok(t) => t,
+            Err(e) => {
+                diags.extend(read_err(&f, e).0);
+                continue;
+            }
+        };
+        match load_str(&f.display().to_string(), &text) {
+            Ok(mut l) => out.append(&mut l),
+            Err(mut d) => diags.append(&mut d.0),
+        }
+    }
+    if diags.is_empty() {
+        Ok(out)
+    } else {
+        Err(Diagnostics(diags))
+    }
+}

@@ -1,0 +1,137 @@
+//! The JSON Schema of calico/v1 documents, generated from the Rust types.
+//!
+//! The committed file `schema/calico-v1.schema.json` is these bytes (a test fails when
+//! it is stale); editors use it through the yaml-language-server modeline in
+//! examples/, and `calicoctl schema` prints it.
+
+use std::sync::OnceLock;
+
+use schemars::generate::SchemaSettings;
+use schemars::{JsonSchema, SchemaGenerator};
+use serde_json::{json, Map, Value};
+
+use crate::resource::*;
+
+/// Where the committed schema lives, relative to the workspace root.
+pub const SCHEMA_FILE: &str = "schema/calico-v1.schema.json";
+
+fn kind_def<S: JsonSchema>(gen: &mut SchemaGenerator, kind: Kind, defs: &mut Map<String, Value>) {
+    let r = gen.subschema_for::<Object<S>>();
+    let def_name = r
+        .get("$ref")
+        .and_then(Value::as_str)
+        .and_then(|s| s.rsplit('/').next())
+        .unwrap_or_default()
+        .to_string();
+    defs.insert(kind.as_str().to_string(), Value::String(def_name));
+}
+
+/// The schema document as a JSON value.
+pub fn schema_value() -> Value {
+    let mut gen = SchemaSettings::draft2020_12().into_generator();
+    // Maps each kind to the generated definition of its Object<Spec>.
+    let mut generated = Map::new();
+    kind_def::<GroupSpec>(&mut gen, Kind::Group, &mut generated);
+    kind_def::<ContainerSpec>(&mut gen, Kind::Container, &mut generated);
+    kind_def::<PolicySpec>(&mut gen, Kind::Policy, &mut generated);
+    kind_def::<IpPoolSpec>(&mut gen, Kind::IPPool, &mut generated);
+    kind_def::<NodeSpec>(&mut gen, Kind::Node, &mut generated);
+    kind_def::<BgpPeerSpec>(&mut gen, Kind::BGPPeer, &mut generated);
+    kind_def::<ClusterConfigSpec>(&mut gen, Kind::ClusterConfig, &mut generated);
+    let mut defs = gen.take_definitions(true);
+
+    // Give each kind's object a definition under the kind's own name, pinned to it.
+    let mut branches = Vec::new();
+    for kind in Kind::ALL {
+        let Some(gen_name) = generated.get(kind.as_str()).and_then(Value::as_str) else {
+            continue;
+        };
+        let Some(mut def) = defs.remove(gen_name) else { continue };
+        if let Some(props) = def.get_mut("properties").and_then(Value::as_object_mut) {
+            props.insert("kind".into(), json!({"const": kind.as_str()}));
+            props.insert("apiVersion".into(), json!({"const": API_VERSION}));
+        }
+        if let Some(obj) = def.as_object_mut() {
+            obj.insert("title".into(), json!(kind.as_str()));
+        }
+        defs.insert(kind.as_str().to_string(), def);
+        branches.push(json!({
+            "if": {"properties": {"kind": {"const": kind.as_str()}}, "required": ["kind"]},
+            "then": {"$ref": format!("#/$defs/{}", kind.as_str())}
+        }));
+    }
+    let kinds: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+    json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://calico-docker.invalid/schema/calico-v1.schema.json",
+        "title": "calico-docker resource (calico/v1)",
+        "description": "One document: apiVersion, kind, metadata, spec. See docs/resources.md.",
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": API_VERSION},
+            "kind": {"enum": kinds}
+        },
+        "allOf": branches,
+        "$defs": defs,
+    })
+}
+
+/// The schema as committed: pretty JSON with a trailing newline.
+pub fn schema_text() -> String {
+    let mut s = serde_json::to_string_pretty(&schema_value()).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+/// A compiled validator for one kind's definition (better errors than the `allOf` root).
+pub(crate) fn validator(kind: Kind) -> Option<&'static jsonschema::Validator> {
+    static VALIDATORS: OnceLock<Vec<(Kind, jsonschema::Validator)>> = OnceLock::new();
+    VALIDATORS
+        .get_or_init(|| {
+            let root = schema_value();
+            Kind::ALL
+                .iter()
+                .filter_map(|k| {
+                    let mut s = root.clone();
+                    if let Some(o) = s.as_object_mut() {
+                        o.remove("allOf");
+                        o.remove("properties");
+                        o.remove("required");
+                        o.remove("type");
+                        o.insert("$ref".into(), json!(format!("#/$defs/{}", k.as_str())));
+                    }
+                    jsonschema::validator_for(&s).ok().map(|v| (*k, v))
+                })
+                .collect()
+        })
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map(|(_, v)| v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The committed file must be exactly what the types generate.
+    #[test]
+    fn committed_schema_is_fresh() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/calico-v1.schema.json");
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        if committed != schema_text() {
+            if std::env::var_os("UPDATE_SCHEMA").is_some() {
+                std::fs::write(path, schema_text()).unwrap();
+                return;
+            }
+            panic!("{SCHEMA_FILE} is stale: run `UPDATE_SCHEMA=1 cargo test -p calico-schema committed_schema` and commit it");
+        }
+    }
+
+    #[test]
+    fn validators_compile_for_every_kind() {
+        for k in Kind::ALL {
+            assert!(validator(k).is_some(), "{k}");
+        }
+    }
+}
