@@ -1,0 +1,672 @@
+//! BIRD 2: writing its configuration safely, supervising the daemon, and
+//! asking it about its protocols.
+//!
+//! Every runtime path (config, control socket, pid file, log) is
+//! configurable because several agents, each with its own BIRD, share one
+//! filesystem in the end-to-end tests.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, warn};
+
+use super::netns::{ns_label, run_in_netns_async, NetnsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BirdError {
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("BIRD rejected the configuration (`{command}`): {output}")]
+    Check { command: String, output: String },
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("start `{command}` (netns {netns}): {source}")]
+    Spawn {
+        command: String,
+        netns: String,
+        source: io::Error,
+    },
+    #[error("`{command}` failed ({status}): {output}")]
+    Birdc {
+        command: String,
+        status: ExitStatus,
+        output: String,
+    },
+    #[error("`{command}` gave an unexpected answer: {output}")]
+    Unexpected { command: String, output: String },
+    #[error("a BIRD is already answering on {0}")]
+    AlreadyRunning(PathBuf),
+    #[error("BIRD did not answer on {socket} within {waited:?}")]
+    NotReady { socket: PathBuf, waited: Duration },
+}
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> BirdError + 'a {
+    move |source| BirdError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Replaces the config file at `path` with `text`, but only if `bird -p`
+/// accepts it: written to a temp file in the same directory (so the rename is
+/// atomic), checked, synced, renamed over. On rejection the old file is
+/// untouched and the error carries BIRD's message.
+pub async fn write_config(path: &Path, text: &str) -> Result<(), BirdError> {
+    write_config_with(Path::new("bird"), path, text).await
+}
+
+/// [`write_config`] with an explicit `bird` binary.
+pub async fn write_config_with(bird: &Path, path: &Path, text: &str) -> Result<(), BirdError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "bird.conf".to_string());
+    let tmp = dir.join(format!(
+        ".{name}.tmp.{}.{}",
+        std::process::id(),
+        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+
+    let result = async {
+        {
+            let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
+            f.write_all(text.as_bytes()).map_err(io_err("write", &tmp))?;
+            // Durable before it becomes the live name.
+            f.sync_all().map_err(io_err("sync", &tmp))?;
+        }
+        let command = format!("{} -p -c {}", bird.display(), tmp.display());
+        let out = Command::new(bird)
+            .arg("-p")
+            .arg("-c")
+            .arg(&tmp)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|source| BirdError::Spawn {
+                command: command.clone(),
+                netns: ns_label(None),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(BirdError::Check {
+                command,
+                output: combined(&out.stdout, &out.stderr),
+            });
+        }
+        fs::rename(&tmp, path).map_err(io_err("rename config into", path))
+    }
+    .await;
+    if result.is_err() {
+        // Best effort: a leftover temp file is harmless but untidy.
+        let _ = fs::remove_file(&tmp);
+    } else {
+        debug!(path = %path.display(), "bird config written");
+    }
+    result
+}
+
+fn combined(stdout: &[u8], stderr: &[u8]) -> String {
+    let mut s = String::from_utf8_lossy(stderr).trim().to_string();
+    let out = String::from_utf8_lossy(stdout);
+    let out = out.trim();
+    if !out.is_empty() {
+        if !s.is_empty() {
+            s.push('\n');
+        }
+        s.push_str(out);
+    }
+    s
+}
+
+/// How to run and reach one BIRD.
+#[derive(Clone, Debug)]
+pub struct BirdOptions {
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub pid_file: Option<PathBuf>,
+    /// Appended with BIRD's stdout/stderr; `None` forwards them to tracing.
+    pub log: Option<PathBuf>,
+    /// Network namespace to run BIRD in; `None`: the agent's.
+    pub netns: Option<PathBuf>,
+    pub bird: PathBuf,
+    pub birdc: PathBuf,
+    /// First restart delay, doubled per crash up to `backoff_max`.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// A run this long resets the backoff: it was a crash, not a crash loop.
+    pub stable_after: Duration,
+}
+
+impl BirdOptions {
+    pub fn new(config: impl Into<PathBuf>, socket: impl Into<PathBuf>) -> Self {
+        BirdOptions {
+            config: config.into(),
+            socket: socket.into(),
+            pid_file: None,
+            log: None,
+            netns: None,
+            bird: PathBuf::from("bird"),
+            birdc: PathBuf::from("birdc"),
+            backoff_initial: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(30),
+            stable_after: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One row of `show protocols all`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BirdProtocol {
+    pub name: String,
+    /// `BGP`, `Kernel`, `Device`, ...
+    pub proto: String,
+    pub table: String,
+    /// `up`, `start`, `down`, ...
+    pub state: String,
+    pub since: String,
+    pub info: String,
+    pub bgp: Option<BgpDetails>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BgpDetails {
+    /// `Idle`, `Connect`, `Active`, `OpenSent`, `OpenConfirm`, `Established`.
+    pub state: String,
+    pub neighbor_address: Option<IpAddr>,
+    pub neighbor_as: Option<u32>,
+    pub local_as: Option<u32>,
+    pub neighbor_id: Option<String>,
+    pub last_error: Option<String>,
+}
+
+/// Parses `birdc show protocols all` (or plain `show protocols`) output.
+pub fn parse_protocols(text: &str) -> Vec<BirdProtocol> {
+    let mut out: Vec<BirdProtocol> = Vec::new();
+    for line in text.lines() {
+        if line.trim().is_empty() || line.starts_with("BIRD ") || line.starts_with("Name ") {
+            continue;
+        }
+        if !line.starts_with(char::is_whitespace) {
+            if let Some(p) = parse_protocol_line(line) {
+                out.push(p);
+            }
+            continue;
+        }
+        let Some(current) = out.last_mut() else { continue };
+        let Some((key, value)) = line.trim().split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if key == "BGP state" {
+            current.bgp.get_or_insert_with(BgpDetails::default).state = value.to_string();
+            continue;
+        }
+        let Some(bgp) = current.bgp.as_mut() else { continue };
+        match key {
+            "Neighbor address" => {
+                // Link-local neighbours come with a `%iface` scope.
+                let addr = value.split_whitespace().next().unwrap_or("");
+                bgp.neighbor_address = addr.split('%').next().and_then(|v| v.parse().ok());
+            }
+            "Neighbor AS" => bgp.neighbor_as = value.parse().ok(),
+            "Local AS" => bgp.local_as = value.parse().ok(),
+            "Neighbor ID" => bgp.neighbor_id = Some(value.to_string()),
+            "Last error" => bgp.last_error = Some(value.to_string()),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// `name proto table state since info...`; `since` may be a date and a time
+/// with some `timeformat` settings, and `info` keeps its inner spacing.
+fn parse_protocol_line(line: &str) -> Option<BirdProtocol> {
+    let mut spans = Vec::new();
+    let mut start = None;
+    for (i, c) in line.char_indices() {
+        match (c.is_whitespace(), start) {
+            (false, None) => start = Some(i),
+            (true, Some(s)) => {
+                spans.push((s, i));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = start {
+        spans.push((s, line.len()));
+    }
+    if spans.len() < 5 {
+        return None;
+    }
+    let tok = |i: usize| &line[spans[i].0..spans[i].1];
+    let mut since_end = 4;
+    if spans.len() > 5 {
+        let (date, time) = (tok(4), tok(5));
+        let looks_date = date.len() >= 8 && date.contains('-') && date.starts_with(|c: char| c.is_ascii_digit());
+        let looks_time = time.contains(':') && time.starts_with(|c: char| c.is_ascii_digit());
+        if looks_date && looks_time {
+            since_end = 5;
+        }
+    }
+    let info = spans
+        .get(since_end + 1)
+        .map(|(s, _)| line[*s..].trim_end().to_string())
+        .unwrap_or_default();
+    Some(BirdProtocol {
+        name: tok(0).to_string(),
+        proto: tok(1).to_string(),
+        table: tok(2).to_string(),
+        state: tok(3).to_string(),
+        since: line[spans[4].0..spans[since_end].1].to_string(),
+        info,
+        bgp: None,
+    })
+}
+
+/// What the reconcile loop and `calicoctl status` need from BIRD.
+pub trait BirdControl: Send + Sync {
+    fn reconfigure(&self) -> impl std::future::Future<Output = Result<(), BirdError>> + Send;
+    fn protocols(&self) -> impl std::future::Future<Output = Result<Vec<BirdProtocol>, BirdError>> + Send;
+}
+
+/// Runs `birdc -s SOCK ARGS...` and returns its output; fails on a non-zero
+/// exit (e.g. the socket is not there, or `configure` found an error).
+pub async fn birdc(birdc: &Path, socket: &Path, args: &[&str]) -> Result<String, BirdError> {
+    let command = format!("{} -s {} {}", birdc.display(), socket.display(), args.join(" "));
+    let out = Command::new(birdc)
+        .arg("-s")
+        .arg(socket)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|source| BirdError::Spawn {
+            command: command.clone(),
+            netns: ns_label(None),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(BirdError::Birdc {
+            command,
+            status: out.status,
+            output: combined(&out.stdout, &out.stderr),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[derive(Debug, Default)]
+struct SupervisorState {
+    pid: Option<u32>,
+    restarts: u64,
+    last_exit: Option<String>,
+}
+
+/// Keeps one BIRD running: starts `bird -f -c CONF -s SOCK [-P PID]`,
+/// restarts it with backoff when it exits, kills it when dropped.
+///
+/// BIRD runs in the foreground as our child so its exit is seen at once.
+/// No parent-death signal is set: it would fire when the short-lived thread
+/// that spawned BIRD (inside the namespace) exits, not when the agent does.
+pub struct BirdSupervisor {
+    opts: Arc<BirdOptions>,
+    state: Arc<Mutex<SupervisorState>>,
+    stop_tx: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+fn lock(state: &Mutex<SupervisorState>) -> MutexGuard<'_, SupervisorState> {
+    // The state is plain data, consistent after every statement: a panic
+    // elsewhere cannot leave it half-written, so poisoning is ignored.
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl BirdSupervisor {
+    /// Starts BIRD. Fails if the first start fails (missing binary, a BIRD
+    /// already on the socket), not on later crashes, which are restarted.
+    pub async fn start(opts: BirdOptions) -> Result<Self, BirdError> {
+        if opts.socket.exists() && std::os::unix::net::UnixStream::connect(&opts.socket).is_ok() {
+            return Err(BirdError::AlreadyRunning(opts.socket.clone()));
+        }
+        let opts = Arc::new(opts);
+        let child = spawn_bird(&opts).await?;
+        let state = Arc::new(Mutex::new(SupervisorState {
+            pid: child.id(),
+            ..Default::default()
+        }));
+        info!(pid = ?child.id(), config = %opts.config.display(), socket = %opts.socket.display(),
+            netns = %ns_label(opts.netns.as_deref()), "bird started");
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(supervise(opts.clone(), state.clone(), child, stop_rx));
+        Ok(BirdSupervisor {
+            opts,
+            state,
+            stop_tx,
+            task: Some(task),
+        })
+    }
+
+    pub fn options(&self) -> &BirdOptions {
+        &self.opts
+    }
+
+    /// The running BIRD's pid, `None` while it is down between restarts.
+    pub fn pid(&self) -> Option<u32> {
+        lock(&self.state).pid
+    }
+
+    pub fn restarts(&self) -> u64 {
+        lock(&self.state).restarts
+    }
+
+    /// How the last BIRD exited, if one did.
+    pub fn last_exit(&self) -> Option<String> {
+        lock(&self.state).last_exit.clone()
+    }
+
+    /// Waits until BIRD answers on its control socket.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), BirdError> {
+        let started = Instant::now();
+        loop {
+            if birdc(&self.opts.birdc, &self.opts.socket, &["show", "status"])
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+            if started.elapsed() >= timeout {
+                return Err(BirdError::NotReady {
+                    socket: self.opts.socket.clone(),
+                    waited: timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `birdc configure`: BIRD re-reads its config file (write it first with
+    /// [`write_config`]). BIRD keeps the old config if the new one is bad.
+    pub async fn reconfigure(&self) -> Result<(), BirdError> {
+        let out = birdc(&self.opts.birdc, &self.opts.socket, &["configure"]).await?;
+        if out.contains("Reconfigured") || out.contains("Reconfiguration in progress") || out.contains("queueing") {
+            info!("bird reconfigured");
+            Ok(())
+        } else {
+            Err(BirdError::Unexpected {
+                command: format!("birdc -s {} configure", self.opts.socket.display()),
+                output: out.trim().to_string(),
+            })
+        }
+    }
+
+    pub async fn protocols(&self) -> Result<Vec<BirdProtocol>, BirdError> {
+        let out = birdc(&self.opts.birdc, &self.opts.socket, &["show", "protocols", "all"]).await?;
+        Ok(parse_protocols(&out))
+    }
+
+    /// Stops BIRD gracefully (SIGTERM, then SIGKILL after 5 s) and waits for it.
+    pub async fn stop(mut self) {
+        let _ = self.stop_tx.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl BirdControl for BirdSupervisor {
+    async fn reconfigure(&self) -> Result<(), BirdError> {
+        BirdSupervisor::reconfigure(self).await
+    }
+
+    async fn protocols(&self) -> Result<Vec<BirdProtocol>, BirdError> {
+        BirdSupervisor::protocols(self).await
+    }
+}
+
+impl Drop for BirdSupervisor {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            // Dropping the task drops the Child, whose kill_on_drop SIGKILLs BIRD.
+            task.abort();
+            warn!("bird supervisor dropped without stop(); killing bird");
+        }
+    }
+}
+
+async fn spawn_bird(opts: &BirdOptions) -> Result<Child, BirdError> {
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "-f".into(),
+        "-c".into(),
+        opts.config.clone().into(),
+        "-s".into(),
+        opts.socket.clone().into(),
+    ];
+    if let Some(pid) = &opts.pid_file {
+        args.push("-P".into());
+        args.push(pid.clone().into());
+    }
+    let command = std::iter::once(opts.bird.display().to_string())
+        .chain(args.iter().map(|a| a.to_string_lossy().into_owned()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let netns = ns_label(opts.netns.as_deref());
+    let spawn_err = |source| BirdError::Spawn {
+        command: command.clone(),
+        netns: netns.clone(),
+        source,
+    };
+
+    let (stdout, stderr) = match &opts.log {
+        Some(path) => {
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(io_err("open bird log", path))?;
+            let f2 = f.try_clone().map_err(io_err("open bird log", path))?;
+            (Stdio::from(f), Stdio::from(f2))
+        }
+        None => (Stdio::piped(), Stdio::piped()),
+    };
+    let bird = opts.bird.clone();
+    let rt = tokio::runtime::Handle::current();
+    // Spawned from a thread inside the namespace: the child inherits it. The
+    // runtime is entered there so tokio can watch the child's exit.
+    let mut child = run_in_netns_async(opts.netns.as_deref(), move || {
+        let _guard = rt.enter();
+        Command::new(bird)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+    })
+    .await?
+    .map_err(spawn_err)?;
+
+    for stream in [
+        child.stdout.take().map(Either::Out),
+        child.stderr.take().map(Either::Err),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        tokio::spawn(forward_output(stream));
+    }
+    Ok(child)
+}
+
+enum Either {
+    Out(tokio::process::ChildStdout),
+    Err(tokio::process::ChildStderr),
+}
+
+async fn forward_output(stream: Either) {
+    let mut lines: Box<dyn tokio::io::AsyncBufRead + Send + Unpin> = match stream {
+        Either::Out(s) => Box::new(BufReader::new(s)),
+        Either::Err(s) => Box::new(BufReader::new(s)),
+    };
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match lines.read_line(&mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => info!(target: "bird", "{}", line.trim_end()),
+        }
+    }
+}
+
+async fn supervise(
+    opts: Arc<BirdOptions>,
+    state: Arc<Mutex<SupervisorState>>,
+    mut child: Child,
+    mut stop_rx: watch::Receiver<bool>,
+) {
+    let mut backoff = opts.backoff_initial;
+    let mut started = Instant::now();
+    loop {
+        tokio::select! {
+            status = child.wait() => {
+                let what = match &status {
+                    Ok(s) => s.to_string(),
+                    Err(e) => format!("wait failed: {e}"),
+                };
+                {
+                    let mut st = lock(&state);
+                    st.pid = None;
+                    st.last_exit = Some(what.clone());
+                }
+                if started.elapsed() >= opts.stable_after {
+                    backoff = opts.backoff_initial;
+                }
+                warn!(exit = %what, restart_in = ?backoff, "bird exited");
+            }
+            _ = stop_rx.changed() => {
+                terminate(&mut child).await;
+                lock(&state).pid = None;
+                return;
+            }
+        }
+
+        // Restart, retrying spawn failures with the same backoff.
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop_rx.changed() => return,
+            }
+            backoff = (backoff * 2).min(opts.backoff_max);
+            match spawn_bird(&opts).await {
+                Ok(c) => {
+                    child = c;
+                    started = Instant::now();
+                    let mut st = lock(&state);
+                    st.pid = child.id();
+                    st.restarts += 1;
+                    info!(pid = ?st.pid, restarts = st.restarts, "bird restarted");
+                    break;
+                }
+                Err(e) => error!(error = %e, retry_in = ?backoff, "bird restart failed"),
+            }
+        }
+    }
+}
+
+/// SIGTERM lets BIRD remove its socket and pid file; SIGKILL if it lingers.
+async fn terminate(child: &mut Child) {
+    if let Some(pid) = child.id() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        if let Ok(Ok(status)) = tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
+            info!(exit = %status, "bird stopped");
+            return;
+        }
+        warn!("bird ignored SIGTERM for 5 s; killing it");
+    }
+    let _ = child.kill().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "BIRD 2.0.12 ready.
+Name       Proto      Table      State  Since         Info
+device1    Device     ---        up     23:39:22.073  
+
+kernel4    Kernel     master4    up     23:39:22.073  
+  Channel ipv4
+    State:          UP
+    Table:          master4
+    Preference:     10
+
+peer1      BGP        ---        start  23:39:22.073  Active        Socket: Connection refused
+  BGP state:          Active
+    Neighbor address: 10.99.0.2
+    Neighbor AS:      64513
+    Local AS:         64512
+    Connect delay:    3.056/5
+    Last error:       Socket: Connection refused
+  Channel ipv4
+    State:          DOWN
+
+Mesh_10_0_0_2 BGP        ---        up     2024-05-01 10:00:00  Established   
+  BGP state:          Established
+    Neighbor address: fd00::2%eth0
+    Neighbor AS:      64511
+    Local AS:         64511
+    Neighbor ID:      10.0.0.2
+";
+
+    #[test]
+    fn parses_show_protocols_all() {
+        let p = parse_protocols(SAMPLE);
+        assert_eq!(p.len(), 4);
+        assert_eq!(p[0].name, "device1");
+        assert_eq!(p[0].proto, "Device");
+        assert_eq!(p[0].info, "");
+        assert!(p[0].bgp.is_none());
+        assert_eq!(p[1].table, "master4");
+        assert!(p[1].bgp.is_none());
+        assert_eq!(p[2].state, "start");
+        assert_eq!(p[2].since, "23:39:22.073");
+        assert_eq!(p[2].info, "Active        Socket: Connection refused");
+        let bgp = p[2].bgp.as_ref().unwrap();
+        assert_eq!(bgp.state, "Active");
+        assert_eq!(bgp.neighbor_address, Some("10.99.0.2".parse().unwrap()));
+        assert_eq!(bgp.neighbor_as, Some(64513));
+        assert_eq!(bgp.local_as, Some(64512));
+        assert_eq!(bgp.last_error.as_deref(), Some("Socket: Connection refused"));
+        assert_eq!(p[3].name, "Mesh_10_0_0_2");
+        assert_eq!(p[3].since, "2024-05-01 10:00:00");
+        assert_eq!(p[3].info, "Established");
+        let bgp = p[3].bgp.as_ref().unwrap();
+        assert_eq!(bgp.neighbor_address, Some("fd00::2".parse().unwrap()));
+        assert_eq!(bgp.neighbor_id.as_deref(), Some("10.0.0.2"));
+    }
+}

@@ -1,0 +1,256 @@
+//! Applying our nftables table.
+//!
+//! The ruleset is loaded with `nft -j -f -` as one batch, which the kernel
+//! commits as one transaction: with [`replace_table`]'s `add table; delete
+//! table; add table; ...` prefix the old table is swapped for the new one
+//! whole, or, on any error, left exactly as it was. Only our table is ever
+//! listed or changed; Docker's and anyone else's tables are not read.
+//!
+//! The `nftables` crate's own helpers lose nft's error text, which is the one
+//! thing an operator needs, so the process is run here with stderr captured.
+
+use std::borrow::Cow;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Output, Stdio};
+
+use nftables::schema::{NfCmd, NfListObject, NfObject, Nftables, Table};
+use nftables::types::NfFamily;
+use tracing::{debug, info};
+
+use super::netns::{ns_label, run_in_netns, NetnsError};
+
+/// Our table: `table inet calico`.
+pub const TABLE_FAMILY: NfFamily = NfFamily::INet;
+pub const TABLE_NAME: &str = "calico";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error("serialize nftables JSON: {0}")]
+    Serialize(#[from] serde_json::Error),
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("run `{command}` (netns {netns}): {source}")]
+    Spawn {
+        command: String,
+        netns: String,
+        source: io::Error,
+    },
+    #[error("`{command}` (netns {netns}) failed ({status}): {stderr}")]
+    Failed {
+        command: String,
+        netns: String,
+        status: ExitStatus,
+        stderr: String,
+    },
+}
+
+/// What the reconcile loop needs from nftables, so it can run on a fake.
+/// Blocking: call from `spawn_blocking` in async code.
+pub trait NftApplier: Send + Sync {
+    /// Loads `ruleset` as one transaction.
+    fn apply(&self, ruleset: &Nftables) -> Result<(), NftError>;
+    /// Checks `ruleset` against the kernel without committing (`nft -c`).
+    fn check(&self, ruleset: &Nftables) -> Result<(), NftError>;
+    /// `nft -j list table FAMILY NAME`; `None` if the table does not exist.
+    fn list_table(&self, family: NfFamily, name: &str) -> Result<Option<String>, NftError>;
+}
+
+/// The `nft` command, optionally run inside another network namespace.
+#[derive(Clone, Debug)]
+pub struct NftCommand {
+    program: PathBuf,
+    netns: Option<PathBuf>,
+}
+
+impl Default for NftCommand {
+    fn default() -> Self {
+        NftCommand {
+            program: PathBuf::from("nft"),
+            netns: None,
+        }
+    }
+}
+
+impl NftCommand {
+    /// `nft` from `PATH`, in the agent's own namespace.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs `nft` inside `netns` (the child inherits the namespace of the
+    /// thread that spawns it).
+    pub fn in_netns(mut self, netns: impl Into<PathBuf>) -> Self {
+        self.netns = Some(netns.into());
+        self
+    }
+
+    pub fn program(mut self, program: impl Into<PathBuf>) -> Self {
+        self.program = program.into();
+        self
+    }
+
+    fn command_line(&self, args: &[&str]) -> String {
+        let mut line = self.program.display().to_string();
+        for a in args {
+            line.push(' ');
+            line.push_str(a);
+        }
+        line
+    }
+
+    fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<Output, NftError> {
+        let command = self.command_line(args);
+        let netns = ns_label(self.netns.as_deref());
+        let spawn_err = |source| NftError::Spawn {
+            command: command.clone(),
+            netns: netns.clone(),
+            source,
+        };
+        let program: &Path = &self.program;
+        let output = run_in_netns(self.netns.as_deref(), || -> io::Result<Output> {
+            let mut child = Command::new(program)
+                .args(args)
+                .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()?;
+            let pipe = child.stdin.take();
+            // Feed stdin from its own thread: a large ruleset and a large
+            // error report could otherwise fill both pipes and deadlock.
+            std::thread::scope(|s| {
+                let writer = s.spawn(move || -> io::Result<()> {
+                    if let (Some(mut pipe), Some(data)) = (pipe, stdin) {
+                        pipe.write_all(data)?;
+                    }
+                    Ok(())
+                });
+                let out = child.wait_with_output();
+                let written = writer
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("stdin writer panicked")));
+                let out = out?;
+                // A write error (EPIPE) only matters if nft itself succeeded.
+                if out.status.success() {
+                    written?;
+                }
+                Ok(out)
+            })
+        })?
+        .map_err(spawn_err)?;
+        if output.status.success() {
+            Ok(output)
+        } else {
+            Err(NftError::Failed {
+                command,
+                netns,
+                status: output.status,
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            })
+        }
+    }
+}
+
+impl NftApplier for NftCommand {
+    fn apply(&self, ruleset: &Nftables) -> Result<(), NftError> {
+        let json = serde_json::to_vec(ruleset)?;
+        self.run(&["-j", "-f", "-"], Some(&json))?;
+        info!(
+            objects = ruleset.objects.len(),
+            bytes = json.len(),
+            "nftables ruleset applied"
+        );
+        Ok(())
+    }
+
+    fn check(&self, ruleset: &Nftables) -> Result<(), NftError> {
+        let json = serde_json::to_vec(ruleset)?;
+        self.run(&["-c", "-j", "-f", "-"], Some(&json))?;
+        debug!(objects = ruleset.objects.len(), "nftables ruleset checked");
+        Ok(())
+    }
+
+    fn list_table(&self, family: NfFamily, name: &str) -> Result<Option<String>, NftError> {
+        match self.run(&["-j", "list", "table", family_name(family), name], None) {
+            Ok(out) => Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned())),
+            // nft reports a missing table as ENOENT.
+            Err(NftError::Failed { stderr, .. }) if stderr.contains("No such file or directory") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// nft's keyword for a family.
+pub fn family_name(family: NfFamily) -> &'static str {
+    match family {
+        NfFamily::IP => "ip",
+        NfFamily::IP6 => "ip6",
+        NfFamily::INet => "inet",
+        NfFamily::ARP => "arp",
+        NfFamily::Bridge => "bridge",
+        NfFamily::NetDev => "netdev",
+    }
+}
+
+/// A batch that replaces table `family name` with `body` in one transaction:
+/// `add table` (so the delete cannot fail on a first run), `delete table`
+/// (dropping every old chain, set and rule), `add table`, then `body`.
+pub fn replace_table<'a>(family: NfFamily, name: &str, body: Vec<NfObject<'a>>) -> Nftables<'a> {
+    let table = || Table {
+        family,
+        name: Cow::Owned(name.to_string()),
+        handle: None,
+    };
+    let mut objects = Vec::with_capacity(body.len() + 3);
+    objects.push(NfObject::CmdObject(NfCmd::Add(NfListObject::Table(table()))));
+    objects.push(NfObject::CmdObject(NfCmd::Delete(NfListObject::Table(table()))));
+    objects.push(NfObject::CmdObject(NfCmd::Add(NfListObject::Table(table()))));
+    objects.extend(body);
+    Nftables {
+        objects: Cow::Owned(objects),
+    }
+}
+
+/// A batch that removes the table if it exists (`add` then `delete`).
+pub fn delete_table(family: NfFamily, name: &str) -> Nftables<'static> {
+    let table = || Table {
+        family,
+        name: Cow::Owned(name.to_string()),
+        handle: None,
+    };
+    Nftables {
+        objects: Cow::Owned(vec![
+            NfObject::CmdObject(NfCmd::Add(NfListObject::Table(table()))),
+            NfObject::CmdObject(NfCmd::Delete(NfListObject::Table(table()))),
+        ]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replace_table_prefix() {
+        let batch = replace_table(TABLE_FAMILY, TABLE_NAME, vec![]);
+        let json = serde_json::to_string(&batch).unwrap();
+        assert_eq!(
+            json,
+            r#"{"nftables":[{"add":{"table":{"family":"inet","name":"calico"}}},{"delete":{"table":{"family":"inet","name":"calico"}}},{"add":{"table":{"family":"inet","name":"calico"}}}]}"#
+        );
+    }
+
+    #[test]
+    fn family_names_match_serde() {
+        for f in [
+            NfFamily::IP,
+            NfFamily::IP6,
+            NfFamily::INet,
+            NfFamily::ARP,
+            NfFamily::Bridge,
+            NfFamily::NetDev,
+        ] {
+            assert_eq!(serde_json::to_value(f).unwrap(), family_name(f));
+        }
+    }
+}
