@@ -397,6 +397,20 @@ impl Plumber {
         )
     }
 
+    /// Turns on IPv6 forwarding for the host namespace. IPv4 needs no global
+    /// switch (the per-interface `forwarding` set on each caliX suffices, as
+    /// IPv4 decides by the receiving interface); IPv6 forwards only when
+    /// `net.ipv6.conf.all.forwarding` is on. Note that this makes interfaces
+    /// with `accept_ra=1` ignore router advertisements; uplinks configured by
+    /// SLAAC need `accept_ra=2`.
+    pub async fn enable_ipv6_forwarding(&self) -> Result<(), WorkloadError> {
+        let netns = self.label.clone();
+        run_in_netns_async(self.host_netns.as_deref(), move || {
+            sysctl("net/ipv6/conf/all/forwarding".to_string(), "1", &netns)
+        })
+        .await?
+    }
+
     /// Removes the pair of `host_ifname` (deleting one end deletes both, and
     /// the kernel drops the routes through it). `Ok(false)`: nothing was there.
     pub async fn teardown(&self, host_ifname: &str) -> Result<bool, WorkloadError> {
