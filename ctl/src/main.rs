@@ -1,1 +1,157 @@
-fn main() {}
+//! calicoctl: the calico-docker command line.
+//!
+//! Exit codes: 0 success; 1 an error (each on its own line on stderr); 2 a usage error
+//! (clap). `diff` alone differs: 0 no changes, 1 changes, 2 an error.
+
+mod apply;
+mod cli;
+mod conn;
+mod delete;
+mod get;
+mod groups;
+mod input;
+mod output;
+mod resolve;
+mod textdiff;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use calico_store::WriteMode;
+use clap::{Parser, Subcommand};
+
+use crate::cli::{Command, GlobalOpts};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "calicoctl",
+    version,
+    about = "calico-docker: routable IPs and security groups for Docker containers",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalOpts,
+    #[command(subcommand)]
+    command: TopCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum TopCommand {
+    #[command(flatten)]
+    Ctl(Command),
+    // ---------------------------------------------------------------- RENDER (to be wired)
+    // `calicoctl render --node NAME` lives in ctl/src/render_cmd.rs (written separately).
+    // To wire it: add `mod render_cmd;` above, uncomment the variant below (adjusting the
+    // args type to what render_cmd.rs defines), and the matching arm in `run`.
+    //
+    // /// Print the nftables ruleset, routes and bird.conf a node would get
+    // Render(render_cmd::RenderArgs),
+    // ---------------------------------------------------------------- end RENDER
+}
+
+/// Several independent errors, reported one per line.
+#[derive(Debug)]
+pub struct Lines(pub Vec<String>);
+
+impl std::fmt::Display for Lines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join("\n"))
+    }
+}
+
+impl std::error::Error for Lines {}
+
+/// Ends the program with this code and nothing printed (`diff` found changes).
+#[derive(Debug)]
+struct Exit(u8);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}", self.0)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+async fn run(cli: Cli) -> Result<()> {
+    let g = &cli.global;
+    match cli.command {
+        TopCommand::Ctl(cmd) => match cmd {
+            Command::Apply(a) => apply::write(g, &a, WriteMode::Apply).await,
+            Command::Create(a) => apply::write(g, &a, WriteMode::Create).await,
+            Command::Replace(a) => apply::write(g, &a, WriteMode::Replace).await,
+            Command::Delete(a) => delete::run(g, &a).await,
+            Command::Get(a) => get::run(g, &a).await,
+            Command::Diff(a) => match apply::diff(g, &a).await {
+                Ok(false) => Ok(()),
+                Ok(true) => Err(Exit(1).into()),
+                Err(e) => {
+                    report(&e);
+                    Err(Exit(2).into())
+                }
+            },
+            Command::Validate(a) => apply::validate(&a),
+            Command::Schema => {
+                print!("{}", calico_schema::schema_text());
+                Ok(())
+            }
+            Command::Version => {
+                println!("calicoctl {}", env!("CARGO_PKG_VERSION"));
+                println!("API version {}", calico_schema::API_VERSION);
+                Ok(())
+            }
+            Command::Addgroup { group } => groups::addgroup(g, &group).await,
+            Command::Removegroup { group, force } => groups::removegroup(g, &group, force).await,
+            Command::Showgroups { detailed } => groups::showgroups(g, detailed).await,
+            Command::Addtogroup {
+                container,
+                group,
+                force,
+            } => groups::addtogroup(g, &container, &group, force).await,
+            Command::Removefromgroup {
+                container,
+                group,
+                force,
+            } => groups::removefromgroup(g, &container, &group, force).await,
+        },
+        // RENDER: TopCommand::Render(a) => render_cmd::run(g, &a).await,
+    }
+}
+
+/// Prints an error: input diagnostics as they are (`file:line:col: field: message`),
+/// anything else as `error: ...`, one line per error.
+fn report(e: &anyhow::Error) {
+    if let Some(d) = e.downcast_ref::<input::InputErrors>() {
+        eprintln!("{d}");
+        return;
+    }
+    let text = format!("{e:#}");
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        eprintln!("error: {line}");
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(run(cli));
+    // Never wait for leftover background work (an etcd reconnect loop...) on the way out.
+    rt.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if let Some(Exit(code)) = e.downcast_ref::<Exit>() {
+                return ExitCode::from(*code);
+            }
+            report(&e);
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! `apply`, `create`, `replace`, `diff` and `validate`: files in, one guarded etcd
+//! transaction out (or a report of what it would do).
+
+use std::collections::HashMap;
+
+use anyhow::{bail, Result};
+use calico_schema::validate::{At, Existing, Issue};
+use calico_schema::{check_loaded_set, Kind, Loaded, Resource};
+use calico_store::{Change, Listing, StoreError, WriteMode};
+
+use crate::cli::{FileArgs, GlobalOpts, WriteArgs};
+use crate::conn::Ctx;
+use crate::input::{load_sources, InputErrors};
+use crate::output;
+use crate::textdiff;
+
+/// How often a write is re-validated and retried when etcd changed under it.
+pub const MAX_ATTEMPTS: usize = 5;
+
+pub fn is_stale(e: &anyhow::Error) -> bool {
+    matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Stale))
+}
+
+pub fn stale_give_up(what: &str) -> anyhow::Error {
+    anyhow::anyhow!("etcd kept changing while {what}: gave up after {MAX_ATTEMPTS} attempts; try again")
+}
+
+/// Cross-resource validation of the loaded set against the stored state, plus the
+/// mode's own precondition (create: must not exist; replace: must exist), all located
+/// in the files.
+fn check_against(loaded: &[Loaded], listing: &Listing, mode: WriteMode) -> Result<(), InputErrors> {
+    let mut diags = match check_loaded_set(
+        loaded,
+        &Existing {
+            resources: &listing.resources,
+            complete: true,
+        },
+    ) {
+        Ok(()) => Vec::new(),
+        Err(d) => d.0,
+    };
+    let stored: HashMap<(Kind, &str), &Resource> =
+        listing.resources.iter().map(|r| ((r.kind(), r.name()), r)).collect();
+    for l in loaded {
+        let r = &l.resource;
+        let exists = stored.contains_key(&(r.kind(), r.name()));
+        let message = match mode {
+            WriteMode::Create if exists => format!("{} already exists (use apply or replace)", r.id()),
+            WriteMode::Replace if !exists => format!("{} does not exist (use apply or create)", r.id()),
+            _ => continue,
+        };
+        diags.push(l.diagnostic(&Issue {
+            path: "metadata.name".into(),
+            at: At::Value,
+            message,
+        }));
+    }
+    if diags.is_empty() {
+        Ok(())
+    } else {
+        Err(InputErrors(diags))
+    }
+}
+
+fn change_word(change: &Change, mode: WriteMode) -> &'static str {
+    match (change, mode) {
+        (Change::Created, _) => "created",
+        (Change::Updated, WriteMode::Replace) => "replaced",
+        (Change::Updated, _) => "configured",
+        (Change::Unchanged, _) => "unchanged",
+        (Change::Deleted, _) => "deleted",
+    }
+}
+
+/// apply / create / replace.
+pub async fn write(g: &GlobalOpts, args: &WriteArgs, mode: WriteMode) -> Result<()> {
+    let loaded = load_sources(&args.files.files)?;
+    let resources: Vec<Resource> = loaded.iter().map(|l| l.resource.clone()).collect();
+    let ctx = Ctx::connect(g).await?;
+    for _ in 0..MAX_ATTEMPTS {
+        let listing = ctx.call("list", ctx.store.list(None)).await?;
+        check_against(&loaded, &listing, mode)?;
+        let result = ctx
+            .call(
+                "write",
+                ctx.store.write(&resources, mode, Some(listing.revision), args.dry_run),
+            )
+            .await;
+        match result {
+            Ok(outcomes) => {
+                let suffix = if args.dry_run { " (dry run)" } else { "" };
+                for o in outcomes {
+                    println!("{} {}{suffix}", o.id, change_word(&o.change, mode));
+                }
+                return Ok(());
+            }
+            Err(e) if is_stale(&e) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(stale_give_up("applying"))
+}
+
+/// `validate`: everything that can be checked without etcd.
+pub fn validate(args: &FileArgs) -> Result<()> {
+    let loaded = load_sources(&args.files)?;
+    check_loaded_set(
+        &loaded,
+        &Existing {
+            resources: &[],
+            complete: false,
+        },
+    )
+    .map_err(InputErrors::from)?;
+    for l in &loaded {
+        println!("{} valid ({})", l.resource.id(), l.file);
+    }
+    Ok(())
+}
+
+/// `diff`: what apply would change. Returns whether anything would.
+pub async fn diff(g: &GlobalOpts, args: &FileArgs) -> Result<bool> {
+    let loaded = load_sources(&args.files)?;
+    let ctx = Ctx::connect(g).await?;
+    let listing = ctx.call("list", ctx.store.list(None)).await?;
+    check_against(&loaded, &listing, WriteMode::Apply)?;
+    let stored: HashMap<(Kind, &str), &Resource> =
+        listing.resources.iter().map(|r| ((r.kind(), r.name()), r)).collect();
+    let mut changed = false;
+    for l in &loaded {
+        let new = l.resource.without_version();
+        let id = new.id();
+        let (old_name, old_text) = match stored.get(&(new.kind(), new.name())) {
+            Some(old) => {
+                let old_rv = old.metadata().resource_version.clone().unwrap_or_default();
+                let old = old.without_version();
+                if old == new {
+                    continue;
+                }
+                (
+                    format!("{id} (stored, resourceVersion {old_rv})"),
+                    output::to_yaml(&old)?,
+                )
+            }
+            None => (format!("{id} (not stored)"), String::new()),
+        };
+        let new_name = format!("{id} ({})", l.file);
+        let d = textdiff::unified(&old_name, &new_name, &old_text, &output::to_yaml(&new)?);
+        if d.is_empty() {
+            // Equal YAML but different values cannot happen with these types; be safe.
+            bail!("{id}: differs from the stored version in a way YAML does not show");
+        }
+        changed = true;
+        print!("{d}");
+    }
+    Ok(changed)
+}

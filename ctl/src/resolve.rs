@@ -1,0 +1,161 @@
+//! Finding the Container resource a user means by CONTAINER in the seed's group
+//! commands.
+//!
+//! API.md: CONTAINER is a Docker name, ID or ID prefix on this node, or a Container
+//! resource name. Resource names and the Docker names/IDs recorded in specs are resolved
+//! here from etcd alone; asking the local Docker daemon (IDs, ID prefixes, names of
+//! containers whose spec records another form) is a [`DockerLookup`] plugged in with
+//! [`Resolver::with_docker`] once the Docker integration exists.
+
+use anyhow::{bail, Result};
+use calico_schema::Container;
+use futures::future::BoxFuture;
+
+/// What Docker knows about a container the user named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DockerIdentity {
+    /// The full 64-hex ID.
+    pub id: String,
+    /// Its name, without Docker's leading '/'.
+    pub name: String,
+}
+
+/// Asks a Docker daemon which container `query` (name, ID or ID prefix) is.
+/// `Ok(None)`: Docker has no such container.
+pub trait DockerLookup: Send + Sync {
+    fn inspect<'a>(&'a self, query: &'a str) -> BoxFuture<'a, Result<Option<DockerIdentity>>>;
+}
+
+#[derive(Default)]
+pub struct Resolver {
+    docker: Option<Box<dyn DockerLookup>>,
+}
+
+impl Resolver {
+    pub fn new() -> Self {
+        Resolver::default()
+    }
+
+    #[allow(dead_code)] // wired with the Docker integration
+    pub fn with_docker(mut self, d: Box<dyn DockerLookup>) -> Self {
+        self.docker = Some(d);
+        self
+    }
+
+    /// The name of the Container resource `query` stands for, among `containers`.
+    pub async fn resolve(&self, query: &str, containers: &[Container]) -> Result<String> {
+        // 1. A Container resource name always wins.
+        if containers.iter().any(|c| c.metadata.name == query) {
+            return Ok(query.to_string());
+        }
+        // 2. The Docker name or ID recorded in a spec, exactly.
+        let by_spec = |key: &str| -> Vec<String> {
+            containers
+                .iter()
+                .filter(|c| c.spec.container.as_deref() == Some(key))
+                .map(|c| c.metadata.name.clone())
+                .collect()
+        };
+        if let Some(name) = one(query, by_spec(query))? {
+            return Ok(name);
+        }
+        // 3. Docker: what the daemon calls it (ID prefix, the other of name/ID).
+        if let Some(d) = &self.docker {
+            if let Some(ident) = d.inspect(query).await? {
+                let mut hits = by_spec(&ident.id);
+                hits.extend(by_spec(&ident.name));
+                // A spec may record an ID prefix; accept it when it is a prefix of the full ID.
+                hits.extend(
+                    containers
+                        .iter()
+                        .filter(|c| {
+                            c.spec
+                                .container
+                                .as_deref()
+                                .is_some_and(|s| s.len() >= 12 && ident.id.starts_with(s))
+                        })
+                        .map(|c| c.metadata.name.clone()),
+                );
+                hits.sort();
+                hits.dedup();
+                if let Some(name) = one(query, hits)? {
+                    return Ok(name);
+                }
+                bail!(
+                    "Docker container '{}' ({}) has no Container resource (is it networked by Calico?)",
+                    ident.name,
+                    short_id(&ident.id)
+                );
+            }
+        }
+        bail!("no Container named '{query}' (nor one whose spec.container is '{query}')")
+    }
+}
+
+fn one(query: &str, mut hits: Vec<String>) -> Result<Option<String>> {
+    match hits.len() {
+        0 => Ok(None),
+        1 => Ok(hits.pop()),
+        _ => bail!(
+            "'{query}' is ambiguous: it matches Containers {}; use the resource name",
+            hits.join(", ")
+        ),
+    }
+}
+
+fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use calico_schema::{object, ContainerSpec, Kind};
+
+    fn c(name: &str, docker: Option<&str>) -> Container {
+        object(
+            Kind::Container,
+            name,
+            ContainerSpec {
+                node: "n".into(),
+                container: docker.map(str::to_string),
+                netns: docker.is_none().then(|| "/x".into()),
+                ..Default::default()
+            },
+        )
+    }
+
+    struct FakeDocker;
+    impl DockerLookup for FakeDocker {
+        fn inspect<'a>(&'a self, q: &'a str) -> BoxFuture<'a, Result<Option<DockerIdentity>>> {
+            Box::pin(async move {
+                Ok(
+                    ("0123456789abcdef".starts_with(q) || q == "web-1").then(|| DockerIdentity {
+                        id: "0123456789abcdef".into(),
+                        name: "web-1".into(),
+                    }),
+                )
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn resource_name_then_spec_then_docker() {
+        let cs = vec![c("a", Some("web-1")), c("b", None)];
+        let r = Resolver::new();
+        assert_eq!(r.resolve("a", &cs).await.unwrap(), "a");
+        assert_eq!(r.resolve("web-1", &cs).await.unwrap(), "a");
+        assert!(r.resolve("0123", &cs).await.is_err());
+        let r = Resolver::new().with_docker(Box::new(FakeDocker));
+        assert_eq!(r.resolve("0123", &cs).await.unwrap(), "a");
+        let err = r.resolve("nope", &cs).await.unwrap_err().to_string();
+        assert!(err.contains("no Container named 'nope'"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn ambiguity_is_an_error() {
+        let cs = vec![c("a", Some("x")), c("b", Some("x"))];
+        let err = Resolver::new().resolve("x", &cs).await.unwrap_err().to_string();
+        assert!(err.contains("ambiguous"), "{err}");
+    }
+}
