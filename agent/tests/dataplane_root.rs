@@ -156,6 +156,9 @@ async fn workload_plumbing_carries_packets_and_tears_down_clean() {
     let wl1 = Netns::new("a");
     let wl2 = Netns::new("b");
 
+    // The host has an eth0 of its own, as real ones do: the peer is created
+    // under that name directly inside the workload, so the names never meet.
+    host.exec(&["ip", "link", "add", "eth0", "type", "bridge"]);
     let plumber = Plumber::new(Some(host.path())).await.unwrap();
     plumber.enable_ipv6_forwarding().await.unwrap();
 

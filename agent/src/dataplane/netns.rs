@@ -56,16 +56,8 @@ fn thread_name(path: &Path) -> String {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     // Linux truncates thread names to 15 bytes; keep the namespace's tail.
-    format!(
-        "ns-{}",
-        base.chars()
-            .rev()
-            .take(12)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<String>()
-    )
+    let tail: String = base.chars().skip(base.chars().count().saturating_sub(12)).collect();
+    format!("ns-{tail}")
 }
 
 /// Runs `f` inside the network namespace at `netns` on a dedicated thread and
