@@ -1,1 +1,23 @@
+//! calico-docker's pure renderers: one node's view of the cluster in, the three whole
+//! artefacts that node programs out.
+//!
+//! - [`NodeView::build`] resolves the resources into what one node needs to know.
+//! - [`render_nft`] gives the `table inet calico` batch (nftables JSON, replaced whole).
+//! - [`render_routes`] gives the routes the node owns (workload /32 and /128, block blackholes).
+//! - [`render_bird`] gives bird.conf for BIRD 2.
+//!
+//! Nothing here does I/O: the agent applies the artefacts, `calicoctl render` prints them,
+//! and tests compare them byte for byte. Same input, same bytes: every collection that
+//! reaches the output is ordered (BTreeMap/BTreeSet or sorted vectors).
 
+pub mod bird;
+pub mod names;
+pub mod nft;
+pub mod routes;
+pub mod view;
+
+pub use bird::{render_bird, BirdError};
+pub use names::{host_iface_name, short_name};
+pub use nft::{render_nft, render_nft_json, TABLE_NAME};
+pub use routes::{render_routes, RouteKind, RouteSpec, RTPROT_CALICO};
+pub use view::{Endpoint, NodeView, SelectorSet};
