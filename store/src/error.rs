@@ -48,8 +48,12 @@ pub(crate) fn from_etcd(endpoints: &str, e: etcd_client::Error) -> StoreError {
             }
             // tonic puts the transport failure (refused, reset, TLS) in the source.
             if let Some(src) = std::error::Error::source(&s) {
-                text.push_str(": ");
-                text.push_str(&source_chain(src));
+                let cause = source_chain(src);
+                let root = cause.rsplit(": ").next().unwrap_or(&cause).to_string();
+                if !text.contains(&root) {
+                    text.push_str(": ");
+                    text.push_str(&root);
+                }
             }
             match i32::from(s.code()) {
                 // Unknown is how tonic reports a connection that broke mid-call.
@@ -68,20 +72,21 @@ pub(crate) fn timed_out(endpoints: &str, after: Duration) -> StoreError {
     }
 }
 
-/// The whole chain, because tonic's top-level message ("transport error") alone does
-/// not say whether the connection was refused, timed out, or failed TLS.
+/// The top-level message and the root cause, because tonic's top level ("transport
+/// error") alone does not say whether the connection was refused, timed out or failed
+/// TLS, and the layers in between repeat each other.
 fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
+    let top = e.to_string();
+    let mut root = None;
     let mut cur = e.source();
     while let Some(s) = cur {
-        let t = s.to_string();
-        if !out.contains(&t) {
-            out.push_str(": ");
-            out.push_str(&t);
-        }
+        root = Some(s.to_string());
         cur = s.source();
     }
-    out
+    match root {
+        Some(r) if !top.contains(&r) => format!("{top}: {r}"),
+        _ => top,
+    }
 }
 
 pub(crate) fn human(d: Duration) -> String {

@@ -663,12 +663,16 @@ async fn reachable(cfg: &StoreConfig, deadline: tokio::time::Instant) -> Result<
     let mut attempts: FuturesUnordered<_> = cfg
         .endpoints
         .iter()
-        .map(|e| async move {
+        .enumerate()
+        .map(|(i, e)| async move {
             let hp = config::host_port(e);
             match tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(hp)).await {
                 Ok(Ok(_)) => Ok(()),
-                Ok(Err(err)) => Err(format!("{hp}: {err}")),
-                Err(_) => Err(format!("{hp}: no TCP connection within {}", error::human(cfg.timeout))),
+                Ok(Err(err)) => Err((i, format!("{hp}: {err}"))),
+                Err(_) => Err((
+                    i,
+                    format!("{hp}: no TCP connection within {}", error::human(cfg.timeout)),
+                )),
             }
         })
         .collect();
@@ -679,6 +683,9 @@ async fn reachable(cfg: &StoreConfig, deadline: tokio::time::Instant) -> Result<
             Err(reason) => reasons.push(reason),
         }
     }
+    // In the order the user gave the endpoints, not the order they failed in.
+    reasons.sort();
+    let reasons: Vec<String> = reasons.into_iter().map(|(_, r)| r).collect();
     Err(StoreError::Unavailable {
         endpoints: cfg.endpoints_text(),
         detail: reasons.join("; "),
