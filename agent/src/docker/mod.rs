@@ -1,0 +1,23 @@
+//! Docker integration (API.md section 3).
+//!
+//! - [`plugin`]: the libnetwork remote network driver `calico` and IPAM driver
+//!   `calico-ipam`, served on two unix sockets; protocol only, the Calico side is a
+//!   [`Backend`] the agent implements.
+//! - [`backend`]: that trait and the parsed requests it receives.
+//! - [`events`]: follows dockerd's container events (the seed's `CALICO_IP` path) and
+//!   re-lists containers whenever it reconnects.
+//!
+//! docs/docker.md describes how Docker's calls map to Calico resources.
+
+pub mod backend;
+pub mod events;
+pub mod plugin;
+
+pub use backend::{
+    AddressRequest, Backend, EndpointCreate, EndpointInterface, JoinInfo, JoinRequest, NetworkCreate, PoolData,
+    PoolInfo, PoolRequest, StaticRoute, GROUP_OPTION,
+};
+pub use plugin::{
+    serve, serve_with, PluginConfig, PluginError, PluginServer, DEFAULT_PLUGIN_DIR, IPAM_DRIVER_NAME,
+    NETWORK_DRIVER_NAME,
+};
