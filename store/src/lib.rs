@@ -158,8 +158,8 @@ impl Store {
         let deadline = tokio::time::Instant::now() + cfg.timeout;
         let options = cfg.connect_options()?;
 
-        // etcd-client connects lazily and its balancer waits (rather than fails) while no
-        // endpoint is up, so a down etcd would only show as a timeout. A plain TCP connect
+        // etcd-client connects lazily and its balancer can wait (rather than fail) while no
+        // endpoint is up, so a down etcd might only show as a timeout. A plain TCP connect
         // first turns "connection refused" into an immediate, precise error.
         reachable(cfg, deadline).await?;
 
@@ -205,7 +205,7 @@ impl Store {
 
     /// Runs one etcd call bounded by the configured timeout. etcd-client's own timeout
     /// only starts once a connection is picked; while every endpoint is down its balancer
-    /// waits indefinitely, so this outer bound is what guarantees nothing hangs.
+    /// can wait indefinitely, so this outer bound is what guarantees nothing hangs.
     pub(crate) async fn call<T>(
         &self,
         fut: impl Future<Output = Result<T, etcd_client::Error>>,
@@ -333,8 +333,9 @@ impl Store {
         Ok(resp.succeeded())
     }
 
-    /// Writes a set of resources in one etcd transaction; see the crate docs (API.md) for
-    /// the modes. A non-empty `metadata.resourceVersion` is a compare-and-swap on the
+    /// Writes a set of resources in one etcd transaction: all or nothing. Per resource,
+    /// `Apply` creates or updates, `Create` requires it to be absent, `Replace` requires
+    /// it to exist (both `Conflict` otherwise). A non-empty `metadata.resourceVersion` is a compare-and-swap on the
     /// key's mod revision. `guard_revision` makes the write fail with `Stale` if any
     /// resource changed (or was deleted) after that revision. Resources whose stored
     /// content is already equal are not written (`Unchanged`, no revision bump).
@@ -351,6 +352,16 @@ impl Store {
         }
         let keys: Vec<String> = set.iter().map(|r| resource_key(r.kind(), r.name())).collect();
         check_duplicates(keys.iter().zip(set.iter().map(Resource::id)))?;
+        for (key, r) in keys.iter().zip(set) {
+            // Schema validation rejects such names already; this keeps a bypass of it
+            // from writing a key that another resource's key would contain.
+            if r.name().is_empty() || r.name().contains('/') {
+                return Err(StoreError::Invalid {
+                    key: key.clone(),
+                    detail: format!("resource name {:?} is empty or contains '/'", r.name()),
+                });
+            }
+        }
         let values: Vec<Vec<u8>> = set.iter().map(encode_resource).collect();
 
         for attempt in 0..WRITE_ATTEMPTS {
@@ -402,7 +413,10 @@ impl Store {
                 .when(compares)
                 .and_then(if dry_run { Vec::new() } else { ops });
             let mut kv = self.kv();
-            let mut resp = self.call(kv.txn(txn)).await?;
+            let mut resp = self
+                .call(kv.txn(txn))
+                .await
+                .map_err(|e| txn_limit_hint(e, keys.len()))?;
             if resp.succeeded() {
                 let revision = resp.take_header().map(|h| h.revision()).unwrap_or(0);
                 for o in outcomes.iter_mut().filter(|o| o.change != Change::Unchanged) {
@@ -465,7 +479,10 @@ impl Store {
                 .when(compares)
                 .and_then(if dry_run { Vec::new() } else { ops });
             let mut kv = self.kv();
-            let mut resp = self.call(kv.txn(txn)).await?;
+            let mut resp = self
+                .call(kv.txn(txn))
+                .await
+                .map_err(|e| txn_limit_hint(e, keys.len()))?;
             if resp.succeeded() {
                 let revision = resp.take_header().map(|h| h.revision()).unwrap_or(0);
                 for o in &mut outcomes {
@@ -626,6 +643,20 @@ fn check_duplicates<'a>(pairs: impl Iterator<Item = (&'a String, String)>) -> Re
         }
     }
     Ok(())
+}
+
+/// etcd's default limits (128 operations, 1.5 MiB per request) are easy to reach with one
+/// transaction per applied directory; say which setting to raise.
+fn txn_limit_hint(e: StoreError, items: usize) -> StoreError {
+    match e {
+        StoreError::Etcd(msg) if msg.contains("too many operations") => StoreError::Etcd(format!(
+            "{msg} ({items} resources in one transaction; raise etcd's --max-txn-ops)"
+        )),
+        StoreError::Etcd(msg) if msg.contains("request is too large") => StoreError::Etcd(format!(
+            "{msg} ({items} resources in one transaction; raise etcd's --max-request-bytes)"
+        )),
+        other => other,
+    }
 }
 
 /// A given, non-empty resourceVersion must equal the stored mod revision (0 = absent).

@@ -763,3 +763,22 @@ async fn dropping_a_watch_stops_it() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn oversized_transactions_say_which_etcd_limit_to_raise() {
+    let etcd = TestEtcd::start();
+    let store = connect(&etcd).await;
+    // TestEtcd allows 10000 operations per transaction (etcd's default is 128).
+    let set: Vec<Resource> = (0..10001).map(|i| group(&format!("g{i}"))).collect();
+    let e = store.write(&set, WriteMode::Apply, None, false).await.unwrap_err();
+    assert!(
+        matches!(&e, StoreError::Etcd(m) if m.contains("raise etcd's --max-")),
+        "{e}"
+    );
+    assert!(store.list(None).await.unwrap().resources.is_empty());
+
+    let mut bad = group("x");
+    bad.metadata_mut().name = "a/b".into();
+    let e = store.write(&[bad], WriteMode::Apply, None, false).await.unwrap_err();
+    assert!(matches!(e, StoreError::Invalid { .. }), "{e}");
+}
