@@ -72,6 +72,28 @@ fn change_word(change: &Change, mode: WriteMode) -> &'static str {
     }
 }
 
+/// A conflict on one resource (a stale resourceVersion, a create or replace that lost a
+/// race) is reported at that resource's place in its file.
+fn locate_conflict(loaded: &[Loaded], e: anyhow::Error) -> anyhow::Error {
+    let Some(StoreError::Conflict { id, .. }) = e.downcast_ref::<StoreError>() else {
+        return e;
+    };
+    let Some(l) = loaded.iter().find(|l| l.resource.id() == *id) else {
+        return e;
+    };
+    let path = if l.resource.metadata().resource_version.is_some() {
+        "metadata.resourceVersion"
+    } else {
+        "metadata.name"
+    };
+    InputErrors(vec![l.diagnostic(&Issue {
+        path: path.into(),
+        at: At::Value,
+        message: e.to_string(),
+    })])
+    .into()
+}
+
 /// apply / create / replace.
 pub async fn write(g: &GlobalOpts, args: &WriteArgs, mode: WriteMode) -> Result<()> {
     let loaded = load_sources(&args.files.files)?;
@@ -95,7 +117,7 @@ pub async fn write(g: &GlobalOpts, args: &WriteArgs, mode: WriteMode) -> Result<
                 return Ok(());
             }
             Err(e) if is_stale(&e) => continue,
-            Err(e) => return Err(e),
+            Err(e) => return Err(locate_conflict(&loaded, e)),
         }
     }
     Err(stale_give_up("applying"))
