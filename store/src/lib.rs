@@ -15,6 +15,7 @@
 
 mod config;
 mod error;
+pub mod ipam;
 pub mod testing;
 mod watch;
 
