@@ -498,3 +498,27 @@ fn etcd_authority_from_the_seed_is_accepted() {
         .into();
     r.assert_ok();
 }
+
+#[test]
+fn imperative_commands_refuse_sync_owned_resources_unless_forced() {
+    let (_etcd, ep) = applied_examples();
+    let dir = tempfile::tempdir().unwrap();
+    let f = write_file(
+        dir.path(),
+        "owned.yaml",
+        "apiVersion: calico/v1\nkind: Group\nmetadata:\n  name: owned\n  annotations:\n    calico/owner: sync:main\n    calico/source: policy/owned.yaml\nspec: {}\n---\n\
+         apiVersion: calico/v1\nkind: Container\nmetadata:\n  name: oc\n  annotations:\n    calico/owner: sync:main\n    calico/source: workloads/oc.yaml\nspec:\n  node: host1\n  netns: /x\n",
+    );
+    ctl(&ep, &["apply", "-f", &f]).assert_ok();
+    let r = ctl(&ep, &["delete", "group", "owned"]);
+    r.assert_fails();
+    assert!(r.stderr.contains("policy/owned.yaml"), "{}", r.stderr);
+    let r = ctl(&ep, &["addtogroup", "oc", "B"]);
+    r.assert_fails();
+    assert!(r.stderr.contains("workloads/oc.yaml"), "{}", r.stderr);
+    let r = ctl(&ep, &["removegroup", "owned"]);
+    r.assert_fails();
+    assert!(r.stderr.contains("policy/owned.yaml"), "{}", r.stderr);
+    ctl(&ep, &["addtogroup", "oc", "B", "--force"]).assert_ok();
+    ctl(&ep, &["delete", "group", "owned", "--force"]).assert_ok();
+}
