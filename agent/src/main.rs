@@ -1,1 +1,80 @@
-fn main() {}
+//! `calico-node`: the per-host agent. Usually started by `calicoctl node`; run it
+//! directly (in the foreground) under a service manager.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use calico_agent::agent::{run, AgentConfig};
+use calico_store::StoreConfig;
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(name = "calico-node", version, about = "calico-docker node agent")]
+struct Args {
+    /// This node's name (its Node resource).
+    #[arg(long, env = "CALICO_NODE_NAME")]
+    name: String,
+    /// etcd endpoints, comma separated.
+    #[arg(long, env = "ETCD_ENDPOINTS", default_value = "127.0.0.1:2379")]
+    etcd: String,
+    /// Bound on connecting to etcd and on each request, in seconds.
+    #[arg(long, default_value_t = 5)]
+    etcd_timeout: u64,
+    /// Program the dataplane of this network namespace instead of our own.
+    #[arg(long)]
+    netns: Option<PathBuf>,
+    /// BIRD's config, control socket and pid file go here.
+    #[arg(long, default_value = "/var/run/calico")]
+    run_dir: PathBuf,
+    /// Local HTTP endpoint for /healthz, /readyz, /metrics (empty: none).
+    #[arg(long, default_value = "127.0.0.1:9099")]
+    http: String,
+    /// Full resync period in seconds.
+    #[arg(long, default_value_t = 30)]
+    resync: u64,
+    /// Log filter (tracing env-filter syntax), e.g. info or calico_agent=debug.
+    #[arg(long, env = "CALICO_LOG", default_value = "info")]
+    log: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
+        .with_ansi(false)
+        .init();
+    let mut etcd = StoreConfig::from_list(&args.etcd);
+    etcd.timeout = Duration::from_secs(args.etcd_timeout.max(1));
+    let http_listen: Option<SocketAddr> = if args.http.is_empty() {
+        None
+    } else {
+        Some(args.http.parse().context("--http must be HOST:PORT")?)
+    };
+    let cfg = AgentConfig {
+        node: args.name,
+        etcd,
+        host_netns: args.netns,
+        run_dir: args.run_dir,
+        http_listen,
+        resync: Duration::from_secs(args.resync.max(1)),
+        debounce: Duration::from_millis(20),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            let _ = tx.send(true);
+        });
+        run(cfg, rx).await
+    })
+}

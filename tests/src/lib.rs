@@ -4,6 +4,7 @@
 //! Everything made here is named uniquely (pid + counter) and removed by `Drop`, so a
 //! failing test leaves nothing behind.
 
+pub mod cluster;
 pub mod netns;
 pub mod probe;
 
@@ -14,7 +15,11 @@ pub use probe::{can_connect, can_ping, Listener};
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static N: AtomicUsize = AtomicUsize::new(0);
-    format!("{prefix}{}x{}", std::process::id() % 100000, N.fetch_add(1, Ordering::SeqCst))
+    format!(
+        "{prefix}{}x{}",
+        std::process::id() % 100000,
+        N.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 /// Runs a command, failing with its stderr when it fails.

@@ -64,7 +64,11 @@ impl Fabric {
         let ns = Netns::new("cfab")?;
         ns.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
         ns.exec(&["ip", "link", "set", "br0", "up"])?;
-        Ok(Fabric { ns, hosts: Vec::new(), prefix_len: 24 })
+        Ok(Fabric {
+            ns,
+            hosts: Vec::new(),
+            prefix_len: 24,
+        })
     }
 
     /// Adds a host namespace with `addr` (e.g. 172.17.8.101) on the fabric.
@@ -72,9 +76,30 @@ impl Fabric {
         let host = Netns::new("chost")?;
         let idx = self.hosts.len();
         let outer = format!("p{idx}");
-        sh(&["ip", "link", "add", &outer, "netns", &self.ns.name, "type", "veth", "peer", "name", "eth0", "netns", &host.name])?;
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            &outer,
+            "netns",
+            &self.ns.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &host.name,
+        ])?;
         self.ns.exec(&["ip", "link", "set", &outer, "master", "br0", "up"])?;
-        host.exec(&["ip", "addr", "add", &format!("{addr}/{}", self.prefix_len), "dev", "eth0"])?;
+        host.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{addr}/{}", self.prefix_len),
+            "dev",
+            "eth0",
+        ])?;
         host.exec(&["ip", "link", "set", "eth0", "up"])?;
         host.sysctl("net.ipv4.ip_forward", "1")?;
         host.sysctl("net.ipv6.conf.all.forwarding", "1")?;

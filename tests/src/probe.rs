@@ -22,7 +22,8 @@ pub fn in_netns<T: Send + 'static>(ns: &Path, f: impl FnOnce() -> T + Send + 'st
 /// One ICMP echo from `from` to `to`, waiting at most `timeout_s` seconds.
 pub fn can_ping(from: &Netns, to: IpAddr, timeout_s: u32) -> bool {
     let flag = if to.is_ipv6() { "-6" } else { "-4" };
-    from.exec(&["ping", flag, "-c", "1", "-W", &timeout_s.to_string(), &to.to_string()]).is_ok()
+    from.exec(&["ping", flag, "-c", "1", "-W", &timeout_s.to_string(), &to.to_string()])
+        .is_ok()
 }
 
 /// A TCP connect from inside `from` to `to:port`.
@@ -39,7 +40,9 @@ pub struct Listener {
 
 impl Listener {
     pub fn start(ns: &Netns, port: u16) -> anyhow::Result<Listener> {
-        let l = in_netns(&ns.path(), move || TcpListener::bind(("::", port)).or_else(|_| TcpListener::bind(("0.0.0.0", port))))??;
+        let l = in_netns(&ns.path(), move || {
+            TcpListener::bind(("::", port)).or_else(|_| TcpListener::bind(("0.0.0.0", port)))
+        })??;
         l.set_nonblocking(true)?;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let s2 = stop.clone();

@@ -1,0 +1,212 @@
+//! The agent's main loop: watch etcd into the cache, reconcile when anything changes
+//! (debounced) and periodically, requeue with backoff on error, report status.
+//!
+//! Fail static: when etcd is unreachable the watch simply goes quiet; the dataplane
+//! keeps its last state and nothing is removed.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use calico_store::{Store, StoreConfig, WatchEvent, IPAM_PREFIX, RESOURCES_PREFIX};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::cache::Cache;
+use crate::dataplane::bird::BirdOptions;
+use crate::linux::{LinuxDataplane, StoreIpam};
+use crate::metrics::Metrics;
+use crate::reconcile::{NetnsOnly, Reconciler, WorkloadResolver};
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node: String,
+    pub etcd: StoreConfig,
+    /// Run the dataplane (links, routes, nft, BIRD) in this namespace instead of the
+    /// agent's own: how test hosts made of namespaces run an agent each.
+    pub host_netns: Option<PathBuf>,
+    /// BIRD's config, socket and pid file live here.
+    pub run_dir: PathBuf,
+    pub http_listen: Option<SocketAddr>,
+    /// Full resync period: re-checks every workload and re-applies every artefact.
+    pub resync: Duration,
+    /// Collects bursts of changes into one reconcile.
+    pub debounce: Duration,
+}
+
+impl AgentConfig {
+    pub fn bird_options(&self) -> BirdOptions {
+        let mut o = BirdOptions::new(self.run_dir.join("bird.conf"), self.run_dir.join("bird.ctl"));
+        o.pid_file = Some(self.run_dir.join("bird.pid"));
+        o.log = Some(self.run_dir.join("bird.log"));
+        o.netns = self.host_netns.clone();
+        o
+    }
+}
+
+/// What the agent reports about itself under status/nodes/<name>.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStatus {
+    pub node: String,
+    pub pid: u32,
+    pub version: String,
+    pub ready: bool,
+    pub last_reconcile: u64,
+    pub endpoints_programmed: usize,
+    pub endpoints_failed: usize,
+    pub errors: Vec<String>,
+    /// Keys in etcd whose values are invalid and ignored.
+    pub invalid_data: Vec<String>,
+    pub bird_restarts: u64,
+    pub run_dir: String,
+    pub http: Option<String>,
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Connects to etcd, retrying with backoff until it answers or `stop` fires.
+async fn connect(cfg: &StoreConfig, stop: &mut watch::Receiver<bool>) -> Option<Store> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match Store::connect(cfg).await {
+            Ok(s) => return Some(s),
+            Err(e) => warn!(error = %e, "etcd not reachable yet; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.changed() => return None,
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Runs the agent until `stop` becomes true.
+pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.run_dir)?;
+    let metrics = Arc::new(Metrics::default());
+    let status_tx = Arc::new(tokio::sync::Mutex::new(AgentStatus {
+        node: cfg.node.clone(),
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        run_dir: cfg.run_dir.display().to_string(),
+        http: cfg.http_listen.map(|a| a.to_string()),
+        ..Default::default()
+    }));
+    if let Some(addr) = cfg.http_listen {
+        crate::http::spawn(addr, metrics.clone(), status_tx.clone()).await?;
+    }
+
+    let Some(store) = connect(&cfg.etcd, &mut stop).await else {
+        return Ok(());
+    };
+    info!(node = %cfg.node, "connected to etcd");
+    let dp = LinuxDataplane::new(cfg.host_netns.clone(), cfg.bird_options()).await?;
+    let ipam = StoreIpam(Arc::new(calico_store::ipam::Ipam::new(
+        store.client(),
+        cfg.etcd.timeout,
+    )));
+    let resolver: Box<dyn WorkloadResolver> = Box::new(NetnsOnly);
+    let mut rec = Reconciler::new(cfg.node.clone(), dp, ipam, resolver);
+
+    let mut resources = store.watch(RESOURCES_PREFIX, 0);
+    let mut ipam_watch = store.watch(IPAM_PREFIX, 0);
+    let mut cache = Cache::default();
+    let mut ipam_synced = false;
+    let mut res_synced = false;
+    let mut dirty = false;
+    let mut backoff = Duration::from_millis(100);
+    let mut next_retry: Option<Instant> = None;
+    let mut resync = tokio::time::interval(cfg.resync);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    loop {
+        let retry_sleep = async {
+            match next_retry {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            Some(ev) = resources.next() => {
+                if matches!(ev, WatchEvent::Resync { .. }) { res_synced = true; }
+                dirty |= apply_partial(&mut cache, ev, RESOURCES_PREFIX);
+            }
+            Some(ev) = ipam_watch.next() => {
+                if matches!(ev, WatchEvent::Resync { .. }) { ipam_synced = true; }
+                dirty |= apply_partial(&mut cache, ev, IPAM_PREFIX);
+            }
+            _ = resync.tick() => {
+                rec.forget_plumbing();
+                dirty = true;
+            }
+            _ = retry_sleep => {
+                next_retry = None;
+                dirty = true;
+            }
+            _ = stop.changed() => break,
+        }
+        cache.synced = res_synced && ipam_synced;
+        if !dirty || !cache.synced {
+            continue;
+        }
+        // Debounce: let a burst of events land before computing.
+        tokio::time::sleep(cfg.debounce).await;
+        while let Some(Some(ev)) = futures::FutureExt::now_or_never(resources.next()) {
+            apply_partial(&mut cache, ev, RESOURCES_PREFIX);
+        }
+        dirty = false;
+        let (report, changed) = rec.reconcile(&cache).await;
+        metrics.observe(&report, cache.invalid().len());
+        for (name, st) in changed {
+            let key = format!("status/containers/{name}");
+            let res = match &st {
+                Some(s) => store.put_json(&key, s).await.map(|_| ()),
+                None => store.delete_json(&key).await,
+            };
+            if let Err(e) = res {
+                warn!(container = %name, error = %e, "could not write status; will retry");
+                rec.status_not_written(&name);
+            }
+        }
+        {
+            let mut st = status_tx.lock().await;
+            st.ready = report.errors.is_empty();
+            st.last_reconcile = now_secs();
+            st.endpoints_programmed = report.programmed;
+            st.endpoints_failed = report.failed;
+            st.errors = report.errors.clone();
+            st.invalid_data = cache.invalid().iter().map(|(k, e)| format!("{k}: {e}")).collect();
+            st.bird_restarts = rec.dp.bird_restarts().await;
+            if let Err(e) = store.put_json(&format!("status/nodes/{}", cfg.node), &*st).await {
+                warn!(error = %e, "could not write agent status");
+            }
+        }
+        if report.errors.is_empty() {
+            backoff = Duration::from_millis(100);
+        } else {
+            next_retry = Some(Instant::now() + backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+    info!("agent stopping; the dataplane is left as it is");
+    rec.dp.stop().await;
+    Ok(())
+}
+
+/// Applies an event from a watch of one prefix. A Resync of one prefix must not wipe
+/// what the other watch put in the cache, so it is replayed as puts plus deletes.
+fn apply_partial(cache: &mut Cache, ev: WatchEvent, prefix: &str) -> bool {
+    match ev {
+        WatchEvent::Resync { items, revision } => cache.resync_prefix(prefix, items, revision),
+        other => cache.apply(other),
+    }
+}

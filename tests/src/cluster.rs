@@ -1,0 +1,258 @@
+//! A whole cluster on one machine: a private etcd, namespace hosts on a fabric, one
+//! real agent (with its BIRD) per host, and workloads as namespaces.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use calico_store::testing::TestEtcd;
+
+use crate::netns::{Fabric, Netns};
+use crate::unique;
+
+/// The directory holding the workspace's built binaries (target/debug), found from
+/// the running test executable (target/debug/deps/<test>).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let deps = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    deps.parent().map(Path::to_path_buf).unwrap_or(deps)
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo build --workspace` first",
+        p.display()
+    );
+    p
+}
+
+/// One running `calico-node` for one namespace host.
+pub struct Agent {
+    pub name: String,
+    pub run_dir: PathBuf,
+    pub http: String,
+    child: Option<Child>,
+    args: Vec<String>,
+}
+
+impl Agent {
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.run_dir.join("agent.log"))
+            .expect("agent log");
+        let child = Command::new(bin("calico-node"))
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn calico-node");
+        self.child = Some(child);
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SIGTERM: the agent stops BIRD and leaves the dataplane as it is.
+            let _ = Command::new("kill").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn start(&mut self) {
+        if self.child.is_none() {
+            self.spawn();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.run_dir.join("agent.log")).unwrap_or_default()
+    }
+
+    pub fn metrics(&self) -> String {
+        Command::new("curl")
+            .args(["-sf", &format!("http://{}/metrics", self.http)])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
+        // BIRD is the agent's child; if the agent was killed hard, it may linger.
+        if let Ok(pid) = std::fs::read_to_string(self.run_dir.join("bird.pid")) {
+            let _ = Command::new("kill").arg("-9").arg(pid.trim()).status();
+        }
+    }
+}
+
+pub struct Cluster {
+    pub etcd: TestEtcd,
+    pub fabric: Fabric,
+    pub agents: BTreeMap<String, Agent>,
+    pub workloads: BTreeMap<String, Netns>,
+    pub dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+impl Cluster {
+    /// Starts etcd and a fabric with hosts `host1..hostN` at 172.17.8.101...
+    pub fn new(hosts: usize) -> anyhow::Result<Cluster> {
+        let etcd = TestEtcd::start();
+        let mut fabric = Fabric::new()?;
+        for i in 0..hosts {
+            fabric.add_host(Ipv4Addr::new(172, 17, 8, 101 + i as u8))?;
+        }
+        let dir = tempfile::Builder::new().prefix("calico-e2e-").tempdir()?;
+        Ok(Cluster {
+            etcd,
+            fabric,
+            agents: BTreeMap::new(),
+            workloads: BTreeMap::new(),
+            dir,
+        })
+    }
+
+    pub fn host_ns(&self, i: usize) -> &Netns {
+        &self.fabric.hosts[i].ns
+    }
+
+    /// `calicoctl` against this cluster's etcd.
+    pub fn ctl(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.ctl_stdin(args, None)
+    }
+
+    pub fn ctl_stdin(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
+        use std::io::Write;
+        let mut cmd = Command::new(bin("calicoctl"));
+        cmd.arg("--etcd").arg(self.etcd.endpoint()).args(args);
+        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn()?;
+        if let (Some(mut pipe), Some(text)) = (child.stdin.take(), stdin) {
+            pipe.write_all(text.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            anyhow::bail!(
+                "calicoctl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn apply(&self, yaml: &str) -> anyhow::Result<String> {
+        self.ctl_stdin(&["apply", "-f", "-"], Some(yaml))
+    }
+
+    /// Declares Node `hostN` for fabric host i and starts its agent.
+    pub fn start_agent(&mut self, i: usize) -> anyhow::Result<()> {
+        let name = format!("host{}", i + 1);
+        let addr = self.fabric.hosts[i].addr;
+        self.apply(&format!(
+            "apiVersion: calico/v1\nkind: Node\nmetadata: {{name: {name}}}\nspec: {{ipv4: {addr}/24}}\n"
+        ))?;
+        let run_dir = self.dir.path().join(&name);
+        std::fs::create_dir_all(&run_dir)?;
+        let http = format!("127.0.0.1:{}", free_port());
+        let args = vec![
+            "--name".to_string(),
+            name.clone(),
+            "--etcd".into(),
+            self.etcd.endpoint(),
+            "--netns".into(),
+            self.fabric.hosts[i].ns.path().display().to_string(),
+            "--run-dir".into(),
+            run_dir.display().to_string(),
+            "--http".into(),
+            http.clone(),
+            "--resync".into(),
+            "5".into(),
+            "--etcd-timeout".into(),
+            "2".into(),
+        ];
+        let mut agent = Agent {
+            name: name.clone(),
+            run_dir,
+            http,
+            child: None,
+            args,
+        };
+        agent.spawn();
+        self.agents.insert(name, agent);
+        Ok(())
+    }
+
+    pub fn agent(&mut self, name: &str) -> &mut Agent {
+        self.agents.get_mut(name).expect("no such agent")
+    }
+
+    /// A workload namespace; its path is what a Container's `netns` names.
+    pub fn workload_ns(&mut self, name: &str) -> anyhow::Result<PathBuf> {
+        let ns = Netns::new(&unique("cwl"))?;
+        let p = ns.path();
+        self.workloads.insert(name.to_string(), ns);
+        Ok(p)
+    }
+
+    pub fn wl(&self, name: &str) -> &Netns {
+        &self.workloads[name]
+    }
+
+    /// Waits until `f` is true or `timeout` passes; returns the last result.
+    pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if f() {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn dump_logs(&self) -> String {
+        let mut s = String::new();
+        for a in self.agents.values() {
+            s.push_str(&format!("----- agent {} -----\n{}\n", a.name, a.log()));
+            if let Ok(b) = std::fs::read_to_string(a.run_dir.join("bird.log")) {
+                s.push_str(&format!("----- bird {} -----\n{}\n", a.name, b));
+            }
+        }
+        s
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Agents before namespaces: BIRD and the agent hold the host namespaces.
+        self.agents.clear();
+        self.workloads.clear();
+    }
+}

@@ -1,0 +1,132 @@
+//! The seed's demo on real agents, BIRD, nftables and namespace hosts: five workloads
+//! on two hosts, A, C and E in one group, B and D each alone.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use calico_e2e::cluster::Cluster;
+use calico_e2e::{can_connect, can_ping, serial, Listener};
+
+const WORKLOADS: [(&str, &str, &str, &str); 5] = [
+    ("a", "host1", "10.65.0.1", "A_C_E"),
+    ("b", "host1", "10.65.0.2", "B"),
+    ("c", "host1", "10.65.0.3", "A_C_E"),
+    ("d", "host2", "10.65.0.4", "D"),
+    ("e", "host2", "10.65.0.5", "A_C_E"),
+];
+
+fn ip(name: &str) -> IpAddr {
+    WORKLOADS
+        .iter()
+        .find(|w| w.0 == name)
+        .map(|w| w.2.parse().unwrap())
+        .unwrap()
+}
+
+/// Who reaches whom by ping, as a sorted list of "x->y".
+fn matrix(c: &Cluster) -> Vec<String> {
+    let mut out = Vec::new();
+    for (from, ..) in WORKLOADS {
+        for (to, ..) in WORKLOADS {
+            if from != to && can_ping(c.wl(from), ip(to), 1) {
+                out.push(format!("{from}->{to}"));
+            }
+        }
+    }
+    out
+}
+
+fn expect(pairs: &[(&str, &str)]) -> Vec<String> {
+    let mut v: Vec<String> = pairs
+        .iter()
+        .flat_map(|(a, b)| [format!("{a}->{b}"), format!("{b}->{a}")])
+        .collect();
+    v.sort();
+    v
+}
+
+pub fn seed_cluster() -> anyhow::Result<Cluster> {
+    let mut c = Cluster::new(2)?;
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+    c.ctl(&[
+        "apply",
+        "-f",
+        &format!("{root}/00-cluster.yaml"),
+        "-f",
+        &format!("{root}/20-groups.yaml"),
+    ])?;
+    c.start_agent(0)?;
+    c.start_agent(1)?;
+    let mut yaml = String::new();
+    for (name, node, addr, group) in WORKLOADS {
+        let ns = c.workload_ns(name)?;
+        yaml.push_str(&format!(
+            "---\napiVersion: calico/v1\nkind: Container\nmetadata: {{name: workload-{name}}}\nspec:\n  node: {node}\n  netns: {}\n  ips: [{addr}]\n  groups: [{group}]\n",
+            ns.display()
+        ));
+    }
+    c.apply(&yaml)?;
+    Ok(c)
+}
+
+#[test]
+fn seed_demo_groups_policy_and_bgp() {
+    let _g = serial();
+    let c = seed_cluster().expect("cluster");
+    // Converged when A reaches E across hosts (needs BGP routes both ways).
+    let ok = Cluster::wait_for(Duration::from_secs(40), || can_ping(c.wl("a"), ip("e"), 1));
+    assert!(ok, "a never reached e\n{}", c.dump_logs());
+
+    let m = matrix(&c);
+    assert_eq!(m, expect(&[("a", "c"), ("a", "e"), ("c", "e")]), "\n{}", c.dump_logs());
+
+    // Routes to the other host's workloads were learned over BGP, not configured.
+    let routes = c.host_ns(0).exec(&["ip", "route", "show", "proto", "bird"]).unwrap();
+    assert!(
+        routes.contains("via 172.17.8.102"),
+        "host1 has no BGP routes via host2:\n{routes}"
+    );
+    let protocols = c.host_ns(0).exec(&["ip", "route", "show", "proto", "80"]).unwrap();
+    assert!(
+        protocols.contains("10.65.0.1 dev cali"),
+        "workload route missing:\n{protocols}"
+    );
+
+    // Adding B to the group opens exactly B's paths.
+    c.ctl(&["addtogroup", "workload-b", "A_C_E"]).unwrap();
+    let ok = Cluster::wait_for(Duration::from_secs(15), || can_ping(c.wl("b"), ip("e"), 1));
+    assert!(ok, "b never reached e after addtogroup");
+    let m = matrix(&c);
+    assert_eq!(
+        m,
+        expect(&[("a", "b"), ("a", "c"), ("a", "e"), ("b", "c"), ("b", "e"), ("c", "e")])
+    );
+
+    // A Policy denying TCP 80 from A to C closes exactly that.
+    let _l80 = Listener::start(c.wl("c"), 80).unwrap();
+    let _l81 = Listener::start(c.wl("c"), 81).unwrap();
+    let t = Duration::from_millis(700);
+    assert!(can_connect(c.wl("a"), ip("c"), 80, t));
+    c.apply(
+        r#"apiVersion: calico/v1
+kind: Policy
+metadata: {name: no-http-a-to-c}
+spec:
+  order: 10
+  selector: group == "A_C_E"
+  ingress:
+    - action: Deny
+      protocol: TCP
+      source: {nets: [10.65.0.1/32]}
+      destination: {nets: [10.65.0.3/32], ports: [80]}
+    - action: Pass
+"#,
+    )
+    .unwrap();
+    let closed = Cluster::wait_for(Duration::from_secs(10), || !can_connect(c.wl("a"), ip("c"), 80, t));
+    assert!(closed, "a->c:80 still open");
+    assert!(can_connect(c.wl("a"), ip("c"), 81, t), "a->c:81 must stay open");
+    assert!(can_connect(c.wl("e"), ip("c"), 80, t), "e->c:80 must stay open");
+    assert!(can_connect(c.wl("b"), ip("c"), 80, t), "b->c:80 must stay open");
+    assert!(can_ping(c.wl("a"), ip("c"), 1), "ping a->c must stay open");
+}
