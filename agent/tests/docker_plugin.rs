@@ -416,6 +416,13 @@ async fn full_lifecycle_reaches_the_backend() {
     )
     .await;
     ok(net, "NetworkDriver.DeleteNetwork", json!({"NetworkID": NID})).await;
+    // Docker "releases" the gateway marker it got from RequestPool: never the backend's business.
+    ok(
+        ipam,
+        "IpamDriver.ReleaseAddress",
+        json!({"PoolID": "calico-ipv4", "Address": "0.0.0.0"}),
+    )
+    .await;
     ok(ipam, "IpamDriver.ReleasePool", json!({"PoolID": "calico-ipv4"})).await;
 
     let calls = mock.calls();
@@ -810,4 +817,530 @@ async fn concurrent_requests() {
     }
     assert_eq!(got.len(), 20, "every request got its own address: {got:?}");
     server.shutdown().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------
+// Against a real dockerd: a private daemon in its own mount and network namespaces
+// (its /run/docker/plugins is a bind mount of our temp dir), so nothing on the host
+// changes. Skipped, with a note, where dockerd is missing or we are not root.
+// ---------------------------------------------------------------------------------
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output};
+
+use calico_agent::docker::events::{CalicoIp, DockerClient, DockerEvent, EventFollower, EventsConfig, NetworkAction};
+
+struct Dockerd {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Dockerd {
+    /// Start a private dockerd, or `None` (test skipped) where that is impossible.
+    fn start() -> Option<Dockerd> {
+        let root = unsafe { libc::geteuid() } == 0;
+        let have = |bin: &str| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {bin}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        if !root || !have("dockerd") || !have("docker") || !have("unshare") || !Path::new("/bin/busybox").exists() {
+            eprintln!("SKIP: needs root, dockerd, docker, unshare and /bin/busybox");
+            return None;
+        }
+        let dir = tempfile::Builder::new().prefix("calico-dockerd.").tempdir().unwrap();
+        for sub in ["plugins", "data", "exec", "rootfs/bin"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
+        let mut d = Dockerd { dir, child: None };
+        d.spawn();
+        // An image from the static busybox: no registry is reachable.
+        let rootfs = d.dir.path().join("rootfs");
+        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+        for applet in ["sh", "sleep", "ip"] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+        }
+        let import = format!(
+            "tar -C {} -c . | docker -H {} import - calico-test/busybox",
+            rootfs.display(),
+            d.host()
+        );
+        let out = Command::new("sh").args(["-c", &import]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "docker import: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(d)
+    }
+
+    fn spawn(&mut self) {
+        let p = self.dir.path();
+        // Private /run (so /run/docker/plugins is ours), private network namespace.
+        let script = format!(
+            "set -e\nmount --make-rprivate /\nmount -t tmpfs none /run\nmkdir -p /run/docker/plugins\n\
+             mount --bind {plugins} /run/docker/plugins\nip link set lo up\n\
+             exec dockerd --data-root {data} --exec-root {exec} -H {host} --pidfile {p}/docker.pid \
+             --bridge=none --iptables=false --ip6tables=false >>{p}/dockerd.log 2>&1\n",
+            plugins = p.join("plugins").display(),
+            data = p.join("data").display(),
+            exec = p.join("exec").display(),
+            host = self.host(),
+            p = p.display(),
+        );
+        // unshare and sh exec, so the child's PID is dockerd's.
+        let child = Command::new("unshare")
+            .args(["-m", "-n", "sh", "-c", &script])
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        for _ in 0..300 {
+            if self.docker_ok(&["version"]).is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("dockerd did not come up: {}", self.log());
+    }
+
+    fn host(&self) -> String {
+        format!("unix://{}/docker.sock", self.dir.path().display())
+    }
+
+    fn plugin_dir(&self) -> PathBuf {
+        self.dir.path().join("plugins")
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap()
+    }
+
+    fn netns(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/ns/net", self.pid()))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("dockerd.log")).unwrap_or_default()
+    }
+
+    fn docker(&self, args: &[&str]) -> Output {
+        Command::new("docker")
+            .arg("-H")
+            .arg(self.host())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn docker_ok(&self, args: &[&str]) -> Option<String> {
+        let out = self.docker(args);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Run docker and insist on success.
+    fn must(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        assert!(
+            out.status.success(),
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// SIGTERM and wait (dockerd stops its containers and its containerd).
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            for _ in 0..200 {
+                if child.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.docker(&["rm", "-f", "-v", "c1", "c2", "seed1"]);
+        }
+        self.stop();
+    }
+}
+
+/// The mock, plus real veths in dockerd's namespace so Docker can move them.
+struct VethMock {
+    inner: Mock,
+    netns: PathBuf,
+}
+
+fn ip_in(netns: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .arg("ip")
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        bail!("ip {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+impl Backend for VethMock {
+    async fn create_network(&self, req: NetworkCreate) -> anyhow::Result<()> {
+        self.inner.create_network(req).await
+    }
+    async fn delete_network(&self, id: String) -> anyhow::Result<()> {
+        self.inner.delete_network(id).await
+    }
+    async fn create_endpoint(&self, req: EndpointCreate) -> anyhow::Result<EndpointInterface> {
+        self.inner.create_endpoint(req).await?;
+        // Let the kernel pick the container-side MAC.
+        Ok(EndpointInterface::default())
+    }
+    async fn delete_endpoint(&self, nid: String, eid: String) -> anyhow::Result<()> {
+        self.inner.delete_endpoint(nid, eid).await
+    }
+    async fn join(&self, req: JoinRequest) -> anyhow::Result<JoinInfo> {
+        let info = self.inner.join(req.clone()).await?;
+        let host = format!("cali{}", &req.endpoint_id[..11]);
+        ip_in(
+            &self.netns,
+            &["link", "add", &host, "type", "veth", "peer", "name", &info.src_name],
+        )?;
+        ip_in(&self.netns, &["link", "set", &host, "up"])?;
+        Ok(info)
+    }
+    async fn leave(&self, nid: String, eid: String) -> anyhow::Result<()> {
+        self.inner.leave(nid, eid.clone()).await?;
+        ip_in(&self.netns, &["link", "del", &format!("cali{}", &eid[..11])])
+    }
+    async fn program_external_connectivity(&self, nid: String, eid: String) -> anyhow::Result<()> {
+        self.inner.program_external_connectivity(nid, eid).await
+    }
+    async fn revoke_external_connectivity(&self, nid: String, eid: String) -> anyhow::Result<()> {
+        self.inner.revoke_external_connectivity(nid, eid).await
+    }
+    async fn request_pool(&self, req: PoolRequest) -> anyhow::Result<PoolInfo> {
+        self.inner.request_pool(req).await
+    }
+    async fn release_pool(&self, id: String) -> anyhow::Result<()> {
+        self.inner.release_pool(id).await
+    }
+    async fn request_address(&self, req: AddressRequest) -> anyhow::Result<IpAddr> {
+        self.inner.request_address(req).await
+    }
+    async fn release_address(&self, pool: String, addr: IpAddr) -> anyhow::Result<()> {
+        self.inner.release_address(pool, addr).await
+    }
+}
+
+/// What real Docker 20.10 sends, end to end: network create with `-o group`, run,
+/// stop/start, rm, network rm; and that the container comes up configured the
+/// Calico way (a /32, the link-local gateway).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_dockerd_drives_the_plugin() {
+    let Some(d) = Dockerd::start() else { return };
+    let mock = Arc::new(VethMock {
+        inner: Mock::default(),
+        netns: d.netns(),
+    });
+    let server = serve(&d.plugin_dir(), mock.clone()).await.unwrap();
+
+    let create = tokio::task::block_in_place(|| {
+        d.must(&[
+            "network",
+            "create",
+            "--driver",
+            "calico",
+            "--ipam-driver",
+            "calico-ipam",
+            "-o",
+            "group=web",
+            "calnet",
+        ])
+    });
+    let nid = create.trim().to_string();
+    let sub = tokio::task::block_in_place(|| {
+        d.must(&[
+            "network",
+            "create",
+            "--driver",
+            "calico",
+            "--ipam-driver",
+            "calico-ipam",
+            "--subnet",
+            "10.65.0.0/16",
+            "calsub",
+        ])
+    });
+
+    // A container on the catch-all network, and one with --ip on the --subnet one.
+    tokio::task::block_in_place(|| {
+        d.must(&[
+            "run",
+            "-d",
+            "--name",
+            "c1",
+            "--net",
+            "calnet",
+            "calico-test/busybox",
+            "sleep",
+            "1000",
+        ]);
+        d.must(&[
+            "run",
+            "-d",
+            "--name",
+            "c2",
+            "--net",
+            "calsub",
+            "--ip",
+            "10.65.7.7",
+            "calico-test/busybox",
+            "sleep",
+            "1000",
+        ]);
+    });
+    let addr = tokio::task::block_in_place(|| d.must(&["exec", "c1", "ip", "-4", "addr", "show", "eth0"]));
+    assert!(addr.contains("inet 10.65.0.1/32"), "{addr}");
+    let routes = tokio::task::block_in_place(|| d.must(&["exec", "c1", "ip", "route"]));
+    assert!(routes.contains("default via 169.254.1.1 dev eth0"), "{routes}");
+    assert!(routes.contains("169.254.1.1 dev eth0"), "{routes}");
+    let ip = tokio::task::block_in_place(|| {
+        d.must(&["inspect", "-f", "{{.NetworkSettings.Networks.calnet.IPAddress}}", "c1"])
+    });
+    assert_eq!(ip, "10.65.0.1", "docker inspect shows the Calico IP");
+    let addr2 = tokio::task::block_in_place(|| d.must(&["exec", "c2", "ip", "-4", "addr", "show", "eth0"]));
+    assert!(addr2.contains("inet 10.65.7.7/32"), "{addr2}");
+
+    // Docker's own refusals and ours reach the user.
+    let out = tokio::task::block_in_place(|| {
+        d.docker(&[
+            "network",
+            "create",
+            "--driver",
+            "calico",
+            "--ipam-driver",
+            "calico-ipam",
+            "-o",
+            "mtu=9000",
+            "bad1",
+        ])
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("unknown option -o mtu"),
+        "{stderr}"
+    );
+    let out = tokio::task::block_in_place(|| d.docker(&["network", "create", "--driver", "calico", "bad2"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("--ipam-driver calico-ipam"),
+        "{stderr}"
+    );
+
+    // stop/start: Docker releases the address at stop and asks again at start. With
+    // --ip it asks for the same address (stored in the container's IPAMConfig); without,
+    // it asks for "any address" and says nothing about which container is asking.
+    let before_restart = mock.inner.calls().len();
+    tokio::task::block_in_place(|| {
+        d.must(&["stop", "-t", "1", "c1", "c2"]);
+        d.must(&["start", "c1", "c2"]);
+    });
+    let inspect_ip = |c: &str, net: &str| {
+        let fmt = format!("{{{{.NetworkSettings.Networks.{net}.IPAddress}}}}");
+        tokio::task::block_in_place(|| d.must(&["inspect", "-f", &fmt, c]))
+    };
+    assert_eq!(inspect_ip("c2", "calsub"), "10.65.7.7", "--ip survives stop/start");
+    let restart: Vec<Call> = mock.inner.calls()[before_restart..].to_vec();
+    assert!(restart.contains(&Call::ReleaseAddress(
+        "10.65.0.0/16".into(),
+        "10.65.7.7".parse().unwrap()
+    )));
+    let rerequests: Vec<Option<IpAddr>> = restart
+        .iter()
+        .filter_map(|c| {
+            if let Call::RequestAddress(r) = c {
+                Some(r.address)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert!(
+        rerequests.contains(&Some("10.65.7.7".parse().unwrap())),
+        "{rerequests:?}"
+    );
+    assert!(
+        rerequests.contains(&None),
+        "an auto-assigned address is not asked for again: {rerequests:?}"
+    );
+    eprintln!("c1 after stop/start: {} (was 10.65.0.1)", inspect_ip("c1", "calnet"));
+
+    tokio::task::block_in_place(|| {
+        d.must(&["rm", "-f", "c1", "c2"]);
+        d.must(&["network", "rm", "calnet", "calsub"]);
+    });
+
+    let calls = mock.inner.calls();
+    for c in &calls {
+        eprintln!("{c:?}");
+    }
+    // The network's -o options and pool arrive as documented.
+    let created: Vec<&NetworkCreate> = calls
+        .iter()
+        .filter_map(|c| if let Call::CreateNetwork(n) = c { Some(n) } else { None })
+        .collect();
+    assert_eq!(created[0].network_id, nid);
+    assert_eq!(created[0].group.as_deref(), Some("web"));
+    assert_eq!(created[0].ipv4[0].pool, "0.0.0.0/0".parse::<IpNet>().unwrap());
+    assert_eq!(created[1].network_id, sub.trim());
+    assert_eq!(created[1].ipv4[0].pool, "10.65.0.0/16".parse::<IpNet>().unwrap());
+    // --ip arrives at IPAM as the requested address.
+    assert!(calls
+        .iter()
+        .any(|c| matches!(c, Call::RequestAddress(r) if r.address == Some("10.65.7.7".parse().unwrap()))));
+    // Every endpoint Docker created it also deleted, and every address came back.
+    let count = |f: fn(&Call) -> bool| calls.iter().filter(|c| f(c)).count();
+    assert_eq!(
+        count(|c| matches!(c, Call::CreateEndpoint(_))),
+        count(|c| matches!(c, Call::DeleteEndpoint(..)))
+    );
+    assert_eq!(
+        count(|c| matches!(c, Call::Join(_))),
+        count(|c| matches!(c, Call::Leave(..)))
+    );
+    assert_eq!(
+        count(|c| matches!(c, Call::RequestAddress(_))),
+        count(|c| matches!(c, Call::ReleaseAddress(..)))
+    );
+    server.shutdown().await.unwrap();
+}
+
+/// Wait for the next event matching `pred`, skipping others.
+async fn next_matching(f: &mut EventFollower, what: &str, pred: impl Fn(&DockerEvent) -> bool) -> DockerEvent {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match tokio::time::timeout_at(deadline, f.next()).await {
+            Ok(Some(ev)) if pred(&ev) => return ev,
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("follower ended while waiting for {what}"),
+            Err(_) => panic!("timed out waiting for {what}"),
+        }
+    }
+}
+
+/// The seed's path: `docker run --net=none -e CALICO_IP=auto -e CALICO_GROUP=web` is
+/// seen start to destroy, and a dockerd restart is survived with a resync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_dockerd_events_and_resync() {
+    let Some(mut d) = Dockerd::start() else { return };
+    let mut follower = EventFollower::spawn(EventsConfig::new(d.host()));
+    match next_matching(&mut follower, "first resync", |e| matches!(e, DockerEvent::Resync(_))).await {
+        DockerEvent::Resync(list) => assert!(list.is_empty(), "{list:?}"),
+        _ => unreachable!(),
+    }
+
+    let id = tokio::task::block_in_place(|| {
+        d.must(&[
+            "run",
+            "-d",
+            "--name",
+            "seed1",
+            "--net=none",
+            "-e",
+            "CALICO_IP=auto",
+            "-e",
+            "CALICO_GROUP=web",
+            "calico-test/busybox",
+            "sleep",
+            "1000",
+        ])
+    });
+    let started = next_matching(&mut follower, "start", |e| matches!(e, DockerEvent::Start(_))).await;
+    let DockerEvent::Start(info) = started else {
+        unreachable!()
+    };
+    assert_eq!(info.id, id);
+    assert_eq!(info.name, "seed1");
+    assert!(info.running && info.pid.is_some(), "{info:?}");
+    assert_eq!(info.network_mode, "none");
+    let req = info.seed_request().unwrap().unwrap();
+    assert_eq!(req.ip, CalicoIp::Auto);
+    assert_eq!(req.groups, vec!["web"]);
+    // The netns path names a live namespace.
+    assert!(Path::new(&info.netns_path().unwrap()).exists());
+
+    // Inspection by name, and of networks, through the same client.
+    let client = DockerClient::connect(&d.host()).await.unwrap();
+    assert_eq!(client.inspect_container("seed1").await.unwrap().unwrap().id, id);
+    assert!(client.inspect_container("no-such-container").await.unwrap().is_none());
+    assert!(client.inspect_network("no-such-network").await.unwrap().is_none());
+    let none = client.inspect_network("none").await.unwrap().unwrap();
+    assert_eq!((none.name.as_str(), none.driver.as_str()), ("none", "null"));
+
+    tokio::task::block_in_place(|| d.must(&["stop", "-t", "1", "seed1"]));
+    let died = next_matching(&mut follower, "die", |e| matches!(e, DockerEvent::Die { .. })).await;
+    assert_eq!(
+        died,
+        DockerEvent::Die {
+            id: id.clone(),
+            name: "seed1".into()
+        }
+    );
+
+    // dockerd goes away and comes back: the follower reconnects and resyncs, listing
+    // the stopped container too (a container missing from a resync is gone).
+    tokio::task::block_in_place(|| {
+        d.stop();
+        std::thread::sleep(Duration::from_secs(1));
+        d.spawn();
+    });
+    let resync = next_matching(&mut follower, "resync after restart", |e| {
+        matches!(e, DockerEvent::Resync(_))
+    })
+    .await;
+    let DockerEvent::Resync(list) = resync else {
+        unreachable!()
+    };
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!((list[0].id.as_str(), list[0].running), (id.as_str(), false));
+
+    // Network events carry name and driver.
+    tokio::task::block_in_place(|| d.must(&["network", "create", "--driver", "bridge", "brnet"]))
+        .trim()
+        .to_string();
+    let DockerEvent::Network {
+        action, name, driver, ..
+    } = next_matching(&mut follower, "network create", |e| {
+        matches!(e, DockerEvent::Network { .. })
+    })
+    .await
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        (action, name.as_str(), driver.as_str()),
+        (NetworkAction::Create, "brnet", "bridge")
+    );
+
+    tokio::task::block_in_place(|| d.must(&["rm", "seed1"]));
+    let destroyed = next_matching(&mut follower, "destroy", |e| matches!(e, DockerEvent::Destroy { .. })).await;
+    assert_eq!(
+        destroyed,
+        DockerEvent::Destroy {
+            id,
+            name: "seed1".into()
+        }
+    );
+    follower.stop();
 }

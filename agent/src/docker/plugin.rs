@@ -798,6 +798,12 @@ async fn handle<B: Backend>(shared: &Shared<B>, method: &str, body: &Bytes) -> O
             require(method, "PoolID", &req.pool_id)?;
             require(method, "Address", &req.address)?;
             let ip = parse_ip(method, "Address", &req.address)?;
+            // Docker "releases" the gateway it took from RequestPool's Data
+            // (0.0.0.0/0, ::/0) when a network is removed or its creation rolled back;
+            // it was never allocated.
+            if ip.is_unspecified() {
+                return Ok(json!({}));
+            }
             backend_call(method, b.release_address(req.pool_id, ip)).await?;
             Ok(json!({}))
         }
