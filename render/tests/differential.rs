@@ -85,12 +85,19 @@ impl Drop for Netns {
     }
 }
 
+// std already links the C library; declaring the two calls we need saves a dependency.
+extern "C" {
+    fn setns(fd: i32, nstype: i32) -> i32;
+    fn geteuid() -> u32;
+}
+const CLONE_NEWNET: i32 = 0x4000_0000;
+
 /// Runs `f` on a new thread inside `netns` (setns affects only the calling thread).
 fn in_netns<T: Send + 'static>(path: String, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
     std::thread::spawn(move || {
         let file = std::fs::File::open(&path).expect("open netns");
-        // SAFETY: setns on a valid namespace fd; it changes only this thread's namespace.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        // SAFETY: setns on a namespace fd we hold open; it changes only this thread.
+        let rc = unsafe { setns(file.as_raw_fd(), CLONE_NEWNET) };
         assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
         f()
     })
@@ -146,7 +153,6 @@ fn plumb(names: &[String]) -> Host {
             "nud",
             "permanent",
         ]);
-        wl.exec(&["sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647"]);
         host.ip(&["link", "set", &iface, "up"]);
         host.exec(&["sysctl", "-qw", &format!("net.ipv4.conf.{iface}.proxy_arp=1")]);
         host.ip(&["route", "add", &format!("{ip}/32"), "dev", &iface, "scope", "link"]);
@@ -187,59 +193,27 @@ fn load_table(host: &Netns, json: &str) {
     );
 }
 
-/// One ICMP echo through a ping socket; true when the reply came back.
-fn ping(dst: Ipv4Addr) -> bool {
-    // SAFETY: plain socket syscalls on a descriptor this function owns and closes.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP);
-        assert!(fd >= 0, "ping socket: {}", std::io::Error::last_os_error());
-        let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: PROBE_TIMEOUT.as_micros() as libc::suseconds_t,
-        };
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            &tv as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::timeval>() as u32,
-        );
-        let addr = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: 0,
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(dst).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
-        // Echo request: type 8, code 0; the kernel fills in the id and checksum.
-        let pkt: [u8; 16] = [8, 0, 0, 0, 0, 0, 0, 1, b'c', b'a', b'l', b'i', b'c', b'o', 0, 0];
-        let sent = libc::sendto(
-            fd,
-            pkt.as_ptr() as *const libc::c_void,
-            pkt.len(),
-            0,
-            &addr as *const _ as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_in>() as u32,
-        );
-        let mut ok = false;
-        if sent > 0 {
-            let deadline = Instant::now() + PROBE_TIMEOUT;
-            let mut buf = [0u8; 128];
-            while Instant::now() < deadline {
-                let n = libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0);
-                if n <= 0 {
-                    break;
-                }
-                if buf[0] == 0 {
-                    ok = true;
-                    break;
-                }
-            }
-        }
-        libc::close(fd);
-        ok
-    }
+/// Starts one ICMP echo from `src` to `dst` with iputils ping; all pings of a seed run
+/// at once, so their one-second timeout is paid once.
+fn spawn_ping(src: &Netns, dst: Ipv4Addr) -> std::process::Child {
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &src.0,
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            &dst.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ping")
 }
 
 // ------------------------------------------------------------------ scenario
@@ -648,7 +622,7 @@ fn reference(w: &World<'_>, pkt: &Packet) -> bool {
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    unsafe { geteuid() == 0 }
 }
 
 fn run_seed(seed: u64) -> (usize, Vec<String>) {
@@ -695,34 +669,39 @@ fn run_seed(seed: u64) -> (usize, Vec<String>) {
             }
         }
     }
-    // One thread per sender, each in its workload's namespace.
+    let mut observed = BTreeMap::new();
+    let pings: Vec<(usize, usize, std::process::Child)> = probes
+        .iter()
+        .filter(|p| p.probe == Probe::Icmp)
+        .map(|p| (p.src, p.dst, spawn_ping(&host.workloads[p.src], wl_ip(p.dst))))
+        .collect();
+    // One thread per sender for TCP, each in its workload's namespace.
     let mut handles = Vec::new();
     for (src, wl) in host.workloads.iter().enumerate() {
-        let mine: Vec<(usize, Probe)> = probes
+        let mine: Vec<(usize, u16)> = probes
             .iter()
-            .filter(|p| p.src == src)
-            .map(|p| (p.dst, p.probe))
+            .filter_map(|p| match p.probe {
+                Probe::Tcp(port) if p.src == src => Some((p.dst, port)),
+                _ => None,
+            })
             .collect();
         handles.push(in_netns(wl.path(), move || {
             mine.into_iter()
-                .map(|(dst, probe)| {
-                    let ip = wl_ip(dst);
-                    let ok = match probe {
-                        Probe::Icmp => ping(ip),
-                        Probe::Tcp(port) => {
-                            TcpStream::connect_timeout(&SocketAddr::from((ip, port)), PROBE_TIMEOUT).is_ok()
-                        }
-                    };
-                    (src, dst, probe, ok)
+                .map(|(dst, port)| {
+                    let addr = SocketAddr::from((wl_ip(dst), port));
+                    (src, dst, port, TcpStream::connect_timeout(&addr, PROBE_TIMEOUT).is_ok())
                 })
                 .collect::<Vec<_>>()
         }));
     }
-    let mut observed = BTreeMap::new();
     for h in handles {
-        for (src, dst, probe, ok) in h.join().expect("probe thread") {
-            observed.insert((src, dst, format!("{probe:?}")), ok);
+        for (src, dst, port, ok) in h.join().expect("probe thread") {
+            observed.insert((src, dst, format!("{:?}", Probe::Tcp(port))), ok);
         }
+    }
+    for (src, dst, mut child) in pings {
+        let ok = child.wait().map(|s| s.success()).unwrap_or(false);
+        observed.insert((src, dst, format!("{:?}", Probe::Icmp)), ok);
     }
     drop(listeners);
 
