@@ -16,8 +16,13 @@ use crate::unique;
 /// the running test executable (target/debug/deps/<test>).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
-    let deps = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    deps.parent().map(Path::to_path_buf).unwrap_or(deps)
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    // Test executables live in target/debug/deps, binaries (the demo) in target/debug.
+    if dir.ends_with("deps") {
+        dir.parent().map(Path::to_path_buf).unwrap_or(dir)
+    } else {
+        dir
+    }
 }
 
 pub fn bin(name: &str) -> PathBuf {
