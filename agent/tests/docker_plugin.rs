@@ -1065,6 +1065,10 @@ async fn real_dockerd_drives_the_plugin() {
             "calico-ipam",
             "-o",
             "group=web",
+            // Labels and --attachable are Docker's business: they must not upset the driver.
+            "--label",
+            "team=blue",
+            "--attachable",
             "calnet",
         ])
     });
