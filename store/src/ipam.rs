@@ -46,6 +46,8 @@ const MAX_BLOCK_HOST_BITS: u8 = 16;
 /// etcd refuses transactions of more than 128 operations by default: reads of many
 /// blocks are split.
 const READ_CHUNK: usize = 100;
+/// How many candidate blocks past the existing ones a search for a free block looks at.
+const SCAN_SLACK: usize = 65536;
 /// A full listing of a large cluster's blocks exceeds tonic's default 4 MiB.
 const MAX_DECODE: usize = 256 * 1024 * 1024;
 
@@ -346,6 +348,19 @@ fn key_string(kv: &KeyValue) -> Result<String, IpamError> {
     })
 }
 
+/// The cidrs named by a listing of block keys.
+fn cidrs_of(kvs: &[KeyValue]) -> Result<Vec<IpNet>, IpamError> {
+    kvs.iter()
+        .map(|kv| {
+            let key = key_string(kv)?;
+            parse_block_suffix(key.strip_prefix(BLOCKS_PREFIX).unwrap_or(&key)).ok_or_else(|| IpamError::Invalid {
+                key: key.clone(),
+                detail: "the key does not name a cidr".into(),
+            })
+        })
+        .collect()
+}
+
 fn to_json<T: Serialize>(key: &str, v: &T) -> Result<Vec<u8>, IpamError> {
     serde_json::to_vec(v).map_err(|e| IpamError::Invalid {
         key: key.to_string(),
@@ -472,7 +487,13 @@ impl<'a> Pools<'a> {
             if others.is_empty() && in_pool >= total {
                 continue; // every block of the pool exists
             }
-            for cand in subnets {
+            // Blocks are carved in order, so a free one turns up after at most as many
+            // candidates as there are blocks; the bound only matters for odd layouts
+            // (blocks of another size), which then cost a bounded scan, not a hang.
+            let limit = usize::try_from(in_pool)
+                .unwrap_or(usize::MAX)
+                .saturating_add(others.len() + SCAN_SLACK);
+            for cand in subnets.take(limit) {
                 if !exact.contains(&cand) && !others.iter().any(|o| overlaps(o, &cand)) && self.block_usable(&cand) {
                     return Some(cand);
                 }
@@ -549,13 +570,26 @@ async fn backoff(attempt: u32) {
     tokio::time::sleep(Duration::from_micros(us)).await;
 }
 
+/// A call that failed on a dead connection (etcd killed or restarted under an open
+/// channel) comes back as gRPC UNKNOWN with the transport's I/O error as its source.
+fn broken_connection(status: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = status.source();
+    while let Some(e) = cur {
+        if e.downcast_ref::<std::io::Error>().is_some() {
+            return true;
+        }
+        cur = e.source();
+    }
+    status.to_string().contains("transport error")
+}
+
 fn map_etcd_error(what: &str, e: etcd_client::Error) -> IpamError {
     use etcd_client::Error as E;
     // gRPC codes CANCELLED (1), DEADLINE_EXCEEDED (4) and UNAVAILABLE (14): etcd is not
     // reachable (or has no leader), as opposed to refusing the request.
     let unavailable = match &e {
         E::TransportError(_) | E::IoError(_) => true,
-        E::GRpcStatus(s) => matches!(i32::from(s.code()), 1 | 4 | 14),
+        E::GRpcStatus(s) => matches!(i32::from(s.code()), 1 | 4 | 14) || broken_connection(s),
         _ => false,
     };
     if unavailable {
@@ -633,15 +667,20 @@ impl Ipam {
     /// The cidrs of every block, from the keys alone.
     async fn block_cidrs(&self) -> Result<Vec<IpNet>, IpamError> {
         let kvs = self.get("list blocks", BLOCKS_PREFIX, prefix_keys_only()).await?;
-        kvs.iter()
-            .map(|kv| {
-                let key = key_string(kv)?;
-                parse_block_suffix(key.strip_prefix(BLOCKS_PREFIX).unwrap_or(&key)).ok_or_else(|| IpamError::Invalid {
-                    key: key.clone(),
-                    detail: "the key does not name a cidr".into(),
-                })
-            })
-            .collect()
+        cidrs_of(&kvs)
+    }
+
+    /// A handle and the cidrs of every block, in one round trip.
+    async fn read_handle_and_cidrs(&self, handle: &str) -> Result<(Option<Handle>, Vec<IpNet>), IpamError> {
+        let txn = Txn::new().and_then(vec![
+            TxnOp::get(handle_key(handle), None),
+            TxnOp::get(BLOCKS_PREFIX, prefix_keys_only()),
+        ]);
+        let resp = self.txn("read handle and block list", txn).await?;
+        let mut got = gets(&resp).into_iter();
+        let h = got.next().unwrap_or_default().first().map(Handle::decode).transpose()?;
+        let cidrs = cidrs_of(&got.next().unwrap_or_default())?;
+        Ok((h, cidrs))
     }
 
     async fn read_all_blocks(&self) -> Result<Vec<Block>, IpamError> {
@@ -649,9 +688,8 @@ impl Ipam {
         kvs.iter().map(Block::decode).collect()
     }
 
-    /// The existing blocks holding the given addresses (read in one round trip).
-    async fn blocks_for(&self, ips: &[IpAddr]) -> Result<Vec<Block>, IpamError> {
-        let cidrs = self.block_cidrs().await?;
+    /// The existing blocks (of `cidrs`) holding the given addresses, in one round trip.
+    async fn blocks_holding(&self, cidrs: &[IpNet], ips: &[IpAddr]) -> Result<Vec<Block>, IpamError> {
         let keys: BTreeSet<String> = ips
             .iter()
             .filter_map(|ip| cidrs.iter().find(|c| c.contains(ip)))
@@ -861,8 +899,7 @@ impl Ipam {
         }
         let hkey = handle_key(handle);
         for attempt in 0..MAX_ATTEMPTS {
-            let h = self.read_handle(handle).await?;
-            let cidrs = self.block_cidrs().await?;
+            let (h, cidrs) = self.read_handle_and_cidrs(handle).await?;
             let existing_keys: BTreeSet<String> = wanted
                 .iter()
                 .filter_map(|ip| cidrs.iter().find(|c| c.contains(ip)))
@@ -941,10 +978,11 @@ impl Ipam {
     pub async fn release_handle(&self, handle: &str) -> Result<Vec<IpAddr>, IpamError> {
         let hkey = handle_key(handle);
         for attempt in 0..MAX_ATTEMPTS {
-            let Some(h) = self.read_handle(handle).await? else {
+            let (h, cidrs) = self.read_handle_and_cidrs(handle).await?;
+            let Some(h) = h else {
                 return Ok(Vec::new());
             };
-            let blocks = self.blocks_for(&h.info.ips).await?;
+            let blocks = self.blocks_holding(&cidrs, &h.info.ips).await?;
             let mut plan = Plan::default();
             for ip in &h.info.ips {
                 let Some(b) = blocks.iter().find(|b| b.doc.cidr.contains(ip)) else {
@@ -974,7 +1012,8 @@ impl Ipam {
     /// when it was free. The handle keeps its other addresses (and goes when it has none).
     pub async fn release_ip(&self, ip: IpAddr) -> Result<Option<String>, IpamError> {
         for attempt in 0..MAX_ATTEMPTS {
-            let blocks = self.blocks_for(&[ip]).await?;
+            let cidrs = self.block_cidrs().await?;
+            let blocks = self.blocks_holding(&cidrs, &[ip]).await?;
             let Some(b) = blocks.first() else {
                 return Ok(None);
             };
@@ -1176,9 +1215,14 @@ impl Ipam {
     pub async fn release_node(&self, node: &str, release_addresses: bool) -> Result<(), IpamError> {
         check_name("node", node)?;
         if release_addresses {
-            for (h, info) in self.handles().await? {
-                if info.node == node {
-                    self.release_handle(&h).await?;
+            // Tolerant of bad records: one undecodable handle must not stop the GC.
+            for kv in self.get("list handles", HANDLES_PREFIX, prefix()).await? {
+                match Handle::decode(&kv) {
+                    Ok(h) if h.info.node == node => {
+                        self.release_handle(&h.name).await?;
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "skipping an undecodable handle"),
                 }
             }
         }
