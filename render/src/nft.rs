@@ -58,6 +58,8 @@ const ICMPV6_HOST: [u32; 6] = [130, 131, 132, 133, 135, 136];
 
 type E = Expression<'static>;
 type S = Statement<'static>;
+/// A rule's statements and its comment.
+type NftRule = (Vec<S>, Option<String>);
 
 fn st(s: impl Into<String>) -> E {
     Expression::String(Cow::Owned(s.into()))
@@ -248,8 +250,8 @@ struct Builder {
     /// Base chains in declaration order.
     base: Vec<BaseChain>,
     /// Regular chains and their rules (with optional comment); BTreeMap for stable order.
-    chains: BTreeMap<String, Vec<(Vec<S>, Option<String>)>>,
-    base_rules: BTreeMap<&'static str, Vec<(Vec<S>, Option<String>)>>,
+    chains: BTreeMap<String, Vec<NftRule>>,
+    base_rules: BTreeMap<&'static str, Vec<NftRule>>,
 }
 
 impl Builder {
@@ -662,7 +664,7 @@ impl Renderer<'_> {
         if self.b.chains.contains_key(&chain) {
             return chain;
         }
-        let mut rules: Vec<(Vec<S>, Option<String>)> = vec![(vec![mark_clear()], None)];
+        let mut rules: Vec<NftRule> = vec![(vec![mark_clear()], None)];
         let mut first = true;
         for p in policies {
             let Some(pol) = self.view.policies.get(p) else { continue };
