@@ -755,8 +755,31 @@ impl Ipam {
             let affinities = got.next().unwrap_or_default();
             let h = existing.first().map(Handle::decode).transpose()?;
             if let Some(h) = &h {
-                if !h.info.ips.is_empty() {
+                if !h.info.ips.is_empty() && h.info.node == node {
                     return Ok(h.info.ips.clone());
+                }
+                if !h.info.ips.is_empty() {
+                    // The Container moved: it keeps its addresses, and the handle records
+                    // its new node, so that GC of the old node leaves them alone.
+                    let doc = HandleInfo {
+                        ips: h.info.ips.clone(),
+                        node: node.to_string(),
+                    };
+                    let txn = Txn::new()
+                        .when(vec![Compare::mod_revision(
+                            hkey.as_str(),
+                            CompareOp::Equal,
+                            h.mod_revision,
+                        )])
+                        .and_then(vec![TxnOp::put(hkey.as_str(), to_json(&hkey, &doc)?, None)])
+                        .or_else(assign_reads(&hkey, node, &known));
+                    let resp = self.txn("move handle", txn).await?;
+                    if resp.succeeded() {
+                        info!(%handle, from = %h.info.node, to = %node, "handle moved to another node");
+                        return Ok(doc.ips);
+                    }
+                    pending = Some(resp);
+                    continue;
                 }
             }
             let mut affine = Vec::new();

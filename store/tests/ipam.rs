@@ -59,6 +59,11 @@ async fn auto_assign_is_stable_and_release_frees() {
     assert_eq!(ipam.auto_assign(&h, "n1", &pools, true).await.unwrap(), a);
     // Even when asked on another node (the Container moved): the handle keeps its address.
     assert_eq!(ipam.auto_assign(&h, "n2", &pools, false).await.unwrap(), a);
+    assert_eq!(
+        ipam.handles().await.unwrap()[&h].node,
+        "n2",
+        "the handle follows the Container"
+    );
     assert_eq!(ipam.handle_ips(&h).await.unwrap(), a);
     assert_eq!(ipam.node_blocks("n1").await.unwrap(), vec![net("10.65.0.0/26")]);
     assert!(ipam.node_blocks("n2").await.unwrap().is_empty());
