@@ -688,6 +688,22 @@ impl Ipam {
         kvs.iter().map(Block::decode).collect()
     }
 
+    /// Every block that decodes, for borrowing: one corrupt block elsewhere must not stop
+    /// a node from assigning (`check` reports it).
+    async fn read_usable_blocks(&self) -> Result<Vec<Block>, IpamError> {
+        let kvs = self.get("list blocks", BLOCKS_PREFIX, prefix()).await?;
+        Ok(kvs
+            .iter()
+            .filter_map(|kv| match Block::decode(kv) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    warn!(error = %e, "skipping an undecodable block");
+                    None
+                }
+            })
+            .collect())
+    }
+
     /// The existing blocks (of `cidrs`) holding the given addresses, in one round trip.
     async fn blocks_holding(&self, cidrs: &[IpNet], ips: &[IpAddr]) -> Result<Vec<Block>, IpamError> {
         let keys: BTreeSet<String> = ips
@@ -848,7 +864,7 @@ impl Ipam {
                 // 3. Borrowed from any other block with room.
                 if ip.is_none() {
                     if all.is_none() {
-                        all = Some(self.read_all_blocks().await?);
+                        all = Some(self.read_usable_blocks().await?);
                     }
                     for b in all
                         .iter()

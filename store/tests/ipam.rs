@@ -561,6 +561,11 @@ async fn bad_data_is_an_error_not_a_panic() {
     assert!(!report.is_clean());
     // The node's own blocks are fine, so it still assigns.
     ipam.auto_assign("container/ok2", "n1", &pools, false).await.unwrap();
+    // A new node claims a block around the corrupt ones (their keys still count as taken).
+    assert_eq!(
+        ipam.auto_assign("container/n2", "n2", &pools, false).await.unwrap(),
+        vec![ip("10.65.0.64")]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
