@@ -7,11 +7,16 @@ mod apply;
 mod cli;
 mod conn;
 mod delete;
+mod diags;
 mod get;
 mod groups;
 mod input;
+mod ipam_cmd;
+mod node;
 mod output;
+mod render_cmd;
 mod resolve;
+mod status;
 mod textdiff;
 
 use std::process::ExitCode;
@@ -40,14 +45,18 @@ struct Cli {
 enum TopCommand {
     #[command(flatten)]
     Ctl(Command),
-    // ---------------------------------------------------------------- RENDER (to be wired)
-    // `calicoctl render --node NAME` lives in ctl/src/render_cmd.rs (written separately).
-    // To wire it: add `mod render_cmd;` above, uncomment the variant below (adjusting the
-    // args type to what render_cmd.rs defines), and the matching arm in `run`.
-    //
-    // /// Print the nftables ruleset, routes and bird.conf a node would get
-    // Render(render_cmd::RenderArgs),
-    // ---------------------------------------------------------------- end RENDER
+    /// Print the nftables ruleset, routes and bird.conf a node would get
+    Render(render_cmd::RenderArgs),
+    /// Register this host's Node and start its agent; `node stop` stops it
+    Node(node::NodeArgs),
+    /// This host's agent, its BGP sessions and its endpoints
+    Status(status::StatusArgs),
+    /// Show, check and repair IP address management
+    Ipam(ipam_cmd::IpamArgs),
+    /// Delete everything calico-docker keeps in etcd (/calico/v1/)
+    Reset(diags::ResetArgs),
+    /// Write a .tar.gz of logs, ruleset, routes, BIRD state and a datastore dump
+    Diags(diags::DiagsArgs),
 }
 
 /// Several independent errors, reported one per line.
@@ -115,7 +124,12 @@ async fn run(cli: Cli) -> Result<()> {
                 force,
             } => groups::removefromgroup(g, &container, &group, force).await,
         },
-        // RENDER: TopCommand::Render(a) => render_cmd::run(g, &a).await,
+        TopCommand::Render(a) => render_cmd::run(g, &a).await,
+        TopCommand::Node(a) => node::run(g, &a).await,
+        TopCommand::Status(a) => status::run(g, &a).await,
+        TopCommand::Ipam(a) => ipam_cmd::run(g, &a).await,
+        TopCommand::Reset(a) => diags::reset(g, &a).await,
+        TopCommand::Diags(a) => diags::diags(g, &a).await,
     }
 }
 

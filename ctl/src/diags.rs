@@ -1,0 +1,381 @@
+//! Whole-installation commands: `calicoctl diags` (a .tar.gz to attach to a bug
+//! report) and `calicoctl reset` (delete everything under /calico/v1/).
+//!
+//! diags collects, each on its own so that one failure does not stop the rest (failures
+//! are listed in `errors.txt`):
+//! - `calico-node.log` (the agent's log, from `calico-node.args` or `--log-dir`),
+//!   `bird.conf`, `bird.log`, `calico-node.args`;
+//! - `birdc-protocols.txt` (`birdc show protocols all`), `birdc-routes.txt`
+//!   (`birdc show route`), through BIRD's control socket;
+//! - `nft-calico.json` (`nft -j list table inet calico`: only our table),
+//!   `routes-v4.json` / `routes-v6.json` (`ip -j route show proto 80`), run in the
+//!   agent's network namespace when it was started with `--netns` (`nsenter --net=`);
+//! - `datastore.json`: every key under /calico/v1/ with secrets left out (values of
+//!   fields named like passwords, secrets, tokens or private keys are replaced);
+//! - `status.txt`: this calicoctl's etcd settings (TLS files by path, never contents).
+//!
+//! The archive is written by the system's `tar czf` (GNU tar and gzip are on every host
+//! that runs BIRD and nft; it keeps calicoctl free of archive code).
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use calico_store::PREFIX;
+use clap::Args;
+use etcd_client::{DeleteOptions, GetOptions};
+use serde_json::Value;
+
+use crate::cli::GlobalOpts;
+use crate::conn::Ctx;
+use crate::node::{now_secs, RunDir, RunDirArg, DEFAULT_LOG_DIR};
+use crate::status::birdc;
+
+#[derive(Debug, Clone, Args)]
+pub struct ResetArgs {
+    /// Do not ask; required when standard input is not a terminal
+    #[arg(long)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DiagsArgs {
+    #[command(flatten)]
+    pub dirs: RunDirArg,
+    /// Where the agent's log is when no agent record says [default: /var/log/calico]
+    #[arg(long, value_name = "DIR")]
+    pub log_dir: Option<PathBuf>,
+    /// The archive to write [default: ./calico-diags-<time>.tar.gz]
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+// ------------------------------------------------------------------ reset
+
+pub async fn reset(g: &GlobalOpts, args: &ResetArgs) -> Result<()> {
+    let ctx = Ctx::connect(g).await?;
+    let mut kv = ctx.store.client().kv_client();
+    let count = tokio::time::timeout(
+        ctx.cfg.timeout,
+        kv.get(PREFIX, Some(GetOptions::new().with_prefix().with_count_only())),
+    )
+    .await
+    .map_err(|_| anyhow!("etcd did not answer within {:?}", ctx.cfg.timeout))?
+    .context("count keys")?
+    .count();
+    if !args.yes {
+        if !std::io::stdin().is_terminal() {
+            bail!("reset deletes all {count} keys under {PREFIX}; standard input is not a terminal, so pass --yes");
+        }
+        eprint!(
+            "This deletes every resource, IPAM allocation and status under {PREFIX} in etcd at {} ({count} keys). Type 'yes' to go on: ",
+            ctx.cfg.endpoints.join(",")
+        );
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if answer.trim() != "yes" {
+            bail!("not confirmed; nothing deleted");
+        }
+    }
+    let resp = tokio::time::timeout(
+        ctx.cfg.timeout,
+        kv.delete(PREFIX, Some(DeleteOptions::new().with_prefix())),
+    )
+    .await
+    .map_err(|_| anyhow!("etcd did not answer within {:?}", ctx.cfg.timeout))?
+    .context("delete keys")?;
+    println!("Deleted {} keys under {PREFIX}", resp.deleted());
+    Ok(())
+}
+
+// ------------------------------------------------------------------ diags
+
+/// Field names whose values are never copied into a dump.
+fn is_secret_field(name: &str) -> bool {
+    let n = name.to_ascii_lowercase().replace(['_', '-'], "");
+    [
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "privatekey",
+        "keydata",
+        "keypem",
+    ]
+    .iter()
+    .any(|s| n.contains(s))
+}
+
+/// Replaces the values of secret-looking fields, at any depth.
+pub fn redact(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for (k, val) in map.iter_mut() {
+                if is_secret_field(k) {
+                    *val = Value::String("(left out of diags)".into());
+                } else {
+                    redact(val);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+/// Every key under /calico/v1/: JSON values as JSON (redacted), anything else as text.
+async fn datastore_dump(g: &GlobalOpts) -> Result<Value> {
+    let ctx = Ctx::connect(g).await?;
+    let mut kv = ctx.store.client().kv_client();
+    let mut resp = tokio::time::timeout(
+        ctx.cfg.timeout * 4,
+        kv.get(PREFIX, Some(GetOptions::new().with_prefix())),
+    )
+    .await
+    .map_err(|_| anyhow!("etcd did not answer within {:?}", ctx.cfg.timeout * 4))?
+    .context("read /calico/v1/")?;
+    let revision = resp.take_header().map(|h| h.revision()).unwrap_or(0);
+    let mut items = serde_json::Map::new();
+    for kv in resp.kvs() {
+        let key = String::from_utf8_lossy(kv.key()).into_owned();
+        let value = match serde_json::from_slice::<Value>(kv.value()) {
+            Ok(mut v) => {
+                redact(&mut v);
+                v
+            }
+            Err(_) => Value::String(String::from_utf8_lossy(kv.value()).into_owned()),
+        };
+        items.insert(
+            key,
+            serde_json::json!({ "modRevision": kv.mod_revision(), "value": value }),
+        );
+    }
+    Ok(serde_json::json!({
+        "endpoints": ctx.cfg.endpoints,
+        "revision": revision,
+        "keys": items,
+    }))
+}
+
+/// Runs a command (in `netns` when given) with a deadline; its stdout, or an error with
+/// its stderr.
+fn run_cmd(netns: Option<&str>, argv: &[&str]) -> Result<String> {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={ns}")).arg("--").args(argv);
+            c
+        }
+        None => {
+            let mut c = Command::new(argv[0]);
+            c.args(&argv[1..]);
+            c
+        }
+    };
+    let shown = match netns {
+        Some(ns) => format!("nsenter --net={ns} -- {}", argv.join(" ")),
+        None => argv.join(" "),
+    };
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("run `{shown}`"))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if child.try_wait()?.is_some() {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("`{shown}` did not finish within 10s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "`{shown}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+struct Collector {
+    dir: PathBuf,
+    members: Vec<String>,
+    errors: Vec<String>,
+}
+
+impl Collector {
+    fn put(&mut self, name: &str, text: &str) {
+        match std::fs::write(self.dir.join(name), text) {
+            Ok(()) => self.members.push(name.into()),
+            Err(e) => self.errors.push(format!("{name}: write: {e}")),
+        }
+    }
+
+    fn take(&mut self, name: &str, r: Result<String>) {
+        match r {
+            Ok(text) => self.put(name, &text),
+            Err(e) => self.errors.push(format!("{name}: {e:#}")),
+        }
+    }
+
+    fn copy(&mut self, name: &str, src: &Path) {
+        let r = std::fs::read(src).with_context(|| format!("read {}", src.display()));
+        match r {
+            Ok(bytes) => match std::fs::write(self.dir.join(name), bytes) {
+                Ok(()) => self.members.push(name.into()),
+                Err(e) => self.errors.push(format!("{name}: write: {e}")),
+            },
+            Err(e) => self.errors.push(format!("{name}: {e:#}")),
+        }
+    }
+}
+
+pub async fn diags(g: &GlobalOpts, args: &DiagsArgs) -> Result<()> {
+    let run = RunDir(args.dirs.run_dir.clone());
+    let record = run.read_record();
+    let stamp = now_secs();
+    let top = format!("calico-diags-{stamp}");
+    let output = args
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{top}.tar.gz")));
+    let stage = std::env::temp_dir().join(format!("calicoctl-diags-{}-{stamp}", std::process::id()));
+    let dir = stage.join(&top);
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let result = collect_and_pack(g, args, &run, record, &stage, &top, &dir, &output).await;
+    let _ = std::fs::remove_dir_all(&stage);
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn collect_and_pack(
+    g: &GlobalOpts,
+    args: &DiagsArgs,
+    run: &RunDir,
+    record: Option<crate::node::AgentRecord>,
+    stage: &Path,
+    top: &str,
+    dir: &Path,
+    output: &Path,
+) -> Result<()> {
+    let mut c = Collector {
+        dir: dir.to_path_buf(),
+        members: Vec::new(),
+        errors: Vec::new(),
+    };
+    // Files of the agent and BIRD.
+    let log = match (&args.log_dir, record.as_ref().and_then(|r| r.log_file.clone())) {
+        (Some(d), _) => d.join("calico-node.log"),
+        (None, Some(f)) => PathBuf::from(f),
+        (None, None) => Path::new(DEFAULT_LOG_DIR).join("calico-node.log"),
+    };
+    c.copy("calico-node.log", &log);
+    c.copy("calico-node.args", &run.record());
+    c.copy("bird.conf", &run.bird_conf());
+    c.copy("bird.log", &run.bird_log());
+
+    // BIRD's view.
+    let sock = run.bird_ctl();
+    c.take("birdc-protocols.txt", birdc(&sock, &["show", "protocols", "all"]).await);
+    c.take("birdc-routes.txt", birdc(&sock, &["show", "route"]).await);
+
+    // The kernel's view, in the agent's namespace.
+    let netns = record.as_ref().and_then(|r| r.netns.clone());
+    let ns = netns.as_deref();
+    c.take(
+        "nft-calico.json",
+        run_cmd(ns, &["nft", "-j", "list", "table", "inet", "calico"]),
+    );
+    c.take(
+        "routes-v4.json",
+        run_cmd(ns, &["ip", "-j", "-4", "route", "show", "proto", "80"]),
+    );
+    c.take(
+        "routes-v6.json",
+        run_cmd(ns, &["ip", "-j", "-6", "route", "show", "proto", "80"]),
+    );
+
+    // The datastore.
+    match datastore_dump(g).await {
+        Ok(v) => c.put("datastore.json", &(serde_json::to_string_pretty(&v)? + "\n")),
+        Err(e) => c.errors.push(format!("datastore.json: {e:#}")),
+    }
+
+    // What produced this.
+    let tls = |p: &Option<PathBuf>| {
+        p.as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    let info = format!(
+        "calicoctl {}\ncollected at {} s since the epoch\nrun dir: {}\nagent netns: {}\nagent log: {}\netcd endpoints: {}\netcd TLS (paths only; contents never collected): ca {}, cert {}, key {}\n",
+        env!("CARGO_PKG_VERSION"),
+        now_secs(),
+        run.0.display(),
+        netns.as_deref().unwrap_or("(the host's)"),
+        log.display(),
+        crate::conn::endpoints(g),
+        tls(&g.etcd_ca),
+        tls(&g.etcd_cert),
+        tls(&g.etcd_key),
+    );
+    c.put("diags.txt", &info);
+    let errors = if c.errors.is_empty() {
+        "(nothing failed)\n".to_string()
+    } else {
+        c.errors.join("\n") + "\n"
+    };
+    c.put("errors.txt", &errors);
+
+    let out = Command::new("tar")
+        .arg("czf")
+        .arg(output)
+        .arg("-C")
+        .arg(stage)
+        .arg(top)
+        .stdin(Stdio::null())
+        .output()
+        .context("run tar")?;
+    if !out.status.success() {
+        bail!(
+            "tar czf {} failed: {}",
+            output.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    println!("Wrote {} ({} files)", output.display(), c.members.len());
+    for e in &c.errors {
+        eprintln!("not collected: {e}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_secret_fields_only() {
+        let mut v = serde_json::json!({
+            "spec": {"password": "p", "etcdKeyFile": "/etc/k.pem", "privateKey": "xyz", "labels": {"key": "v"}},
+            "items": [{"token": "t", "name": "n"}]
+        });
+        redact(&mut v);
+        assert_eq!(v["spec"]["password"], "(left out of diags)");
+        assert_eq!(v["spec"]["privateKey"], "(left out of diags)");
+        assert_eq!(v["spec"]["etcdKeyFile"], "/etc/k.pem");
+        assert_eq!(v["spec"]["labels"]["key"], "v");
+        assert_eq!(v["items"][0]["token"], "(left out of diags)");
+        assert_eq!(v["items"][0]["name"], "n");
+    }
+}
