@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use anyhow::{bail, Result};
 use calico_schema::validate::{At, Existing, Issue};
-use calico_schema::{check_loaded_set, Kind, Loaded, Resource};
+use calico_schema::{check_loaded_set, Kind, Loaded, Resource, OWNER_ANNOTATION, SOURCE_ANNOTATION};
 use calico_store::{Change, Listing, StoreError, WriteMode};
 
 use crate::cli::{FileArgs, GlobalOpts, WriteArgs};
@@ -28,7 +28,7 @@ pub fn stale_give_up(what: &str) -> anyhow::Error {
 /// Cross-resource validation of the loaded set against the stored state, plus the
 /// mode's own precondition (create: must not exist; replace: must exist), all located
 /// in the files.
-fn check_against(loaded: &[Loaded], listing: &Listing, mode: WriteMode) -> Result<(), InputErrors> {
+pub(crate) fn check_against(loaded: &[Loaded], listing: &Listing, mode: WriteMode) -> Result<(), InputErrors> {
     let mut diags = match check_loaded_set(
         loaded,
         &Existing {
@@ -94,6 +94,59 @@ fn locate_conflict(loaded: &[Loaded], e: anyhow::Error) -> anyhow::Error {
     .into()
 }
 
+/// Imperative writes refuse to change what a sync directory owns (API.md section 2),
+/// naming the owning file, at the resource's place in the input.
+fn check_sync_owned(loaded: &[Loaded], listing: &Listing) -> Result<(), InputErrors> {
+    let stored: HashMap<(Kind, &str), &Resource> =
+        listing.resources.iter().map(|r| ((r.kind(), r.name()), r)).collect();
+    let diags: Vec<_> = loaded
+        .iter()
+        .filter_map(|l| {
+            let r = stored.get(&(l.resource.kind(), l.resource.name()))?;
+            let file = crate::output::sync_owner(r)?;
+            Some(l.diagnostic(&Issue {
+                path: "metadata.name".into(),
+                at: At::Value,
+                message: format!(
+                    "{} is owned by a sync directory (file {file}); change it there, or use --force",
+                    r.id()
+                ),
+            }))
+        })
+        .collect();
+    if diags.is_empty() {
+        Ok(())
+    } else {
+        Err(InputErrors(diags))
+    }
+}
+
+/// `--force` overrides the refusal, not the ownership: a sync-owned resource keeps its
+/// `calico/owner` and `calico/source` annotations (unless the input sets them), so the
+/// sync still manages it and reverts the change as drift on its next pass.
+fn keep_sync_ownership(resources: &[Resource], listing: &Listing) -> Vec<Resource> {
+    let stored: HashMap<(Kind, &str), &Resource> =
+        listing.resources.iter().map(|r| ((r.kind(), r.name()), r)).collect();
+    resources
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            let name = r.name().to_string();
+            if let Some(s) = stored.get(&(r.kind(), name.as_str())).filter(|s| crate::output::sync_owner(s).is_some()) {
+                let ann = &mut r.metadata_mut().annotations;
+                if !ann.contains_key(OWNER_ANNOTATION) {
+                    for key in [OWNER_ANNOTATION, SOURCE_ANNOTATION] {
+                        if let Some(v) = s.metadata().annotations.get(key) {
+                            ann.insert(key.to_string(), v.clone());
+                        }
+                    }
+                }
+            }
+            r
+        })
+        .collect()
+}
+
 /// apply / create / replace.
 pub async fn write(g: &GlobalOpts, args: &WriteArgs, mode: WriteMode) -> Result<()> {
     let loaded = load_sources(&args.files.files)?;
@@ -102,6 +155,12 @@ pub async fn write(g: &GlobalOpts, args: &WriteArgs, mode: WriteMode) -> Result<
     for _ in 0..MAX_ATTEMPTS {
         let listing = ctx.call("list", ctx.store.list(None)).await?;
         check_against(&loaded, &listing, mode)?;
+        let resources = if args.force {
+            keep_sync_ownership(&resources, &listing)
+        } else {
+            check_sync_owned(&loaded, &listing)?;
+            resources.clone()
+        };
         let result = ctx
             .call(
                 "write",

@@ -48,6 +48,9 @@ pub struct WriteArgs {
     /// Validate against the stored state and report what would change, without writing
     #[arg(long)]
     pub dry_run: bool,
+    /// Change resources even when a sync directory owns them
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -12,11 +12,13 @@ mod get;
 mod groups;
 mod input;
 mod ipam_cmd;
+mod master;
 mod node;
 mod output;
 mod render_cmd;
 mod resolve;
 mod status;
+mod sync;
 mod textdiff;
 
 use std::process::ExitCode;
@@ -57,6 +59,10 @@ enum TopCommand {
     Reset(diags::ResetArgs),
     /// Write a .tar.gz of logs, ruleset, routes, BIRD state and a datastore dump
     Diags(diags::DiagsArgs),
+    /// Keep a directory of YAML files applied (GitOps); `sync status` shows its last result
+    Sync(sync::SyncArgs),
+    /// Run the cluster controller: directory sync and IPAM garbage collection, one leader at a time
+    Master(master::MasterArgs),
 }
 
 /// Several independent errors, reported one per line.
@@ -130,6 +136,8 @@ async fn run(cli: Cli) -> Result<()> {
         TopCommand::Ipam(a) => ipam_cmd::run(g, &a).await,
         TopCommand::Reset(a) => diags::reset(g, &a).await,
         TopCommand::Diags(a) => diags::diags(g, &a).await,
+        TopCommand::Sync(a) => sync::run(g, &a).await,
+        TopCommand::Master(a) => master::run(g, &a).await,
     }
 }
 

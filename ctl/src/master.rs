@@ -1,0 +1,469 @@
+//! `calicoctl master`: the cluster controller.
+//!
+//! Several masters may run; one leads. Leadership is an etcd key,
+//! `/calico/v1/master/leader`, created only when absent (a transaction comparing its
+//! version with 0) and bound to a lease the leader keeps alive. When the leader dies its
+//! lease expires, etcd deletes the key, and a waiting master creates it.
+//!
+//! Only the leader acts: it runs the directory sync (`--sync-dir`) and the IPAM garbage
+//! collection. It stops acting as soon as it cannot prove its lease is still alive (a
+//! lease renewed at time t lives at least until t + TTL), before any other master can
+//! take over, so two masters never collect the same garbage.
+//!
+//! IPAM garbage, collected after `--gc-grace` (a just-created Container whose resource is
+//! not visible yet is never robbed: its handle must look orphaned for the whole grace
+//! period, and the Container is looked up once more right before the release):
+//! - addresses of handles `container/<name>` whose Container resource is gone;
+//! - blocks affine to Nodes that are gone (and the addresses recorded for such a Node,
+//!   unless a Container still names it).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use calico_schema::{Kind, Resource};
+use calico_store::ipam::{container_handle, Ipam};
+use calico_store::Store;
+use clap::Args;
+use etcd_client::{Client, Compare, CompareOp, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::cli::GlobalOpts;
+use crate::conn::Ctx;
+use crate::sync::{self, parse_duration, Syncer};
+
+/// The election key.
+pub const LEADER_KEY: &str = "/calico/v1/master/leader";
+
+#[derive(Debug, Clone, Args)]
+pub struct MasterArgs {
+    /// This master's address: its identity in the election (shown as the leader)
+    #[arg(long, value_name = "IP")]
+    pub ip: IpAddr,
+    /// A name for this master [default: the host name]
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Keep this directory applied while leading (as `calicoctl sync --dir`)
+    #[arg(long = "sync-dir", value_name = "DIR")]
+    pub sync_dir: Option<PathBuf>,
+    /// The sync's id; give the same one to every master [default: derived from the
+    /// directory's path, as `sync` does]
+    #[arg(long = "sync-id", value_name = "ID", requires = "sync_dir")]
+    pub sync_id: Option<String>,
+    /// Delete resources the sync owns whose documents are gone
+    #[arg(long, requires = "sync_dir")]
+    pub prune: bool,
+    /// Let the sync take over unowned resources its documents name
+    #[arg(long, requires = "sync_dir")]
+    pub adopt: bool,
+    /// How often the sync compares etcd with the directory
+    #[arg(long = "sync-interval", default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub sync_interval: Duration,
+    /// Seconds a leader's lease lives without renewal: how long a dead leader keeps the
+    /// others waiting
+    #[arg(long = "lease-ttl", default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub lease_ttl: u64,
+    /// How long an IPAM handle or block must look orphaned before it is collected
+    #[arg(long = "gc-grace", default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub gc_grace: Duration,
+    /// How often the leader looks for IPAM garbage
+    #[arg(long = "gc-interval", default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub gc_interval: Duration,
+}
+
+/// The leader key's value.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LeaderInfo {
+    pub name: String,
+    pub ip: IpAddr,
+    pub host: String,
+    pub pid: u32,
+    /// Unix seconds when it took the lead.
+    pub since: u64,
+}
+
+/// Until when the leader may act: a lease renewed at `t` with TTL `ttl` lives at least
+/// until `t + ttl`; a margin keeps clocks and scheduling delays on the safe side.
+#[derive(Clone)]
+struct Fence(Arc<Mutex<Instant>>);
+
+impl Fence {
+    fn new(until: Instant) -> Fence {
+        Fence(Arc::new(Mutex::new(until)))
+    }
+    fn set(&self, until: Instant) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = until;
+    }
+    fn until(&self) -> Instant {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn valid(&self) -> bool {
+        Instant::now() < self.until()
+    }
+}
+
+struct Lease {
+    id: i64,
+    ttl: Duration,
+    /// When the grant was requested: the lease lives at least until this + ttl.
+    granted: Instant,
+}
+
+fn margin(ttl: Duration) -> Duration {
+    (ttl / 5).clamp(Duration::from_millis(200), Duration::from_secs(2))
+}
+
+fn poll(ttl: Duration) -> Duration {
+    (ttl / 8).clamp(Duration::from_millis(100), Duration::from_millis(500))
+}
+
+async fn within<T>(d: Duration, f: impl std::future::Future<Output = Result<T, etcd_client::Error>>) -> Result<T> {
+    match tokio::time::timeout(d, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(anyhow!("{e}")),
+        Err(_) => Err(anyhow!("no answer from etcd within {d:?}")),
+    }
+}
+
+/// Waits until this master holds the leader key. Never gives up (etcd outages are waited
+/// out); cancelled by dropping it.
+async fn campaign(client: &Client, me: &LeaderInfo, ttl_secs: u64, call: Duration) -> Lease {
+    let ttl = Duration::from_secs(ttl_secs);
+    let mut kv = client.kv_client();
+    let mut leases = client.lease_client();
+    let mut waiting_for: Option<String> = None;
+    loop {
+        let attempt: Result<Option<Lease>> = async {
+            let cur = within(call, kv.get(LEADER_KEY, None)).await?;
+            if let Some(kv0) = cur.kvs().first() {
+                let who = serde_json::from_slice::<LeaderInfo>(kv0.value())
+                    .map(|l| format!("{} ({}, pid {} on {})", l.name, l.ip, l.pid, l.host))
+                    .unwrap_or_else(|_| "an unknown master".into());
+                if waiting_for.as_deref() != Some(who.as_str()) {
+                    info!(leader = %who, "waiting: another master leads");
+                    waiting_for = Some(who);
+                }
+                return Ok(None);
+            }
+            let granted = Instant::now();
+            let g = within(call, leases.grant(ttl_secs as i64, None)).await?;
+            let mut info = me.clone();
+            info.since = sync::status::now_secs();
+            let value = serde_json::to_vec(&info)?;
+            let txn = Txn::new()
+                .when(vec![Compare::version(LEADER_KEY, CompareOp::Equal, 0)])
+                .and_then(vec![TxnOp::put(
+                    LEADER_KEY,
+                    value,
+                    Some(PutOptions::new().with_lease(g.id())),
+                )]);
+            let won = within(call, kv.txn(txn)).await?.succeeded();
+            if won {
+                let real = Duration::from_secs(g.ttl().max(1) as u64);
+                return Ok(Some(Lease {
+                    id: g.id(),
+                    ttl: real,
+                    granted,
+                }));
+            }
+            let _ = within(call, leases.revoke(g.id())).await;
+            Ok(None)
+        }
+        .await;
+        match attempt {
+            Ok(Some(l)) => return l,
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "cannot take part in the leader election; retrying"),
+        }
+        tokio::time::sleep(poll(ttl)).await;
+    }
+}
+
+/// Keeps the lease alive and the fence up to date; returns why leadership ended.
+async fn keep_leading(client: &Client, lease: &Lease, fence: &Fence, call: Duration) -> String {
+    let mut leases = client.lease_client();
+    let mut kv = client.kv_client();
+    let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
+    let every = (lease.ttl / 3).max(Duration::from_millis(200));
+    loop {
+        let until = fence.until();
+        // Wake for the next renewal, and never sleep past the fence.
+        tokio::time::sleep_until((Instant::now() + every).min(until)).await;
+        if !fence.valid() {
+            return format!("the lease could not be renewed within its {:?} TTL", lease.ttl);
+        }
+        let sent = Instant::now();
+        let deadline = (sent + call).min(fence.until());
+        let renewed: Result<i64> = async {
+            if stream.is_none() {
+                // Opening the stream sends a first keep-alive and reads its answer (an
+                // error when the lease is gone): a renewal to the full TTL.
+                let (k, s) = tokio::time::timeout_at(deadline, leases.keep_alive(lease.id))
+                    .await
+                    .map_err(|_| anyhow!("no answer from etcd"))?
+                    .map_err(|e| anyhow!("{e}"))?;
+                stream = Some((k, s));
+                return Ok(lease.ttl.as_secs().max(1) as i64);
+            } else if let Some((k, _)) = stream.as_mut() {
+                tokio::time::timeout_at(deadline, k.keep_alive())
+                    .await
+                    .map_err(|_| anyhow!("no answer from etcd"))?
+                    .map_err(|e| anyhow!("{e}"))?;
+            }
+            let (_, s) = stream.as_mut().ok_or_else(|| anyhow!("no keep-alive stream"))?;
+            match tokio::time::timeout_at(deadline, s.message()).await {
+                Err(_) => Err(anyhow!("no keep-alive answer from etcd")),
+                Ok(Err(e)) => Err(anyhow!("{e}")),
+                Ok(Ok(None)) => Err(anyhow!("etcd closed the keep-alive stream")),
+                Ok(Ok(Some(r))) => Ok(r.ttl()),
+            }
+        }
+        .await;
+        match renewed {
+            Ok(ttl) if ttl <= 0 => return "the lease expired".into(),
+            Ok(ttl) => {
+                fence.set(sent + Duration::from_secs(ttl as u64) - margin(lease.ttl));
+            }
+            Err(e) => {
+                debug!(error = %e, "lease renewal failed; retrying");
+                stream = None;
+                continue;
+            }
+        }
+        // The key must still be ours (someone may have deleted it by hand).
+        match tokio::time::timeout_at((Instant::now() + call).min(fence.until()), kv.get(LEADER_KEY, None)).await {
+            Ok(Ok(r)) => match r.kvs().first() {
+                Some(k) if k.lease() == lease.id => {}
+                Some(_) => return "another master holds the leader key".into(),
+                None => return "the leader key was deleted".into(),
+            },
+            _ => debug!("cannot read the leader key; relying on the lease"),
+        }
+    }
+}
+
+/// Garbage-collection memory: when each candidate was first seen orphaned.
+#[derive(Default)]
+struct Gc {
+    handles: HashMap<String, Instant>,
+    nodes: HashMap<String, Instant>,
+}
+
+fn name_of(h: &str) -> Option<&str> {
+    h.strip_prefix("container/")
+}
+
+impl Gc {
+    /// One collection pass. Acts only while `fence` holds.
+    async fn pass(&mut self, store: &Store, ipam: &Ipam, grace: Duration, fence: &Fence) -> Result<()> {
+        let listing = store.list(None).await?;
+        let mut containers = BTreeSet::new();
+        let mut nodes = BTreeSet::new();
+        let mut pools = Vec::new();
+        let mut users_of_node: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for r in &listing.resources {
+            match r {
+                Resource::Container(c) => {
+                    containers.insert(c.metadata.name.clone());
+                    users_of_node
+                        .entry(c.spec.node.clone())
+                        .or_default()
+                        .push(c.metadata.name.clone());
+                }
+                Resource::Node(n) => {
+                    nodes.insert(n.metadata.name.clone());
+                }
+                Resource::IpPool(p) => pools.push(p.clone()),
+                _ => {}
+            }
+        }
+        let live: BTreeSet<String> = containers.iter().map(|c| container_handle(c)).collect();
+        let report = ipam.check(&live, &pools).await?;
+        let now = Instant::now();
+
+        // 1. Handles of Containers that are gone.
+        let mut dead: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+        for (ip, h) in &report.leaked {
+            if name_of(h).is_some() {
+                dead.entry(h.clone()).or_default().push(*ip);
+            }
+        }
+        for (h, _) in &report.dangling_handles {
+            if name_of(h).is_some_and(|n| !containers.contains(n)) {
+                dead.entry(h.clone()).or_default();
+            }
+        }
+        self.handles.retain(|h, _| dead.contains_key(h));
+        for (h, ips) in &dead {
+            let since = *self.handles.entry(h.clone()).or_insert(now);
+            if now.duration_since(since) < grace {
+                debug!(handle = %h, "orphaned handle inside its grace period");
+                continue;
+            }
+            if !fence.valid() {
+                return Ok(());
+            }
+            let name = name_of(h).unwrap_or_default();
+            // Once more, right before acting: the Container may have just appeared.
+            if store.get(Kind::Container, name).await?.is_some() {
+                self.handles.remove(h);
+                continue;
+            }
+            let mut released = ipam.release_handle(h).await?;
+            // Allocations left in blocks without a handle record: release them one by one.
+            for ip in ips {
+                if released.contains(ip) {
+                    continue;
+                }
+                match ipam.release_ip(*ip).await? {
+                    Some(holder) if holder == *h => released.push(*ip),
+                    Some(holder) => warn!(%ip, %holder, handle = %h, "address changed hands before it was collected"),
+                    None => {}
+                }
+            }
+            released.sort();
+            let list: Vec<String> = released.iter().map(ToString::to_string).collect();
+            info!(handle = %h, addresses = %list.join(","), "gc: released the addresses of Container {name}, which is gone");
+            self.handles.remove(h);
+        }
+
+        // 2. Blocks (and addresses) of Nodes that are gone.
+        let blocks = ipam.all_blocks().await?;
+        let mut affine: BTreeMap<String, (usize, usize)> = BTreeMap::new(); // node -> (blocks, empty blocks)
+        for b in &blocks {
+            if let Some(n) = &b.affinity {
+                let e = affine.entry(n.clone()).or_default();
+                e.0 += 1;
+                if b.allocated == 0 {
+                    e.1 += 1;
+                }
+            }
+        }
+        let gone: BTreeMap<String, (usize, usize)> = affine.into_iter().filter(|(n, _)| !nodes.contains(n)).collect();
+        self.nodes.retain(|n, _| gone.contains_key(n));
+        for (n, (count, empty)) in &gone {
+            let since = *self.nodes.entry(n.clone()).or_insert(now);
+            if now.duration_since(since) < grace {
+                continue;
+            }
+            if !fence.valid() {
+                return Ok(());
+            }
+            if store.get(Kind::Node, n).await?.is_some() {
+                self.nodes.remove(n);
+                continue;
+            }
+            match users_of_node.get(n) {
+                Some(users) => {
+                    // Their addresses stay (a Container keeps its IP while it exists);
+                    // only the Node's empty blocks go.
+                    if *empty > 0 {
+                        ipam.release_node(n, false).await?;
+                        info!(node = %n, blocks = empty, "gc: released the empty blocks of Node {n}, which is gone");
+                    }
+                    debug!(node = %n, containers = ?users, "Node is gone but Containers still name it; their addresses stay");
+                }
+                None => {
+                    ipam.release_node(n, true).await?;
+                    info!(node = %n, blocks = count, "gc: released the blocks and addresses of Node {n}, which is gone");
+                    self.nodes.remove(n);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn gc_loop(store: Store, grace: Duration, every: Duration, fence: Fence) {
+    let ipam = Ipam::new(store.client(), store.config().timeout);
+    let mut gc = Gc::default();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = gc.pass(&store, &ipam, grace, &fence).await {
+            warn!(error = %format!("{e:#}"), "IPAM garbage collection pass failed; retrying on the next one");
+        }
+    }
+}
+
+/// What the leader does until leadership ends.
+async fn lead(store: &Store, a: &MasterArgs, me: &LeaderInfo, lease: &Lease) -> String {
+    let client = store.client();
+    let call = store.config().timeout;
+    let fence = Fence::new(lease.granted + lease.ttl - margin(lease.ttl));
+    let sync_task = async {
+        match &a.sync_dir {
+            Some(dir) => {
+                let id = match sync::resolve_id(a.sync_id.as_deref(), dir) {
+                    Ok(id) => id,
+                    Err(e) => {
+                        warn!(error = %e, "cannot run the sync");
+                        return std::future::pending().await;
+                    }
+                };
+                let runner = format!("master {} ({}, pid {} on {})", me.name, me.ip, me.pid, me.host);
+                let s = Syncer::new(store.clone(), dir.clone(), id, a.prune, a.adopt, runner).await;
+                s.run(a.sync_interval, Duration::from_millis(200)).await
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        why = keep_leading(&client, lease, &fence, call) => why,
+        _ = sync_task => "the sync stopped".into(),
+        _ = gc_loop(store.clone(), a.gc_grace, a.gc_interval, fence.clone()) => "the garbage collector stopped".into(),
+    }
+}
+
+pub async fn run(g: &GlobalOpts, a: &MasterArgs) -> Result<()> {
+    sync::init_logging("info");
+    if let Some(id) = &a.sync_id {
+        sync::status::check_id(id)?;
+    }
+    let ctx = Ctx::connect(g).await?;
+    let store = ctx.store.clone();
+    let client = store.client();
+    let host = sync::hostname();
+    let me = LeaderInfo {
+        name: a.name.clone().unwrap_or_else(|| {
+            if host.is_empty() {
+                a.ip.to_string()
+            } else {
+                host.clone()
+            }
+        }),
+        ip: a.ip,
+        host,
+        pid: std::process::id(),
+        since: 0,
+    };
+    info!(name = %me.name, ip = %me.ip, lease_ttl = a.lease_ttl, "master started");
+    let stop = sync::shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        let lease = tokio::select! {
+            l = campaign(&client, &me, a.lease_ttl, ctx.cfg.timeout) => l,
+            _ = &mut stop => return Ok(()),
+        };
+        info!(name = %me.name, ip = %me.ip, lease = lease.id, "leading: this master now runs the sync and IPAM garbage collection");
+        let why = tokio::select! {
+            why = lead(&store, a, &me, &lease) => why,
+            _ = &mut stop => {
+                // Hand over at once rather than after the TTL.
+                let mut l = client.lease_client();
+                let _ = within(ctx.cfg.timeout, l.revoke(lease.id)).await;
+                info!("stopped; leadership released");
+                return Ok(());
+            }
+        };
+        warn!(reason = %why, "no longer leading; stopped the sync and garbage collection, waiting to lead again");
+        let mut l = client.lease_client();
+        let _ = within(ctx.cfg.timeout, l.revoke(lease.id)).await;
+    }
+}
