@@ -19,7 +19,7 @@ use crate::cache::Cache;
 use crate::dataplane::bird::BirdOptions;
 use crate::linux::{LinuxDataplane, StoreIpam};
 use crate::metrics::Metrics;
-use crate::reconcile::{NetnsOnly, Reconciler, WorkloadResolver};
+use crate::reconcile::{Reconciler, WorkloadResolver};
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -35,6 +35,8 @@ pub struct AgentConfig {
     pub resync: Duration,
     /// Collects bursts of changes into one reconcile.
     pub debounce: Duration,
+    /// dockerd and the Docker plugin (docs/docker.md); off by default.
+    pub docker: crate::docker::DockerConfig,
 }
 
 impl AgentConfig {
@@ -110,11 +112,12 @@ pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> anyhow::R
     };
     info!(node = %cfg.node, "connected to etcd");
     let dp = LinuxDataplane::new(cfg.host_netns.clone(), cfg.bird_options()).await?;
-    let ipam = StoreIpam(Arc::new(calico_store::ipam::Ipam::new(
-        store.client(),
-        cfg.etcd.timeout,
-    )));
-    let resolver: Box<dyn WorkloadResolver> = Box::new(NetnsOnly);
+    let ipam = Arc::new(calico_store::ipam::Ipam::new(store.client(), cfg.etcd.timeout));
+    let docker =
+        crate::docker::DockerIntegration::start(&cfg.docker, &cfg.node, cfg.host_netns.clone(), &store, ipam.clone())
+            .await?;
+    let ipam = docker.address_manager(StoreIpam(ipam));
+    let resolver: Box<dyn WorkloadResolver> = docker.resolver();
     let mut rec = Reconciler::new(cfg.node.clone(), dp, ipam, resolver);
 
     let mut resources = store.watch(RESOURCES_PREFIX, 0);
@@ -152,6 +155,7 @@ pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> anyhow::R
                 next_retry = None;
                 dirty = true;
             }
+            _ = docker.changed() => dirty = true,
             _ = stop.changed() => break,
         }
         cache.synced = res_synced && ipam_synced;
@@ -199,6 +203,7 @@ pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> anyhow::R
     }
     info!("agent stopping; the dataplane is left as it is");
     rec.dp.stop().await;
+    docker.shutdown().await;
     Ok(())
 }
 

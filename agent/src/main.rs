@@ -34,6 +34,15 @@ struct Args {
     /// Full resync period in seconds.
     #[arg(long, default_value_t = 30)]
     resync: u64,
+    /// dockerd's API socket (unix:///path): turns on the Docker integration (the `calico`
+    /// and `calico-ipam` plugins, CALICO_IP containers). Default: unix:///var/run/docker.sock
+    /// when it exists and --netns is not given; `none`: off.
+    #[arg(long, value_name = "unix:///PATH")]
+    docker_host: Option<String>,
+    /// Where the Docker plugin sockets go (calico.sock, calico-ipam.sock); dockerd looks
+    /// in /run/docker/plugins.
+    #[arg(long, default_value = calico_agent::docker::DEFAULT_PLUGIN_DIR)]
+    plugin_dir: PathBuf,
     /// Log filter (tracing env-filter syntax), e.g. info or calico_agent=debug.
     #[arg(long, env = "CALICO_LOG", default_value = "info")]
     log: String,
@@ -52,6 +61,8 @@ fn main() -> anyhow::Result<()> {
     } else {
         Some(args.http.parse().context("--http must be HOST:PORT")?)
     };
+    let docker =
+        calico_agent::docker::DockerConfig::from_flags(args.docker_host, args.plugin_dir, args.netns.is_none());
     let cfg = AgentConfig {
         node: args.name,
         etcd,
@@ -60,6 +71,7 @@ fn main() -> anyhow::Result<()> {
         http_listen,
         resync: Duration::from_secs(args.resync.max(1)),
         debounce: Duration::from_millis(20),
+        docker,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {

@@ -73,6 +73,11 @@ pub trait AddressManager: Send + Sync {
         pools: &[IpPool],
     ) -> impl Future<Output = Result<(), StepError>> + Send;
     fn release(&self, handle: &str) -> impl Future<Output = Result<(), StepError>> + Send;
+    /// A handle with no Container that must not be released yet: the Docker plugin
+    /// assigns an address before Docker says which container it is for.
+    fn spare(&self, _handle: &str) -> bool {
+        false
+    }
 }
 
 /// Where a Container's network namespace is, for Containers named by Docker name/ID.
@@ -225,6 +230,7 @@ impl<D: Dataplane, A: AddressManager, R: WorkloadResolver> Reconciler<D, A, R> {
             let stale: Vec<String> = cache
                 .handles()
                 .filter(|(h, rec)| h.starts_with("container/") && rec.node == self.node && !live.contains(h))
+                .filter(|(h, _)| !self.ipam.spare(h))
                 .map(|(h, _)| h)
                 .collect();
             for h in stale {

@@ -30,6 +30,15 @@ pub struct GlobalOpts {
         value_name = "SECONDS"
     )]
     pub timeout: f64,
+    /// dockerd's API socket, for CONTAINER given as a Docker name, ID or ID prefix
+    /// [default: unix:///var/run/docker.sock]
+    #[arg(
+        long = "docker-host",
+        global = true,
+        env = "DOCKER_HOST",
+        value_name = "unix:///PATH"
+    )]
+    pub docker_host: Option<String>,
 }
 
 /// The files a declarative command reads.
@@ -135,7 +144,7 @@ pub enum Command {
     },
     /// Add a Container to a group
     Addtogroup {
-        /// A Container resource name, or the Docker name/ID recorded in a Container's spec
+        /// A Container resource name, or a Docker container name, ID or ID prefix on this node
         container: String,
         group: String,
         /// Change it even when a sync directory owns the Container
@@ -144,7 +153,7 @@ pub enum Command {
     },
     /// Remove a Container from a group
     Removefromgroup {
-        /// A Container resource name, or the Docker name/ID recorded in a Container's spec
+        /// A Container resource name, or a Docker container name, ID or ID prefix on this node
         container: String,
         group: String,
         /// Change it even when a sync directory owns the Container

@@ -172,7 +172,14 @@ pub async fn showgroups(g: &GlobalOpts, detailed: bool) -> Result<()> {
 }
 
 /// Resolves CONTAINER and checks that GROUP exists and sync does not own the Container.
-async fn target(ctx: &Ctx, query: &str, group: &str, force: bool, need_group: bool) -> Result<String> {
+async fn target(
+    ctx: &Ctx,
+    docker_host: Option<&str>,
+    query: &str,
+    group: &str,
+    force: bool,
+    need_group: bool,
+) -> Result<String> {
     check_group_name(group)?;
     let listing = ctx.call("list", ctx.store.list(None)).await?;
     if need_group
@@ -184,7 +191,11 @@ async fn target(ctx: &Ctx, query: &str, group: &str, force: bool, need_group: bo
         bail!("Group '{group}' does not exist (create it with `calicoctl addgroup {group}`)");
     }
     let all = containers(&listing.resources);
-    let name = Resolver::new().resolve(query, &all).await?;
+    let docker = crate::docker_lookup::BollardLookup::new(docker_host);
+    let name = Resolver::new()
+        .with_docker(Box::new(docker))
+        .resolve(query, &all)
+        .await?;
     if !force {
         if let Some(file) = all
             .iter()
@@ -203,7 +214,7 @@ fn not_a_container(r: &Resource) -> String {
 
 pub async fn addtogroup(g: &GlobalOpts, query: &str, group: &str, force: bool) -> Result<()> {
     let ctx = Ctx::connect(g).await?;
-    let name = target(&ctx, query, group, force, true).await?;
+    let name = target(&ctx, g.docker_host.as_deref(), query, group, force, true).await?;
     let grp = group.to_string();
     let outcome = ctx
         .call(
@@ -249,7 +260,7 @@ async fn remove_member(ctx: &Ctx, name: &str, group: &str) -> Result<bool> {
 
 pub async fn removefromgroup(g: &GlobalOpts, query: &str, group: &str, force: bool) -> Result<()> {
     let ctx = Ctx::connect(g).await?;
-    let name = target(&ctx, query, group, force, false).await?;
+    let name = target(&ctx, g.docker_host.as_deref(), query, group, force, false).await?;
     if remove_member(&ctx, &name, group).await? {
         println!("Removed {name} from group {group}");
         Ok(())

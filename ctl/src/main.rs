@@ -8,6 +8,7 @@ mod cli;
 mod conn;
 mod delete;
 mod diags;
+mod docker_lookup;
 mod get;
 mod groups;
 mod input;

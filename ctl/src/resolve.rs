@@ -5,10 +5,13 @@
 //! resource name. Resource names and the Docker names/IDs recorded in specs are resolved
 //! here from etcd alone; asking the local Docker daemon (IDs, ID prefixes, names of
 //! containers whose spec records another form) is a [`DockerLookup`] plugged in with
-//! [`Resolver::with_docker`] once the Docker integration exists.
+//! [`Resolver::with_docker`] (crate::docker_lookup). Containers the Docker integration
+//! made record the container ID in `spec.container` (the `CALICO_IP` path) or in the
+//! `calico/docker-container` annotation (the network plugin).
 
 use anyhow::{bail, Result};
 use calico_schema::Container;
+use calico_schema::{OWNER_ANNOTATION, OWNER_DOCKER};
 use futures::future::BoxFuture;
 
 /// What Docker knows about a container the user named.
@@ -36,7 +39,6 @@ impl Resolver {
         Resolver::default()
     }
 
-    #[allow(dead_code)] // wired with the Docker integration
     pub fn with_docker(mut self, d: Box<dyn DockerLookup>) -> Self {
         self.docker = Some(d);
         self
@@ -61,9 +63,25 @@ impl Resolver {
         }
         // 3. Docker: what the daemon calls it (ID prefix, the other of name/ID).
         if let Some(d) = &self.docker {
-            if let Some(ident) = d.inspect(query).await? {
+            let ident = match d.inspect(query).await {
+                Ok(i) => i,
+                Err(e) => bail!(
+                    "no Container named '{query}' (nor one whose spec.container is '{query}'), and Docker could not be asked: {e:#}"
+                ),
+            };
+            if let Some(ident) = ident {
                 let mut hits = by_spec(&ident.id);
                 hits.extend(by_spec(&ident.name));
+                // Docker-owned Containers of the network plugin carry the ID in an annotation.
+                hits.extend(
+                    containers
+                        .iter()
+                        .filter(|c| {
+                            c.metadata.annotations.get(OWNER_ANNOTATION).map(String::as_str) == Some(OWNER_DOCKER)
+                                && c.metadata.annotations.get(DOCKER_CONTAINER_ANNOTATION) == Some(&ident.id)
+                        })
+                        .map(|c| c.metadata.name.clone()),
+                );
                 // A spec may record an ID prefix; accept it when it is a prefix of the full ID.
                 hits.extend(
                     containers
@@ -91,6 +109,9 @@ impl Resolver {
         bail!("no Container named '{query}' (nor one whose spec.container is '{query}')")
     }
 }
+
+/// The Docker container ID of a Container the Docker integration made (both paths).
+pub const DOCKER_CONTAINER_ANNOTATION: &str = "calico/docker-container";
 
 fn one(query: &str, mut hits: Vec<String>) -> Result<Option<String>> {
     match hits.len() {
@@ -150,6 +171,42 @@ mod tests {
         assert_eq!(r.resolve("0123", &cs).await.unwrap(), "a");
         let err = r.resolve("nope", &cs).await.unwrap_err().to_string();
         assert!(err.contains("no Container named 'nope'"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn docker_plugin_containers_by_annotation() {
+        let mut plugin = c("docker-0123456789abcdef", None);
+        plugin
+            .metadata
+            .annotations
+            .insert(OWNER_ANNOTATION.into(), OWNER_DOCKER.into());
+        plugin
+            .metadata
+            .annotations
+            .insert(DOCKER_CONTAINER_ANNOTATION.into(), "0123456789abcdef".into());
+        let cs = vec![plugin, c("b", None)];
+        let r = Resolver::new().with_docker(Box::new(FakeDocker));
+        assert_eq!(r.resolve("web-1", &cs).await.unwrap(), "docker-0123456789abcdef");
+        assert_eq!(r.resolve("0123", &cs).await.unwrap(), "docker-0123456789abcdef");
+    }
+
+    struct DownDocker;
+    impl DockerLookup for DownDocker {
+        fn inspect<'a>(&'a self, _q: &'a str) -> BoxFuture<'a, Result<Option<DockerIdentity>>> {
+            Box::pin(async { bail!("connection refused") })
+        }
+    }
+
+    #[tokio::test]
+    async fn unreachable_docker_still_resolves_resource_names() {
+        let cs = vec![c("a", Some("web-1"))];
+        let r = Resolver::new().with_docker(Box::new(DownDocker));
+        assert_eq!(r.resolve("a", &cs).await.unwrap(), "a");
+        let err = r.resolve("nope", &cs).await.unwrap_err().to_string();
+        assert!(
+            err.contains("no Container named 'nope'") && err.contains("connection refused"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

@@ -176,6 +176,11 @@ impl Cluster {
 
     /// Declares Node `hostN` for fabric host i and starts its agent.
     pub fn start_agent(&mut self, i: usize) -> anyhow::Result<()> {
+        self.start_agent_with(i, &[])
+    }
+
+    /// [`Cluster::start_agent`] with more calico-node flags (e.g. `--docker-host`).
+    pub fn start_agent_with(&mut self, i: usize, extra: &[String]) -> anyhow::Result<()> {
         let name = format!("host{}", i + 1);
         let addr = self.fabric.hosts[i].addr;
         self.apply(&format!(
@@ -199,7 +204,10 @@ impl Cluster {
             "5".into(),
             "--etcd-timeout".into(),
             "2".into(),
-        ];
+        ]
+        .into_iter()
+        .chain(extra.iter().cloned())
+        .collect();
         let mut agent = Agent {
             name: name.clone(),
             run_dir,

@@ -155,6 +155,9 @@ pub struct ContainerInfo {
     /// Network name -> attachment.
     pub networks: BTreeMap<String, ContainerNetwork>,
     pub labels: BTreeMap<String, String>,
+    /// `NetworkSettings.SandboxKey`: the path of the namespace Docker made for the
+    /// container (in dockerd's mount namespace), what plugin Join calls carry.
+    pub sandbox_key: Option<String>,
 }
 
 impl ContainerInfo {
@@ -185,9 +188,10 @@ impl ContainerInfo {
             .and_then(|p| u32::try_from(p).ok());
         let config = c.config.unwrap_or_default();
         let env = config.env.unwrap_or_default();
-        let networks = c
-            .network_settings
-            .and_then(|s| s.networks)
+        let settings = c.network_settings.unwrap_or_default();
+        let sandbox_key = settings.sandbox_key.filter(|k| !k.is_empty());
+        let networks = settings
+            .networks
             .unwrap_or_default()
             .into_iter()
             .map(|(name, ep)| {
@@ -210,6 +214,7 @@ impl ContainerInfo {
             calico: parse_calico_env(&env),
             networks,
             labels: config.labels.unwrap_or_default().into_iter().collect(),
+            sandbox_key,
         }
     }
 }
@@ -225,6 +230,8 @@ pub struct NetworkInfo {
     pub options: BTreeMap<String, String>,
     /// The `--subnet`s.
     pub subnets: Vec<String>,
+    /// Container ID -> endpoint ID of every container attached to the network.
+    pub endpoints: BTreeMap<String, String>,
 }
 
 impl NetworkInfo {
@@ -241,6 +248,12 @@ impl NetworkInfo {
                 .unwrap_or_default()
                 .into_iter()
                 .filter_map(|c| c.subnet)
+                .collect(),
+            endpoints: n
+                .containers
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(id, ep)| ep.endpoint_id.map(|e| (id, e)))
                 .collect(),
         }
     }
@@ -652,6 +665,7 @@ mod tests {
             calico: env(&["CALICO_IP=auto"]),
             networks: BTreeMap::new(),
             labels: BTreeMap::new(),
+            sandbox_key: None,
         };
         let e = info.seed_request().unwrap_err();
         assert!(e.0.contains("--net=none"), "{e}");

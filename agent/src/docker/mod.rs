@@ -6,17 +6,26 @@
 //! - [`backend`]: that trait and the parsed requests it receives.
 //! - [`events`]: follows dockerd's container events (the seed's `CALICO_IP` path) and
 //!   re-lists containers whenever it reconnects.
+//! - [`calico`]: the agent's [`Backend`]: IPPools, IPAM, Docker-owned Containers, veths.
+//! - [`seed`]: the event consumer: `CALICO_IP` containers, cleanup after restarts.
+//! - [`integration`]: how the agent runs all of it (resolver, IPAM guard, start/stop).
+//! - [`host`]: the kernel side (veth pairs in the host namespace, the gateway neighbour).
 //!
 //! docs/docker.md describes how Docker's calls map to Calico resources.
 
 pub mod backend;
+pub mod calico;
 pub mod events;
+pub mod host;
+pub mod integration;
 pub mod plugin;
+pub mod seed;
 
 pub use backend::{
     AddressRequest, Backend, EndpointCreate, EndpointInterface, JoinInfo, JoinRequest, NetworkCreate, PoolData,
     PoolInfo, PoolRequest, StaticRoute, GROUP_OPTION,
 };
+pub use integration::{DockerConfig, DockerIntegration};
 pub use plugin::{
     serve, serve_with, PluginConfig, PluginError, PluginServer, DEFAULT_PLUGIN_DIR, IPAM_DRIVER_NAME,
     NETWORK_DRIVER_NAME,

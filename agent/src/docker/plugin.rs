@@ -9,7 +9,8 @@
 //!
 //! Errors follow libnetwork's docs/remote.md: a body that cannot be decoded (bad JSON,
 //! a missing ID, an unparsable CIDR) gets HTTP 400, an operation that fails gets
-//! HTTP 200; both carry `{"Err": "<message>"}`, which Docker shows to the user. An
+//! HTTP 200; both carry `{"Err": "<message>"}` (and `Error`, which is what the IPAM
+//! API reads), which Docker shows to the user. An
 //! unknown URL gets 404, which is how Docker learns an optional method is absent.
 
 use std::collections::BTreeMap;
@@ -621,7 +622,10 @@ async fn dispatch<B: Backend>(State(shared): State<Arc<Shared<B>>>, req: Request
             // Prefix the driver so `docker` output says who refused.
             let message = format!("{driver}: {}", fault.message);
             tracing::warn!(driver, method = %path, status = fault.status.as_u16(), elapsed_ms, error = %message, "docker plugin request failed");
-            (fault.status, json!({ "Err": message }))
+            // libnetwork's network driver API reads `Err`; its IPAM API reads `Error`
+            // (an `Err` alone there is ignored, and Docker reports "No address
+            // returned" instead of the reason). Both are sent: each ignores the other.
+            (fault.status, json!({ "Err": message, "Error": message }))
         }
     };
     let mut response = Response::new(Body::from(value.to_string()));

@@ -1,0 +1,307 @@
+//! A Docker host for end-to-end tests: a private dockerd inside a namespace host of
+//! the fabric, in its own mount namespace (`nsenter --net=<host> unshare -m`), with a
+//! private /run (so /run/docker/plugins is a directory of ours, where that host's
+//! agent serves the plugin sockets), its own data and exec roots and API socket, no
+//! bridge and no iptables. The busybox image is `docker import`ed from the static
+//! /bin/busybox: no registry is reachable.
+//!
+//! Dropping a DockerHost removes its containers, stops dockerd and deletes its
+//! directories, also when the test failed.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+pub const IMAGE: &str = "calico-test/busybox";
+
+/// Whether this machine can run the Docker tests; prints why not.
+pub fn available() -> bool {
+    let root = unsafe { libc::geteuid() } == 0;
+    let have = |bin: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {bin}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let ok = root
+        && ["dockerd", "docker", "unshare", "nsenter", "etcd", "bird", "nft"]
+            .iter()
+            .all(|b| have(b))
+        && Path::new("/bin/busybox").exists();
+    if !ok {
+        eprintln!("SKIP: needs root, dockerd, docker, unshare, nsenter, etcd, bird, nft and /bin/busybox");
+    }
+    ok
+}
+
+pub struct DockerHost {
+    pub dir: tempfile::TempDir,
+    netns: PathBuf,
+    child: Option<Child>,
+}
+
+impl DockerHost {
+    /// Starts dockerd in the network namespace `netns` and imports the image.
+    pub fn start(netns: &Path) -> anyhow::Result<DockerHost> {
+        let dir = tempfile::Builder::new().prefix("calico-dockerd.").tempdir()?;
+        for sub in ["plugins", "data", "exec", "rootfs/bin"] {
+            std::fs::create_dir_all(dir.path().join(sub))?;
+        }
+        let mut d = DockerHost {
+            dir,
+            netns: netns.to_path_buf(),
+            child: None,
+        };
+        d.spawn()?;
+        let rootfs = d.dir.path().join("rootfs");
+        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))?;
+        for applet in ["sh", "sleep", "ip", "ping", "cat", "nc", "hostname"] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))?;
+        }
+        let import = format!(
+            "tar -C {} -c . | docker -H {} import - {IMAGE}",
+            rootfs.display(),
+            d.host()
+        );
+        let out = Command::new("sh").args(["-c", &import]).output()?;
+        if !out.status.success() {
+            bail!("docker import: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(d)
+    }
+
+    /// (Re)starts dockerd and waits until it answers.
+    pub fn spawn(&mut self) -> anyhow::Result<()> {
+        let p = self.dir.path();
+        let script = format!(
+            "set -e\nmount --make-rprivate /\nmount -t tmpfs none /run\nmkdir -p /run/docker/plugins\n\
+             mount --bind {plugins} /run/docker/plugins\n\
+             exec dockerd --data-root {data} --exec-root {exec} -H {host} --pidfile {p}/docker.pid \
+             --bridge=none --iptables=false --ip6tables=false --shutdown-timeout 2 >>{p}/dockerd.log 2>&1\n",
+            plugins = p.join("plugins").display(),
+            data = p.join("data").display(),
+            exec = p.join("exec").display(),
+            host = self.host(),
+            p = p.display(),
+        );
+        // nsenter, unshare and sh all exec: the child's pid is dockerd's.
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", self.netns.display()))
+            .args(["unshare", "-m", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting dockerd")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.docker(&["version"]).status.success() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("dockerd did not come up:\n{}", self.log())
+    }
+
+    /// `unix://<dir>/docker.sock`
+    pub fn host(&self) -> String {
+        format!("unix://{}/docker.sock", self.dir.path().display())
+    }
+
+    pub fn plugin_dir(&self) -> PathBuf {
+        self.dir.path().join("plugins")
+    }
+
+    /// The flags that connect a host's agent to this dockerd.
+    pub fn agent_args(&self) -> Vec<String> {
+        vec![
+            "--docker-host".into(),
+            self.host(),
+            "--plugin-dir".into(),
+            self.plugin_dir().display().to_string(),
+        ]
+    }
+
+    /// Waits until the agent serves both plugin sockets.
+    pub fn wait_for_plugin(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let ok = ["calico.sock", "calico-ipam.sock"]
+                .iter()
+                .all(|s| std::os::unix::net::UnixStream::connect(self.plugin_dir().join(s)).is_ok());
+            if ok {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "the agent never served the plugin sockets in {}",
+            self.plugin_dir().display()
+        )
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("dockerd.log")).unwrap_or_default()
+    }
+
+    pub fn docker(&self, args: &[&str]) -> Output {
+        Command::new("docker")
+            .arg("-H")
+            .arg(self.host())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run docker")
+    }
+
+    /// docker, insisting on success; its stdout, trimmed.
+    pub fn must(&self, args: &[&str]) -> String {
+        match self.try_docker(args) {
+            Ok(out) => out,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    pub fn try_docker(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.docker(args);
+        if !out.status.success() {
+            bail!(
+                "docker {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// `docker run -d --name NAME ARGS... IMAGE sleep 100000`; the container ID.
+    pub fn run(&self, name: &str, args: &[&str]) -> String {
+        let mut full = vec!["run", "-d", "--name", name];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&[IMAGE, "sleep", "100000"]);
+        self.must(&full)
+    }
+
+    pub fn pid(&self, container: &str) -> u32 {
+        self.must(&["inspect", "-f", "{{.State.Pid}}", container])
+            .parse()
+            .expect("pid")
+    }
+
+    /// The container's network namespace, as the host sees it.
+    pub fn netns_of(&self, container: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/ns/net", self.pid(container)))
+    }
+
+    /// What `docker inspect` shows as the container's address on `network`.
+    pub fn ip_on(&self, container: &str, network: &str) -> String {
+        let fmt = format!("{{{{with index .NetworkSettings.Networks \"{network}\"}}}}{{{{.IPAddress}}}}{{{{end}}}}");
+        self.must(&["inspect", "-f", &fmt, container])
+    }
+
+    /// One ping from inside `container` (the host's ping in its namespace).
+    pub fn ping(&self, container: &str, to: &str) -> bool {
+        let ns = self.netns_of(container);
+        Command::new("nsenter")
+            .arg(format!("--net={}", ns.display()))
+            .args(["ping", "-c", "1", "-W", "1", to])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    /// Runs a command in the container's network namespace (with the host's tools).
+    pub fn in_container(&self, container: &str, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", self.netns_of(container).display()))
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!("{}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// SIGTERM and wait (dockerd stops its containers and its containerd).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if child.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+impl Drop for DockerHost {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            if let Ok(ids) = self.try_docker(&["ps", "-aq"]) {
+                let ids: Vec<&str> = ids.split_whitespace().collect();
+                if !ids.is_empty() {
+                    let mut args = vec!["rm", "-f"];
+                    args.extend(ids);
+                    let _ = self.docker(&args);
+                }
+            }
+        }
+        self.stop();
+    }
+}
+
+/// Waits until `f` holds or `timeout` passes.
+pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Prints the agents', BIRDs' and dockerds' logs when the test panics, or always with
+/// CALICO_E2E_LOGS=1. Holds only the paths, so the cluster stays usable.
+pub struct DumpOnPanic {
+    files: Vec<PathBuf>,
+}
+
+impl DumpOnPanic {
+    pub fn new(cluster: &calico_e2e::cluster::Cluster, docker: &[&DockerHost]) -> DumpOnPanic {
+        let mut files = Vec::new();
+        for a in cluster.agents.values() {
+            files.push(a.run_dir.join("agent.log"));
+            files.push(a.run_dir.join("bird.log"));
+        }
+        for d in docker {
+            files.push(d.dir.path().join("dockerd.log"));
+        }
+        DumpOnPanic { files }
+    }
+}
+
+impl Drop for DumpOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var_os("CALICO_E2E_LOGS").is_some() {
+            for f in &self.files {
+                let text = std::fs::read_to_string(f).unwrap_or_default();
+                eprintln!("----- {} -----\n{text}", f.display());
+            }
+        }
+    }
+}
