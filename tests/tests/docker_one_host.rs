@@ -37,8 +37,19 @@ fn calico_net(d: &DockerHost, args: &[&str], name: &str) -> String {
     d.must(&full)
 }
 
+/// `calicoctl ipam check`'s whole output (stdout and stderr), whether or not it passed.
 fn ipam_check(c: &Cluster) -> String {
-    c.ctl(&["ipam", "check"]).unwrap_or_else(|e| format!("FAILED: {e}"))
+    let out = std::process::Command::new(calico_e2e::cluster::bin("calicoctl"))
+        .args(["--etcd", &c.etcd.endpoint(), "ipam", "check"])
+        .output();
+    match out {
+        Ok(o) => format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => format!("FAILED to run calicoctl: {e}"),
+    }
 }
 
 /// Create networks, run containers, ping within a group and not across, inspect,
@@ -422,9 +433,10 @@ fn fifty_containers_leave_nothing_behind() {
         "nft table differs from before:\n{}\n----- before -----\n{baseline}",
         nft_table(&c)
     );
-    let check = ipam_check(&c);
-    assert!(
-        check.contains("IPAM is consistent") && check.contains("holding 0 addresses"),
-        "{check}"
-    );
+    // Releases of the seed path follow Docker's destroy events: give them a moment.
+    let released = wait_for(Duration::from_secs(15), || {
+        let check = ipam_check(&c);
+        check.contains("IPAM is consistent") && check.contains("holding 0 addresses")
+    });
+    assert!(released, "{}", ipam_check(&c));
 }
