@@ -219,12 +219,25 @@ fn run(endpoints: usize, policies: usize, groups: usize) {
 
     let base = CURRENT.load(Ordering::Relaxed);
     PEAK.store(base, Ordering::Relaxed);
+    // Per stage: the peak while it ran and what it left allocated, both above `base`.
+    let mut stages: Vec<(&str, usize, usize)> = Vec::new();
+    let mut stage = |name: &'static str| {
+        let now = CURRENT.load(Ordering::Relaxed);
+        stages.push((name, PEAK.load(Ordering::Relaxed) - base, now - base));
+        // Reset the stage peak to the current level; the overall peak is the max.
+        PEAK.store(now, Ordering::Relaxed);
+    };
     let (view, t_view) = timed(|| NodeView::build("host1", &rs, &addrs, &blocks));
+    stage("view build");
     let (nft, t_nft) = timed(|| render_nft(&view));
+    stage("nft render");
     let (json, t_json) = timed(|| serde_json::to_string(&nft).expect("json"));
+    stage("nft to JSON");
     let (routes, t_routes) = timed(|| render_routes(&view));
+    stage("routes");
     let (bird, t_bird) = timed(|| render_bird(&view).expect("bird"));
-    let peak = PEAK.load(Ordering::Relaxed) - base;
+    stage("bird.conf");
+    let peak = stages.iter().map(|s| s.1).max().unwrap_or(0);
     let objects = nft.objects.len();
     drop(nft);
     drop(view);
@@ -240,6 +253,13 @@ fn run(endpoints: usize, policies: usize, groups: usize) {
         t_view + t_nft + t_json + t_routes + t_bird
     );
     println!("  peak heap         {:>10.1} MiB above the input", mib(peak));
+    for (name, p, held) in &stages {
+        println!(
+            "    {name:<15} peak {:>6.1} MiB, holds {:>6.1} MiB after",
+            mib(*p),
+            mib(*held)
+        );
+    }
 
     if !is_root() {
         println!("  nft load          skipped (needs root)");

@@ -6,8 +6,9 @@
 //! [`NodeView::warnings`] and treated as empty (a group that does not exist has no
 //! members; a selector that does not parse selects nothing).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use calico_schema::{
     BgpPeer, ClusterConfigSpec, Container, Group, IpPool, LabelSet, Node, Policy, PolicyType, Resource, Rule, Selector,
@@ -27,10 +28,11 @@ pub struct Endpoint {
     pub ips: Vec<IpAddr>,
     /// The groups it is a member of that exist, in the order listed in its spec.
     pub groups: Vec<String>,
-    /// Policies selecting it with Ingress type, in evaluation order.
-    pub ingress_policies: Vec<String>,
-    /// Policies selecting it with Egress type, in evaluation order.
-    pub egress_policies: Vec<String>,
+    /// Policies selecting it with Ingress type, in evaluation order. Shared by every
+    /// endpoint with the same labels (and so the same policies).
+    pub ingress_policies: Arc<[String]>,
+    /// Policies selecting it with Egress type, in evaluation order. Shared likewise.
+    pub egress_policies: Arc<[String]>,
 }
 
 /// The addresses a rule's `selector`/`notSelector` text stands for.
@@ -132,13 +134,18 @@ impl NodeView {
         let prefix = config.interface_prefix().to_string();
 
         // Cluster-wide: every Container's effective groups, labels and addresses, which
-        // group and selector sets are computed from.
+        // group and selector sets are computed from. Containers of one application share
+        // their labels, so label sets are interned: selectors are evaluated once per
+        // distinct label set, not once per Container.
         struct Member<'a> {
             c: &'a Container,
             groups: Vec<String>,
-            labels: LabelSet,
+            /// Index into `label_sets`.
+            labels: usize,
             ips: Vec<IpAddr>,
         }
+        let mut label_sets: Vec<LabelSet> = Vec::new();
+        let mut label_ids: HashMap<LabelSet, usize> = HashMap::new();
         let mut members = Vec::with_capacity(containers.len());
         for (name, c) in &containers {
             let mut ips: Vec<IpAddr> = match addrs.get(*name) {
@@ -169,6 +176,15 @@ impl NodeView {
             } else {
                 labels.insert("group".into(), groups.clone());
             }
+            let labels = match label_ids.get(&labels) {
+                Some(id) => *id,
+                None => {
+                    let id = label_sets.len();
+                    label_sets.push(labels.clone());
+                    label_ids.insert(labels, id);
+                    id
+                }
+            };
             members.push(Member { c, groups, labels, ips });
         }
 
@@ -186,6 +202,10 @@ impl NodeView {
         }
         policy_order.sort_by_key(|(p, _)| p.sort_key());
 
+        // Per distinct label set of a local endpoint: the policies selecting it, by
+        // direction, in evaluation order.
+        type Selected = (Arc<[String]>, Arc<[String]>);
+        let mut selected: Vec<Option<Selected>> = vec![None; label_sets.len()];
         let mut endpoints = Vec::new();
         let mut groups = BTreeMap::new();
         let mut policies = BTreeMap::new();
@@ -198,24 +218,35 @@ impl NodeView {
                 warnings.push(format!("Container/{name}: no addresses yet; not programmed"));
                 continue;
             }
-            let mut ingress_policies = Vec::new();
-            let mut egress_policies = Vec::new();
-            for (p, sel) in &policy_order {
-                if !sel.matches(&m.labels) {
+            let (ingress_policies, egress_policies) = selected[m.labels]
+                .get_or_insert_with(|| {
+                    let labels = &label_sets[m.labels];
+                    let mut ingress = Vec::new();
+                    let mut egress = Vec::new();
+                    for (p, sel) in &policy_order {
+                        if !sel.matches(labels) {
+                            continue;
+                        }
+                        let pname = &p.metadata.name;
+                        if p.applies_to(PolicyType::Ingress) {
+                            ingress.push(pname.clone());
+                        }
+                        if p.applies_to(PolicyType::Egress) {
+                            egress.push(pname.clone());
+                        }
+                        if !policies.contains_key(pname) {
+                            policies.insert(pname.clone(), (*p).clone());
+                        }
+                    }
+                    (ingress.into(), egress.into())
+                })
+                .clone();
+            for g in &m.groups {
+                if groups.contains_key(g) {
                     continue;
                 }
-                let pname = p.metadata.name.clone();
-                if p.applies_to(PolicyType::Ingress) {
-                    ingress_policies.push(pname.clone());
-                }
-                if p.applies_to(PolicyType::Egress) {
-                    egress_policies.push(pname.clone());
-                }
-                policies.entry(pname).or_insert_with(|| (*p).clone());
-            }
-            for g in &m.groups {
                 if let Some(grp) = all_groups.get(g.as_str()) {
-                    groups.entry(g.clone()).or_insert_with(|| (*grp).clone());
+                    groups.insert(g.clone(), (*grp).clone());
                 }
             }
             endpoints.push(Endpoint {
@@ -231,20 +262,25 @@ impl NodeView {
         // Everything the rendered rules refer to by identity.
         let mut group_refs: BTreeSet<String> = groups.keys().cloned().collect();
         let mut selector_refs: BTreeSet<String> = BTreeSet::new();
-        let rules = groups
-            .values()
-            .flat_map(|g| {
-                let mut r = g.ingress_rules();
-                r.extend(g.egress_rules());
-                r
-            })
-            .chain(
-                policies
-                    .values()
-                    .flat_map(|p| p.spec.ingress.iter().chain(p.spec.egress.iter()).cloned()),
-            );
-        for rule in rules {
-            collect_refs(&rule, &mut group_refs, &mut selector_refs);
+        for g in groups.values() {
+            for rule in g.ingress_rules().iter().chain(g.egress_rules().iter()) {
+                collect_refs(rule, &mut group_refs, &mut selector_refs);
+            }
+        }
+        for p in policies.values() {
+            for rule in p.spec.ingress.iter().chain(p.spec.egress.iter()) {
+                collect_refs(rule, &mut group_refs, &mut selector_refs);
+            }
+        }
+        // Each Container's addresses under each group it is a member of, in one pass.
+        let mut by_group: BTreeMap<&str, BTreeSet<IpAddr>> =
+            group_refs.iter().map(|g| (g.as_str(), BTreeSet::new())).collect();
+        for m in &members {
+            for g in &m.groups {
+                if let Some(set) = by_group.get_mut(g.as_str()) {
+                    set.extend(m.ips.iter().copied());
+                }
+            }
         }
         let mut group_members = BTreeMap::new();
         for g in &group_refs {
@@ -253,20 +289,17 @@ impl NodeView {
                     "a rule names group '{g}', which does not exist: it has no members"
                 ));
             }
-            let set: BTreeSet<IpAddr> = members
-                .iter()
-                .filter(|m| m.groups.contains(g))
-                .flat_map(|m| m.ips.iter().copied())
-                .collect();
+            let set = by_group.remove(g.as_str()).unwrap_or_default();
             group_members.insert(g.clone(), set);
         }
         let mut selectors = BTreeMap::new();
         for text in &selector_refs {
             match Selector::parse(text) {
                 Ok(sel) => {
+                    let hit: Vec<bool> = label_sets.iter().map(|l| sel.matches(l)).collect();
                     let set = members
                         .iter()
-                        .filter(|m| sel.matches(&m.labels))
+                        .filter(|m| hit[m.labels])
                         .flat_map(|m| m.ips.iter().copied())
                         .collect();
                     selectors.insert(
@@ -347,10 +380,18 @@ impl NodeView {
 }
 
 fn collect_refs(rule: &Rule, groups: &mut BTreeSet<String>, selectors: &mut BTreeSet<String>) {
+    let add = |set: &mut BTreeSet<String>, s: &String| {
+        if !set.contains(s) {
+            set.insert(s.clone());
+        }
+    };
     for side in [&rule.source, &rule.destination] {
-        groups.extend(side.groups.iter().cloned());
-        selectors.extend(side.selector.iter().cloned());
-        selectors.extend(side.not_selector.iter().cloned());
+        for g in &side.groups {
+            add(groups, g);
+        }
+        for s in side.selector.iter().chain(side.not_selector.iter()) {
+            add(selectors, s);
+        }
     }
 }
 
