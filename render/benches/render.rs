@@ -245,7 +245,11 @@ fn run(endpoints: usize, policies: usize, groups: usize) {
     println!("== {endpoints} endpoints, {policies} policies, {groups} groups ==");
     println!("  view build        {t_view:>10.2?}");
     println!("  nft render        {t_nft:>10.2?}  ({objects} objects)");
-    println!("  nft to JSON       {t_json:>10.2?}  ({:.1} MiB)", mib(json.len()));
+    println!(
+        "  nft to JSON       {t_json:>10.2?}  ({:.1} MiB, sha256 {})",
+        mib(json.len()),
+        &calico_render::names::sha256_hex(&json)[..16]
+    );
     println!("  routes            {t_routes:>10.2?}  ({} routes)", routes.len());
     println!("  bird.conf         {t_bird:>10.2?}  ({} bytes)", bird.len());
     println!(

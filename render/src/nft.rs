@@ -24,8 +24,9 @@
 //! group list, reads the bits. Deny drops on the spot.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::{Arc, LazyLock};
 
 use calico_schema::{Action, EndpointToHostAction, EntityRule, Rule};
 use ipnet::IpNet;
@@ -58,11 +59,14 @@ const ICMPV6_HOST: [u32; 6] = [130, 131, 132, 133, 135, 136];
 
 type E = Expression<'static>;
 type S = Statement<'static>;
-/// A rule's statements and its comment.
-type NftRule = (Vec<S>, Option<String>);
+/// A rule's statements and its comment. Statement lists that are the same in every
+/// endpoint's chains are borrowed from statics instead of being built once per endpoint:
+/// they serialize the same and cost nothing per endpoint.
+type NftRule = (Cow<'static, [S]>, Option<Cow<'static, str>>);
 
-fn st(s: impl Into<String>) -> E {
-    Expression::String(Cow::Owned(s.into()))
+/// A string expression: borrowed when static, owned otherwise.
+fn st(s: impl Into<Cow<'static, str>>) -> E {
+    Expression::String(s.into())
 }
 
 fn num(n: u32) -> E {
@@ -73,16 +77,16 @@ fn meta(key: MetaKey) -> E {
     Expression::Named(NamedExpression::Meta(Meta { key }))
 }
 
-fn payload(protocol: &str, field: &str) -> E {
+fn payload(protocol: &'static str, field: &'static str) -> E {
     Expression::Named(NamedExpression::Payload(Payload::PayloadField(PayloadField {
-        protocol: Cow::Owned(protocol.to_string()),
-        field: Cow::Owned(field.to_string()),
+        protocol: Cow::Borrowed(protocol),
+        field: Cow::Borrowed(field),
     })))
 }
 
-fn ct(key: &str) -> E {
+fn ct(key: &'static str) -> E {
     Expression::Named(NamedExpression::CT(CT {
-        key: Cow::Owned(key.to_string()),
+        key: Cow::Borrowed(key),
         family: None,
         dir: None,
     }))
@@ -121,15 +125,15 @@ fn ret() -> S {
     Statement::Return(None)
 }
 
-fn jump(target: &str) -> S {
+fn jump(target: String) -> S {
     Statement::Jump(JumpTarget {
-        target: Cow::Owned(target.to_string()),
+        target: Cow::Owned(target),
     })
 }
 
-fn goto(target: &str) -> S {
+fn goto(target: String) -> S {
     Statement::Goto(JumpTarget {
-        target: Cow::Owned(target.to_string()),
+        target: Cow::Owned(target),
     })
 }
 
@@ -160,12 +164,42 @@ fn mark_clear() -> S {
     })
 }
 
-fn ct_state(states: &[&str]) -> E {
+fn ct_state(states: &[&'static str]) -> E {
     if states.len() == 1 {
         st(states[0])
     } else {
         Expression::List(states.iter().map(|s| st(*s)).collect())
     }
+}
+
+/// `ct state invalid counter drop`: first in every endpoint chain.
+static CT_INVALID_DROP: LazyLock<[S; 3]> =
+    LazyLock::new(|| [m(ct("state"), Operator::IN, ct_state(&["invalid"])), counter(), drop_()]);
+/// `meta nfproto ipv4 counter drop`: anti-spoofing for an endpoint with no IPv4 address.
+static NO_V4_DROP: LazyLock<[S; 3]> = LazyLock::new(|| {
+    [
+        m(meta(MetaKey::Nfproto), Operator::EQ, st(nfproto(4))),
+        counter(),
+        drop_(),
+    ]
+});
+/// The same for IPv6.
+static NO_V6_DROP: LazyLock<[S; 3]> = LazyLock::new(|| {
+    [
+        m(meta(MetaKey::Nfproto), Operator::EQ, st(nfproto(6))),
+        counter(),
+        drop_(),
+    ]
+});
+/// `meta mark & 0x10000 != 0 return`: after each jump of an evaluation chain.
+static ACCEPTED_RETURN: LazyLock<[S; 2]> = LazyLock::new(|| [mark_test(MARK_ACCEPT, true), ret()]);
+/// The first rule of an evaluation chain.
+static MARK_CLEAR: LazyLock<[S; 1]> = LazyLock::new(|| [mark_clear()]);
+/// The last rule of an evaluation chain.
+static COUNTED_DROP: LazyLock<[S; 2]> = LazyLock::new(|| [counter(), drop_()]);
+
+fn shared(stmts: &'static [S]) -> Cow<'static, [S]> {
+    Cow::Borrowed(stmts)
 }
 
 fn addr_expr(ip: &IpAddr) -> E {
@@ -216,7 +250,7 @@ enum Owner {
     Group,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Dir {
     In,
     Eg,
@@ -255,16 +289,31 @@ struct Builder {
 }
 
 impl Builder {
-    fn rule(&mut self, chain: &str, stmts: Vec<S>, comment: Option<String>) {
-        if let Some(r) = self.base_rules.get_mut(chain) {
-            r.push((stmts, comment));
+    fn rule(&mut self, chain: &str, stmts: impl Into<Cow<'static, [S]>>, comment: Option<Cow<'static, str>>) {
+        let r = (stmts.into(), comment);
+        if let Some(rules) = self.base_rules.get_mut(chain) {
+            rules.push(r);
+        } else if let Some(rules) = self.chains.get_mut(chain) {
+            rules.push(r);
         } else {
-            self.chains.entry(chain.to_string()).or_default().push((stmts, comment));
+            self.chains.insert(chain.to_string(), vec![r]);
+        }
+    }
+
+    /// A regular chain and its rules at once (appended, should it exist already).
+    fn chain_with(&mut self, name: String, mut rules: Vec<NftRule>) {
+        match self.chains.get_mut(&name) {
+            Some(existing) => existing.append(&mut rules),
+            None => {
+                self.chains.insert(name, rules);
+            }
         }
     }
 
     fn chain(&mut self, name: &str) {
-        self.chains.entry(name.to_string()).or_default();
+        if !self.chains.contains_key(name) {
+            self.chains.insert(name.to_string(), Vec::new());
+        }
     }
 
     fn base_chain(&mut self, name: &'static str, chain_type: NfChainType, hook: NfHook, prio: i32) {
@@ -296,11 +345,12 @@ impl Builder {
             handle: None,
         };
         let add = |o: NfListObject<'static>| NfObject::CmdObject(NfCmd::Add(o));
-        let mut out = vec![
-            add(NfListObject::Table(table())),
-            NfObject::CmdObject(NfCmd::Delete(NfListObject::Table(table()))),
-            add(NfListObject::Table(table())),
-        ];
+        let rule_count =
+            self.base_rules.values().map(Vec::len).sum::<usize>() + self.chains.values().map(Vec::len).sum::<usize>();
+        let mut out = Vec::with_capacity(3 + self.sets.len() + self.base.len() + self.chains.len() + rule_count);
+        out.push(add(NfListObject::Table(table())));
+        out.push(NfObject::CmdObject(NfCmd::Delete(NfListObject::Table(table()))));
+        out.push(add(NfListObject::Table(table())));
         for (name, (ty, elems)) in self.sets {
             let (items, interval): (Vec<E>, bool) = match elems {
                 Elems::Addrs(a) => (a.iter().map(addr_expr).collect(), false),
@@ -345,26 +395,34 @@ impl Builder {
         for name in self.chains.keys() {
             out.push(add(NfListObject::Chain(chain(name.clone()))));
         }
-        let rule = |chain: &str, expr: Vec<S>, comment: Option<String>| {
+        let rule = |chain: Cow<'static, str>, (expr, comment): NftRule| {
             add(NfListObject::Rule(NfRule {
                 family: FAMILY,
                 table: Cow::Borrowed(TABLE_NAME),
-                chain: Cow::Owned(chain.to_string()),
-                expr: Cow::Owned(expr),
+                chain,
+                expr,
                 handle: None,
                 index: None,
-                comment: comment.map(Cow::Owned),
+                comment,
             }))
         };
         let mut base_rules = self.base_rules;
         for b in &self.base {
-            for (expr, comment) in base_rules.remove(b.name).unwrap_or_default() {
-                out.push(rule(b.name, expr, comment));
+            for r in base_rules.remove(b.name).unwrap_or_default() {
+                out.push(rule(Cow::Borrowed(b.name), r));
             }
         }
         for (name, rules) in self.chains {
-            for (expr, comment) in rules {
-                out.push(rule(&name, expr, comment));
+            // The chain's name is cloned for all its rules but the last, which takes it.
+            let mut name = Some(name);
+            let last = rules.len().saturating_sub(1);
+            for (i, r) in rules.into_iter().enumerate() {
+                let chain = if i == last {
+                    name.take().unwrap_or_default()
+                } else {
+                    name.clone().unwrap_or_default()
+                };
+                out.push(rule(Cow::Owned(chain), r));
             }
         }
         Nftables {
@@ -447,12 +505,17 @@ fn ports_expr(ports: &[calico_schema::Port]) -> E {
     )
 }
 
+/// Evaluation chains already rendered, by direction, the endpoint's shared policy list
+/// (by address: endpoints with equal labels share one) and its groups.
+type EvalCache<'v> = HashMap<(Dir, *const [String], &'v [String]), String>;
+
 struct Renderer<'v> {
     view: &'v NodeView,
     b: Builder,
+    evals: EvalCache<'v>,
 }
 
-impl Renderer<'_> {
+impl<'v> Renderer<'v> {
     /// The named set holding the members of any of `groups`, for family `fam`, and
     /// whether it is empty.
     fn group_set(&self, groups: &[String], fam: u8) -> (String, bool) {
@@ -627,7 +690,7 @@ impl Renderer<'_> {
                     })));
                 }
             }
-            self.b.rule(chain, s, Some(clip(comment.to_string(), 128)));
+            self.b.rule(chain, s, Some(Cow::Owned(clip(comment.to_string(), 128))));
         }
     }
 
@@ -664,7 +727,7 @@ impl Renderer<'_> {
         if self.b.chains.contains_key(&chain) {
             return chain;
         }
-        let mut rules: Vec<NftRule> = vec![(vec![mark_clear()], None)];
+        let mut rules: Vec<NftRule> = vec![(shared(&*MARK_CLEAR), None)];
         let mut first = true;
         for p in policies {
             let Some(pol) = self.view.policies.get(p) else { continue };
@@ -679,9 +742,9 @@ impl Renderer<'_> {
             if !first {
                 j.push(mark_test(MARK_PASS, false));
             }
-            j.push(jump(&pc));
-            rules.push((j, Some(format!("Policy/{p}"))));
-            rules.push((vec![mark_test(MARK_ACCEPT, true), ret()], None));
+            j.push(jump(pc));
+            rules.push((j.into(), Some(format!("Policy/{p}").into())));
+            rules.push((shared(&*ACCEPTED_RETURN), None));
             first = false;
         }
         for g in groups {
@@ -693,27 +756,33 @@ impl Renderer<'_> {
             let Some(gc) = self.rules_chain(Owner::Group, dir, g, &grules) else {
                 continue;
             };
-            rules.push((vec![jump(&gc)], Some(format!("Group/{g}"))));
-            rules.push((vec![mark_test(MARK_ACCEPT, true), ret()], None));
+            rules.push((vec![jump(gc)].into(), Some(format!("Group/{g}").into())));
+            rules.push((shared(&*ACCEPTED_RETURN), None));
         }
-        rules.push((
-            vec![counter(), drop_()],
-            Some("no policy or group allowed it".to_string()),
-        ));
-        self.b.chain(&chain);
-        for (s, c) in rules {
-            self.b.rule(&chain, s, c);
-        }
+        rules.push((shared(&*COUNTED_DROP), Some("no policy or group allowed it".into())));
+        self.b.chain_with(chain.clone(), rules);
         chain
     }
 
-    fn endpoint(&mut self, ep: &Endpoint) -> (String, String) {
-        let eg = self.eval_chain(Dir::Eg, &ep.egress_policies, &ep.groups);
-        let ing = self.eval_chain(Dir::In, &ep.ingress_policies, &ep.groups);
+    /// [`Self::eval_chain`] for an endpoint's lists, computed once per distinct pair.
+    fn endpoint_eval(&mut self, dir: Dir, policies: &'v Arc<[String]>, groups: &'v [String]) -> String {
+        let key = (dir, Arc::as_ptr(policies), groups);
+        if let Some(chain) = self.evals.get(&key) {
+            return chain.clone();
+        }
+        let chain = self.eval_chain(dir, policies, groups);
+        self.evals.insert(key, chain.clone());
+        chain
+    }
+
+    fn endpoint(&mut self, ep: &'v Endpoint) -> (String, String) {
+        let eg = self.endpoint_eval(Dir::Eg, &ep.egress_policies, &ep.groups);
+        let ing = self.endpoint_eval(Dir::In, &ep.ingress_policies, &ep.groups);
         let from = format!("from-{}", ep.iface);
         let to = format!("to-{}", ep.iface);
-        let invalid = || vec![m(ct("state"), Operator::IN, ct_state(&["invalid"])), counter(), drop_()];
-        self.b.rule(&from, invalid(), None);
+        let container: Cow<'static, str> = format!("Container/{}", ep.name).into();
+        let mut from_rules: Vec<NftRule> = Vec::with_capacity(4);
+        from_rules.push((shared(&*CT_INVALID_DROP), None));
         for fam in [4u8, 6] {
             let own: Vec<E> = ep
                 .ips
@@ -722,25 +791,29 @@ impl Renderer<'_> {
                 .map(addr_expr)
                 .collect();
             let stmts = if own.is_empty() {
-                vec![
-                    m(meta(MetaKey::Nfproto), Operator::EQ, st(nfproto(fam))),
-                    counter(),
-                    drop_(),
-                ]
+                shared(if fam == 4 { &*NO_V4_DROP } else { &*NO_V6_DROP })
             } else {
                 vec![
                     m(payload(l3(fam), "saddr"), Operator::NEQ, one_or_set(own)),
                     counter(),
                     drop_(),
                 ]
+                .into()
             };
-            self.b.rule(&from, stmts, Some(format!("anti-spoofing ipv{fam}")));
+            let comment = if fam == 4 {
+                "anti-spoofing ipv4"
+            } else {
+                "anti-spoofing ipv6"
+            };
+            from_rules.push((stmts, Some(comment.into())));
         }
-        self.b
-            .rule(&from, vec![goto(&eg)], Some(format!("Container/{}", ep.name)));
-        self.b.rule(&to, invalid(), None);
-        self.b
-            .rule(&to, vec![goto(&ing)], Some(format!("Container/{}", ep.name)));
+        from_rules.push((vec![goto(eg)].into(), Some(container.clone())));
+        let to_rules: Vec<NftRule> = vec![
+            (shared(&*CT_INVALID_DROP), None),
+            (vec![goto(ing)].into(), Some(container)),
+        ];
+        self.b.chain_with(from.clone(), from_rules);
+        self.b.chain_with(to.clone(), to_rules);
         (from, to)
     }
 }
@@ -752,6 +825,7 @@ pub fn render_nft(view: &NodeView) -> Nftables<'static> {
     let mut r = Renderer {
         view,
         b: Builder::default(),
+        evals: HashMap::new(),
     };
     r.b.base_chain("forward", NfChainType::Filter, NfHook::Forward, 0);
     r.b.base_chain("input", NfChainType::Filter, NfHook::Input, 0);
@@ -766,21 +840,21 @@ pub fn render_nft(view: &NodeView) -> Nftables<'static> {
         r.b.base_chain("nat-postrouting", NfChainType::NAT, NfHook::Postrouting, 100);
     }
 
-    let mut dispatch: Vec<(String, String, String)> = Vec::new();
+    let mut dispatch: Vec<(&str, String, String)> = Vec::with_capacity(view.endpoints.len());
     for ep in &view.endpoints {
         let (from, to) = r.endpoint(ep);
-        dispatch.push((ep.iface.clone(), from, to));
+        dispatch.push((&ep.iface, from, to));
     }
 
     let wildcard = st(format!("{}*", view.config.interface_prefix()));
-    let ifaces = || one_or_set(dispatch.iter().map(|(i, _, _)| st(i.clone())).collect());
-    let vmap = |key: MetaKey, pick: &dyn Fn(&(String, String, String)) -> Verdict<'static>| {
+    let ifaces = || one_or_set(dispatch.iter().map(|(i, _, _)| st(i.to_string())).collect());
+    let vmap = |key: MetaKey, pick: &dyn Fn(&(&str, String, String)) -> Verdict<'static>| {
         Statement::VerdictMap(VerdictMap {
             key: meta(key),
             data: Expression::Named(NamedExpression::Set(
                 dispatch
                     .iter()
-                    .map(|d| SetItem::Mapping(st(d.0.clone()), Expression::Verdict(pick(d))))
+                    .map(|d| SetItem::Mapping(st(d.0.to_string()), Expression::Verdict(pick(d))))
                     .collect(),
             )),
         })
