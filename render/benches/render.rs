@@ -20,7 +20,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use calico_render::{render_bird, render_nft, render_routes, NodeView};
+use calico_render::{nft_json_bytes, render_bird, render_nft, render_routes, NodeView};
 use calico_schema::{
     object, Action, ContainerSpec, EntityRule, GroupSpec, IpPoolSpec, Kind, NodeSpec, PolicySpec, Port, Protocol,
     Resource, Rule,
@@ -212,11 +212,22 @@ impl Drop for Netns {
     }
 }
 
-fn run(endpoints: usize, policies: usize, groups: usize) {
-    let rs = cluster(endpoints, policies, groups);
+/// One render: times and heap per stage, and the JSON. `sized`: serialize with
+/// [`nft_json_bytes`] (exact-size buffer) instead of `serde_json::to_vec` as the agent
+/// does today.
+struct Measured {
+    t: [(&'static str, Duration); 5],
+    stages: Vec<(&'static str, usize, usize)>,
+    peak: usize,
+    json: Vec<u8>,
+    objects: usize,
+    routes: usize,
+    bird: usize,
+}
+
+fn measure(rs: &[Resource], sized: bool) -> Measured {
     let blocks = vec!["10.65.0.0/16".parse().expect("net")];
     let addrs = BTreeMap::new();
-
     let base = CURRENT.load(Ordering::Relaxed);
     PEAK.store(base, Ordering::Relaxed);
     // Per stage: the peak while it ran and what it left allocated, both above `base`.
@@ -227,43 +238,79 @@ fn run(endpoints: usize, policies: usize, groups: usize) {
         // Reset the stage peak to the current level; the overall peak is the max.
         PEAK.store(now, Ordering::Relaxed);
     };
-    let (view, t_view) = timed(|| NodeView::build("host1", &rs, &addrs, &blocks));
+    let (view, t_view) = timed(|| NodeView::build("host1", rs, &addrs, &blocks));
     stage("view build");
     let (nft, t_nft) = timed(|| render_nft(&view));
     stage("nft render");
-    let (json, t_json) = timed(|| serde_json::to_string(&nft).expect("json"));
+    let (json, t_json) = timed(|| {
+        if sized {
+            nft_json_bytes(&nft)
+        } else {
+            serde_json::to_vec(&nft).expect("json")
+        }
+    });
     stage("nft to JSON");
     let (routes, t_routes) = timed(|| render_routes(&view));
     stage("routes");
     let (bird, t_bird) = timed(|| render_bird(&view).expect("bird"));
     stage("bird.conf");
     let peak = stages.iter().map(|s| s.1).max().unwrap_or(0);
-    let objects = nft.objects.len();
-    drop(nft);
-    drop(view);
+    Measured {
+        t: [
+            ("view build", t_view),
+            ("nft render", t_nft),
+            ("nft to JSON", t_json),
+            ("routes", t_routes),
+            ("bird.conf", t_bird),
+        ],
+        stages,
+        peak,
+        json,
+        objects: nft.objects.len(),
+        routes: routes.len(),
+        bird: bird.len(),
+    }
+}
+
+fn run(endpoints: usize, policies: usize, groups: usize) {
+    let rs = cluster(endpoints, policies, groups);
+    let m = measure(&rs, false);
+    let [(_, t_view), (_, t_nft), (_, t_json), (_, t_routes), (_, t_bird)] = m.t;
+    let (peak, objects, json) = (m.peak, m.objects, m.json);
 
     println!("== {endpoints} endpoints, {policies} policies, {groups} groups ==");
     println!("  view build        {t_view:>10.2?}");
     println!("  nft render        {t_nft:>10.2?}  ({objects} objects)");
     println!(
-        "  nft to JSON       {t_json:>10.2?}  ({:.1} MiB, sha256 {})",
+        "  nft to JSON       {t_json:>10.2?}  ({:.1} MiB, sha256 {}; serde_json::to_vec as the agent)",
         mib(json.len()),
-        &calico_render::names::sha256_hex(&json)[..16]
+        &calico_render::names::sha256_hex(&String::from_utf8_lossy(&json))[..16]
     );
-    println!("  routes            {t_routes:>10.2?}  ({} routes)", routes.len());
-    println!("  bird.conf         {t_bird:>10.2?}  ({} bytes)", bird.len());
+    println!("  routes            {t_routes:>10.2?}  ({} routes)", m.routes);
+    println!("  bird.conf         {t_bird:>10.2?}  ({} bytes)", m.bird);
     println!(
         "  total render      {:>10.2?}",
         t_view + t_nft + t_json + t_routes + t_bird
     );
     println!("  peak heap         {:>10.1} MiB above the input", mib(peak));
-    for (name, p, held) in &stages {
+    for (name, p, held) in &m.stages {
         println!(
             "    {name:<15} peak {:>6.1} MiB, holds {:>6.1} MiB after",
             mib(*p),
             mib(*held)
         );
     }
+    // The same render with the JSON in an exactly sized buffer (nft_json_bytes).
+    drop(m.stages);
+    let s = measure(&rs, true);
+    assert_eq!(s.json, json, "nft_json_bytes differs from serde_json::to_vec");
+    let total: Duration = s.t.iter().map(|x| x.1).sum();
+    println!(
+        "  with nft_json_bytes: JSON {:.2?}, total render {total:.2?}, peak heap {:.1} MiB",
+        s.t[2].1,
+        mib(s.peak)
+    );
+    drop(s);
 
     if !is_root() {
         println!("  nft load          skipped (needs root)");

@@ -45,9 +45,10 @@ impl fmt::Display for RouteSpec {
 /// rejects, but a stale datastore could hold) the first by name keeps it.
 pub fn render_routes(view: &NodeView) -> Vec<RouteSpec> {
     let mut seen = BTreeSet::new();
-    let mut out = BTreeSet::new();
+    let host_routes = view.endpoints.iter().map(|e| e.ips.len()).sum::<usize>();
+    let mut out = Vec::with_capacity(view.local_blocks.len() + host_routes);
     for b in &view.local_blocks {
-        out.insert(RouteSpec {
+        out.push(RouteSpec {
             dst: *b,
             kind: RouteKind::Blackhole,
         });
@@ -56,12 +57,15 @@ pub fn render_routes(view: &NodeView) -> Vec<RouteSpec> {
         for ip in &ep.ips {
             let dst = IpNet::from(*ip);
             if seen.insert(dst) {
-                out.insert(RouteSpec {
+                out.push(RouteSpec {
                     dst,
                     kind: RouteKind::Dev(ep.iface.clone()),
                 });
             }
         }
     }
-    out.into_iter().collect()
+    // The order (and the deduplication) a BTreeSet would give.
+    out.sort_unstable();
+    out.dedup();
+    out
 }
