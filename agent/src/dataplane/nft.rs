@@ -153,7 +153,9 @@ impl NftCommand {
 
 impl NftApplier for NftCommand {
     fn apply(&self, ruleset: &Nftables) -> Result<(), NftError> {
-        let json = serde_json::to_vec(ruleset)?;
+        // Sized exactly in one pass: a growing Vec would double past the JSON's size,
+        // which at 10k endpoints is tens of megabytes of slack.
+        let json = calico_render::nft_json_bytes(ruleset);
         self.run(&["-j", "-f", "-"], Some(&json))?;
         info!(
             objects = ruleset.objects.len(),
@@ -164,7 +166,7 @@ impl NftApplier for NftCommand {
     }
 
     fn check(&self, ruleset: &Nftables) -> Result<(), NftError> {
-        let json = serde_json::to_vec(ruleset)?;
+        let json = calico_render::nft_json_bytes(ruleset);
         self.run(&["-c", "-j", "-f", "-"], Some(&json))?;
         debug!(objects = ruleset.objects.len(), "nftables ruleset checked");
         Ok(())
