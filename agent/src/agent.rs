@@ -4,6 +4,7 @@
 //! Fail static: when etcd is unreachable the watch simply goes quiet; the dataplane
 //! keeps its last state and nothing is removed.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -64,6 +65,13 @@ pub struct AgentStatus {
     /// Keys in etcd whose values are invalid and ignored.
     pub invalid_data: Vec<String>,
     pub bird_restarts: u64,
+    /// BIRD's pid, and whether it was adopted from a previous agent run.
+    pub bird_pid: Option<u32>,
+    pub bird_adopted: bool,
+    /// Whether the last status write reached etcd (false: running fail-static).
+    pub datastore_ok: bool,
+    /// When this agent process started (Unix seconds).
+    pub started: u64,
     pub run_dir: String,
     pub http: Option<String>,
 }
@@ -74,6 +82,18 @@ pub fn now_secs() -> u64 {
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
+
+/// Returns free heap memory to the kernel (glibc keeps it otherwise).
+fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Container status writes in flight at once.
+const STATUS_WRITE_BATCH: usize = 32;
 
 /// Connects to etcd, retrying with backoff until it answers or `stop` fires.
 async fn connect(cfg: &StoreConfig, stop: &mut watch::Receiver<bool>) -> Option<Store> {
@@ -101,6 +121,7 @@ pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> anyhow::R
         version: env!("CARGO_PKG_VERSION").into(),
         run_dir: cfg.run_dir.display().to_string(),
         http: cfg.http_listen.map(|a| a.to_string()),
+        started: now_secs(),
         ..Default::default()
     }));
     if let Some(addr) = cfg.http_listen {
@@ -123,6 +144,8 @@ pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> anyhow::R
     let mut resources = store.watch(RESOURCES_PREFIX, 0);
     let mut ipam_watch = store.watch(IPAM_PREFIX, 0);
     let mut cache = Cache::default();
+    let last_good_file = cfg.run_dir.join(LAST_GOOD_FILE);
+    let mut last_good = load_last_good(&last_good_file, &mut cache);
     let mut ipam_synced = false;
     let mut res_synced = false;
     let mut dirty = false;
@@ -164,36 +187,87 @@ pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> anyhow::R
         }
         // Debounce: let a burst of events land before computing.
         tokio::time::sleep(cfg.debounce).await;
+        // Both watches: a burst of IPAM events (many Containers assigned at once) left
+        // queued would cost one reconcile each, and reconciles that see no handle yet
+        // ask IPAM again.
         while let Some(Some(ev)) = futures::FutureExt::now_or_never(resources.next()) {
             apply_partial(&mut cache, ev, RESOURCES_PREFIX);
         }
+        while let Some(Some(ev)) = futures::FutureExt::now_or_never(ipam_watch.next()) {
+            if matches!(ev, WatchEvent::Resync { .. }) {
+                ipam_synced = true;
+            }
+            apply_partial(&mut cache, ev, IPAM_PREFIX);
+        }
         dirty = false;
         let (report, changed) = rec.reconcile(&cache).await;
-        metrics.observe(&report, cache.invalid().len());
-        for (name, st) in changed {
-            let key = format!("status/containers/{name}");
-            let res = match &st {
-                Some(s) => store.put_json(&key, s).await.map(|_| ()),
-                None => store.delete_json(&key).await,
-            };
-            if let Err(e) = res {
-                warn!(container = %name, error = %e, "could not write status; will retry");
-                rec.status_not_written(&name);
+        let invalid = cache.invalid();
+        let good = cache.last_good_of_invalid();
+        if good != last_good {
+            match save_last_good(&last_good_file, &good) {
+                Ok(()) => last_good = good,
+                Err(e) => warn!(error = %e, file = %last_good_file.display(), "could not persist the last good values"),
             }
         }
-        {
+        // Status writes, several at once; after a failed batch (etcd down) the rest are
+        // not tried, only remembered, so an outage costs one timeout per reconcile.
+        let mut write_failed: Option<String> = None;
+        let mut changed = changed.into_iter().peekable();
+        while changed.peek().is_some() {
+            let batch: Vec<_> = changed.by_ref().take(STATUS_WRITE_BATCH).collect();
+            if write_failed.is_some() {
+                for (name, _) in &batch {
+                    rec.status_not_written(name);
+                }
+                continue;
+            }
+            let results = futures::future::join_all(batch.iter().map(|(name, st)| {
+                let store = &store;
+                async move {
+                    let key = format!("status/containers/{name}");
+                    match st {
+                        Some(s) => store.put_json(&key, s).await.map(|_| ()),
+                        None => store.delete_json(&key).await,
+                    }
+                }
+            }))
+            .await;
+            for ((name, _), res) in batch.iter().zip(results) {
+                if let Err(e) = res {
+                    warn!(container = %name, error = %e, "could not write status; will retry");
+                    rec.status_not_written(name);
+                    write_failed.get_or_insert(e.to_string());
+                }
+            }
+        }
+        let datastore_ok = {
             let mut st = status_tx.lock().await;
             st.ready = report.errors.is_empty();
             st.last_reconcile = now_secs();
             st.endpoints_programmed = report.programmed;
             st.endpoints_failed = report.failed;
             st.errors = report.errors.clone();
-            st.invalid_data = cache.invalid().iter().map(|(k, e)| format!("{k}: {e}")).collect();
+            st.invalid_data = invalid.iter().map(|(k, e)| format!("{k}: {e}")).collect();
             st.bird_restarts = rec.dp.bird_restarts().await;
-            if let Err(e) = store.put_json(&format!("status/nodes/{}", cfg.node), &*st).await {
-                warn!(error = %e, "could not write agent status");
+            st.bird_pid = rec.dp.bird_pid().await;
+            st.bird_adopted = rec.dp.bird_adopted().await;
+            st.datastore_ok = write_failed.is_none();
+            if st.datastore_ok {
+                if let Err(e) = store.put_json(&format!("status/nodes/{}", cfg.node), &*st).await {
+                    warn!(error = %e, "could not write agent status");
+                    st.datastore_ok = false;
+                }
             }
-        }
+            if !st.datastore_ok {
+                // Status is retried on the next reconcile; the dataplane keeps its state.
+                next_retry.get_or_insert(Instant::now() + cfg.resync.min(Duration::from_secs(5)));
+            }
+            st.datastore_ok
+        };
+        metrics.observe(&report, invalid.len(), rec.dp.bird_restarts().await, datastore_ok);
+        // A reconcile allocates and frees a lot at once (the rendered ruleset, its JSON);
+        // give the freed pages back rather than keep them as the agent's resident size.
+        trim_heap();
         if report.errors.is_empty() {
             backoff = Duration::from_millis(100);
         } else {
@@ -201,10 +275,54 @@ pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> anyhow::R
             backoff = (backoff * 2).min(Duration::from_secs(10));
         }
     }
-    info!("agent stopping; the dataplane is left as it is");
-    rec.dp.stop().await;
+    info!("agent stopping; the dataplane is left as it is, BIRD keeps running");
+    rec.dp.detach().await;
     docker.shutdown().await;
     Ok(())
+}
+
+/// Under the run directory: for each key whose stored value is invalid, the last good
+/// value the agent had, so that a restart keeps it in effect (fail static across
+/// restarts) instead of acting as if the resource did not exist.
+pub const LAST_GOOD_FILE: &str = "last-good.json";
+
+fn load_last_good(path: &std::path::Path, cache: &mut Cache) -> BTreeMap<String, calico_schema::Resource> {
+    let mut out = BTreeMap::new();
+    let Ok(text) = std::fs::read(path) else {
+        return out;
+    };
+    let map: BTreeMap<String, serde_json::Value> = match serde_json::from_slice(&text) {
+        Ok(m) => m,
+        Err(e) => {
+            warn!(error = %e, file = %path.display(), "ignoring an unreadable last-good file");
+            return out;
+        }
+    };
+    for (key, value) in map {
+        let bytes = serde_json::to_vec(&value).unwrap_or_default();
+        match calico_store::decode_resource(&key, &bytes, 0) {
+            Ok(r) => {
+                info!(%key, "keeping the last good value from the previous run until etcd has a valid one");
+                cache.preload_good(key.clone(), r.clone());
+                out.insert(key, r.without_version());
+            }
+            Err(e) => warn!(%key, error = %e, "ignoring a persisted last-good value"),
+        }
+    }
+    out
+}
+
+fn save_last_good(path: &std::path::Path, good: &BTreeMap<String, calico_schema::Resource>) -> std::io::Result<()> {
+    if good.is_empty() {
+        return match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+    }
+    let map: BTreeMap<&String, serde_json::Value> = good.iter().map(|(k, r)| (k, r.to_json())).collect();
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&map)?)?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Applies an event from a watch of one prefix. A Resync of one prefix must not wipe

@@ -151,6 +151,29 @@ impl Cache {
         self.resources.values().filter_map(|e| e.good.clone()).collect()
     }
 
+    /// For every key whose stored value is invalid, the last good value still in
+    /// effect (what the agent persists so a restart keeps it).
+    pub fn last_good_of_invalid(&self) -> BTreeMap<String, Resource> {
+        self.resources
+            .iter()
+            .filter(|(_, e)| e.error.is_some())
+            .filter_map(|(k, e)| e.good.as_ref().map(|g| (k.clone(), g.without_version())))
+            .collect()
+    }
+
+    /// Seeds the last good value of `key` before the first listing (from what a
+    /// previous run persisted). A valid stored value replaces it; an invalid one is
+    /// reported and leaves it in effect; a key gone from etcd drops it.
+    pub fn preload_good(&mut self, key: String, r: Resource) {
+        self.resources.insert(
+            key,
+            Entry {
+                good: Some(r),
+                error: None,
+            },
+        );
+    }
+
     /// Keys whose stored value is not in effect, with why.
     pub fn invalid(&self) -> Vec<(String, String)> {
         self.resources
@@ -162,6 +185,11 @@ impl Cache {
     /// Addresses IPAM holds for `handle`.
     pub fn handle_ips(&self, handle: &str) -> Option<&Vec<IpAddr>> {
         self.handles.get(&handle_key_suffix(handle)).map(|r| &r.ips)
+    }
+
+    /// IPAM's record for `handle`: its addresses and node.
+    pub fn handle(&self, handle: &str) -> Option<&HandleInfo> {
+        self.handles.get(&handle_key_suffix(handle))
     }
 
     /// Every handle (as IPAM names it) with its record.

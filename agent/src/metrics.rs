@@ -18,6 +18,10 @@ struct Inner {
     endpoints_failed: usize,
     nft_rules: usize,
     invalid_data: usize,
+    nft_loads: u64,
+    bird_restarts: u64,
+    datastore_ok: bool,
+    last_reconcile_unix: u64,
 }
 
 #[derive(Debug, Default)]
@@ -26,7 +30,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn observe(&self, r: &Report, invalid_data: usize) {
+    pub fn observe(&self, r: &Report, invalid_data: usize, bird_restarts: u64, datastore_ok: bool) {
         let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         m.reconciles += 1;
         if !r.errors.is_empty() {
@@ -34,12 +38,19 @@ impl Metrics {
         }
         m.reconcile_seconds_last = r.duration.as_secs_f64();
         m.reconcile_seconds_sum += m.reconcile_seconds_last;
-        m.nft_apply_seconds_last = r.nft_duration.as_secs_f64();
-        m.nft_apply_seconds_sum += m.nft_apply_seconds_last;
+        // Zero when the ruleset was unchanged and not loaded: keep the last real load.
+        if !r.nft_duration.is_zero() {
+            m.nft_apply_seconds_last = r.nft_duration.as_secs_f64();
+            m.nft_apply_seconds_sum += m.nft_apply_seconds_last;
+            m.nft_loads += 1;
+        }
         m.endpoints_programmed = r.programmed;
         m.endpoints_failed = r.failed;
         m.nft_rules = r.nft_rules;
         m.invalid_data = invalid_data;
+        m.bird_restarts = bird_restarts;
+        m.datastore_ok = datastore_ok;
+        m.last_reconcile_unix = crate::agent::now_secs();
     }
 
     pub fn invalid_data(&self) -> usize {
@@ -89,6 +100,12 @@ impl Metrics {
             m.nft_apply_seconds_last.to_string(),
         );
         metric(
+            "calico_nft_loads_total",
+            "counter",
+            "nftables table loads (an unchanged ruleset is not loaded again).",
+            m.nft_loads.to_string(),
+        );
+        metric(
             "calico_endpoints_programmed",
             "gauge",
             "Local endpoints programmed.",
@@ -111,6 +128,24 @@ impl Metrics {
             "gauge",
             "Keys in etcd with invalid values, ignored.",
             m.invalid_data.to_string(),
+        );
+        metric(
+            "calico_bird_restarts_total",
+            "counter",
+            "Times BIRD had to be started again since the agent started.",
+            m.bird_restarts.to_string(),
+        );
+        metric(
+            "calico_datastore_up",
+            "gauge",
+            "1 if the last status write reached etcd, 0 while running fail-static.",
+            u8::from(m.datastore_ok).to_string(),
+        );
+        metric(
+            "calico_last_reconcile_timestamp_seconds",
+            "gauge",
+            "When the last reconcile finished (Unix seconds).",
+            m.last_reconcile_unix.to_string(),
         );
         s
     }

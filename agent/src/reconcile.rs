@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use calico_render::{NodeView, RouteSpec};
 use calico_schema::{Container, ContainerStatus, EndpointState, IpPool, Resource};
+use futures::StreamExt;
 use tracing::{debug, info, warn};
 
 use crate::cache::Cache;
@@ -113,9 +114,16 @@ pub struct Report {
     pub failed: usize,
     pub errors: Vec<String>,
     pub nft_rules: usize,
+    /// Workloads set up (or checked again) by this reconcile.
+    pub plumbed: usize,
     pub duration: Duration,
+    pub ipam_duration: Duration,
+    pub plumb_duration: Duration,
     pub nft_duration: Duration,
 }
+
+/// How many workload setups run at once.
+pub const PLUMB_CONCURRENCY: usize = 16;
 
 pub use calico_store::ipam::container_handle;
 
@@ -126,9 +134,14 @@ pub struct Reconciler<D, A, R> {
     pub resolver: R,
     /// Explicit addresses already claimed in IPAM, per Container, so IPAM is asked once.
     claimed: BTreeMap<String, Vec<IpAddr>>,
+    /// Addresses IPAM assigned to Containers whose handle the cache has not seen yet.
+    assigned: BTreeMap<String, Vec<IpAddr>>,
     /// What was set up, per host interface, so unchanged workloads are not re-plumbed.
     plumbed: BTreeMap<String, PlannedWorkload>,
     last_bird: Option<String>,
+    /// Hash of the ruleset last loaded, so an unchanged one is not loaded again (a full
+    /// resync forgets it and loads anyway).
+    last_nft: Option<u64>,
     last_statuses: BTreeMap<String, ContainerStatus>,
 }
 
@@ -140,8 +153,10 @@ impl<D: Dataplane, A: AddressManager, R: WorkloadResolver> Reconciler<D, A, R> {
             ipam,
             resolver,
             claimed: BTreeMap::new(),
+            assigned: BTreeMap::new(),
             plumbed: BTreeMap::new(),
             last_bird: None,
+            last_nft: None,
             last_statuses: BTreeMap::new(),
         }
     }
@@ -151,6 +166,7 @@ impl<D: Dataplane, A: AddressManager, R: WorkloadResolver> Reconciler<D, A, R> {
     pub fn forget_plumbing(&mut self) {
         self.plumbed.clear();
         self.last_bird = None;
+        self.last_nft = None;
     }
 
     /// Makes the dataplane match the cache. Returns the report and the Container
@@ -177,54 +193,8 @@ impl<D: Dataplane, A: AddressManager, R: WorkloadResolver> Reconciler<D, A, R> {
             .collect();
         let mut statuses: BTreeMap<String, ContainerStatus> = BTreeMap::new();
 
-        // 1. Addresses: explicit ones claimed, the others assigned; every Container's
-        //    addresses (cluster-wide) feed the group and selector sets.
-        let mut addrs: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
-        for c in &containers {
-            let name = c.metadata.name.clone();
-            let handle = container_handle(&name);
-            let local = c.spec.node == self.node;
-            let known = cache.handle_ips(&handle).cloned();
-            let result = match (&c.spec.ips, local) {
-                (Some(ips), true) => {
-                    if self.claimed.get(&name) == Some(ips) {
-                        Ok(ips.clone())
-                    } else {
-                        match self.ipam.assign_ips(&handle, &self.node, ips, &pools).await {
-                            Ok(()) => {
-                                self.claimed.insert(name.clone(), ips.clone());
-                                Ok(ips.clone())
-                            }
-                            Err(e) => Err(e.0),
-                        }
-                    }
-                }
-                (Some(ips), false) => Ok(ips.clone()),
-                (None, true) => match known {
-                    Some(ips) if !ips.is_empty() => Ok(ips),
-                    _ => self
-                        .ipam
-                        .auto_assign(&handle, &self.node, &pools)
-                        .await
-                        .map_err(|e| e.0),
-                },
-                (None, false) => Ok(known.unwrap_or_default()),
-            };
-            match result {
-                Ok(ips) => {
-                    addrs.insert(name, ips);
-                }
-                Err(e) if local => {
-                    statuses.insert(
-                        name,
-                        status(&self.node, "", &[], EndpointState::Error, format!("IPAM: {e}")),
-                    );
-                }
-                Err(_) => {}
-            }
-        }
-
-        // 2. Release addresses of this node's Containers that are gone.
+        // 1. Release the addresses of this node's Containers that are gone, first, so
+        //    that what they free is available to the assignments below.
         if cache.synced {
             let live: BTreeSet<String> = containers.iter().map(|c| container_handle(&c.metadata.name)).collect();
             let stale: Vec<String> = cache
@@ -239,9 +209,78 @@ impl<D: Dataplane, A: AddressManager, R: WorkloadResolver> Reconciler<D, A, R> {
                     Err(e) => report.errors.push(format!("release {h}: {e}")),
                 }
             }
-            self.claimed
-                .retain(|n, _| containers.iter().any(|c| &c.metadata.name == n));
+            let names: BTreeSet<&String> = containers.iter().map(|c| &c.metadata.name).collect();
+            self.claimed.retain(|n, _| names.contains(n));
+            self.assigned.retain(|n, _| names.contains(n));
         }
+
+        // 2. Addresses: explicit ones claimed, the others assigned; every Container's
+        //    addresses (cluster-wide) feed the group and selector sets.
+        let ipam_started = Instant::now();
+        let mut addrs: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+        for c in &containers {
+            let name = c.metadata.name.clone();
+            let handle = container_handle(&name);
+            let local = c.spec.node == self.node;
+            let known = cache.handle_ips(&handle).cloned();
+            // IPAM already records these addresses for this Container on this node (a
+            // restarted agent, or a claim made by an earlier reconcile): no need to ask.
+            let recorded = |ips: &Vec<IpAddr>| {
+                cache
+                    .handle(&handle)
+                    .is_some_and(|h| h.node == self.node && ips.iter().all(|ip| h.ips.contains(ip)))
+            };
+            let result = match (&c.spec.ips, local) {
+                (Some(ips), true) => {
+                    if self.claimed.get(&name) == Some(ips) || recorded(ips) {
+                        self.claimed.insert(name.clone(), ips.clone());
+                        Ok(ips.clone())
+                    } else {
+                        match self.ipam.assign_ips(&handle, &self.node, ips, &pools).await {
+                            Ok(()) => {
+                                self.claimed.insert(name.clone(), ips.clone());
+                                Ok(ips.clone())
+                            }
+                            Err(e) => Err(e.0),
+                        }
+                    }
+                }
+                (Some(ips), false) => Ok(ips.clone()),
+                (None, true) => match known {
+                    Some(ips) if !ips.is_empty() => {
+                        self.assigned.remove(&name);
+                        Ok(ips)
+                    }
+                    // Assigned by an earlier reconcile; the watch has not brought the
+                    // handle yet.
+                    _ if self.assigned.contains_key(&name) => Ok(self.assigned[&name].clone()),
+                    _ => {
+                        let r = self.ipam.auto_assign(&handle, &self.node, &pools).await;
+                        if let Ok(ips) = &r {
+                            self.assigned.insert(name.clone(), ips.clone());
+                        }
+                        r.map_err(|e| e.0)
+                    }
+                },
+                (None, false) => Ok(known.unwrap_or_default()),
+            };
+            match result {
+                Ok(ips) => {
+                    addrs.insert(name, ips);
+                }
+                Err(e) if local => {
+                    // Not plumbed (below) and so cut off; retried with backoff.
+                    report.errors.push(format!("IPAM for {name}: {e}"));
+                    statuses.insert(
+                        name,
+                        status(&self.node, "", &[], EndpointState::Error, format!("IPAM: {e}")),
+                    );
+                }
+                Err(_) => {}
+            }
+        }
+
+        report.ipam_duration = ipam_started.elapsed();
 
         // 3. Workloads of this node.
         let mut desired: BTreeMap<String, PlannedWorkload> = BTreeMap::new();
@@ -274,15 +313,55 @@ impl<D: Dataplane, A: AddressManager, R: WorkloadResolver> Reconciler<D, A, R> {
                 }
             }
         }
+        // What exists now. Only after a full listing may anything be removed (a
+        // partial view must never remove live workloads); the listing also shows which
+        // remembered plumbing vanished behind our back (a workload namespace deleted
+        // takes its veth with it), which must not stay marked as good.
+        let existing = if cache.synced || !self.plumbed.is_empty() {
+            match self.dp.list_workloads(&prefix).await {
+                Ok(l) => Some(l.into_iter().collect::<BTreeSet<String>>()),
+                Err(e) => {
+                    report.errors.push(format!("list workloads: {e}"));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if let Some(existing) = &existing {
+            self.plumbed.retain(|ifname, w| {
+                let present = existing.contains(ifname) || w.netns.is_none();
+                if !present {
+                    info!(%ifname, workload = %w.name, "workload interface vanished; plumbing it again");
+                }
+                present
+            });
+        }
+        let mut to_plumb = Vec::new();
         for (ifname, w) in &desired {
             if self.plumbed.get(ifname) == Some(w) {
                 statuses.insert(
                     w.name.clone(),
                     status(&self.node, ifname, &w.ips, EndpointState::Programmed, String::new()),
                 );
-                continue;
+            } else {
+                to_plumb.push(w);
             }
-            match self.dp.setup_workload(w).await {
+        }
+        // Several at once: each setup mostly waits on the kernel (netlink round trips,
+        // namespace threads), so a full resync of many workloads is not a long queue.
+        let t = Instant::now();
+        let dp = &self.dp;
+        let results: Vec<(&PlannedWorkload, Result<(), StepError>)> = futures::stream::iter(to_plumb)
+            .map(|w| async move { (w, dp.setup_workload(w).await) })
+            .buffer_unordered(PLUMB_CONCURRENCY)
+            .collect()
+            .await;
+        report.plumb_duration = t.elapsed();
+        report.plumbed = results.len();
+        for (w, result) in results {
+            let ifname = &w.host_ifname;
+            match result {
                 Ok(()) => {
                     self.plumbed.insert(ifname.clone(), w.clone());
                     statuses.insert(
@@ -302,45 +381,59 @@ impl<D: Dataplane, A: AddressManager, R: WorkloadResolver> Reconciler<D, A, R> {
         }
         // Interfaces with our prefix that nothing wants any more. Only after a full
         // listing: a partial view must never remove live workloads.
-        if cache.synced {
-            match self.dp.list_workloads(&prefix).await {
-                Ok(existing) => {
-                    for ifname in existing.into_iter().filter(|i| !desired.contains_key(i)) {
-                        match self.dp.teardown_workload(&ifname).await {
-                            Ok(()) => {
-                                info!(%ifname, "removed a workload interface nothing wants");
-                                self.plumbed.remove(&ifname);
-                            }
-                            Err(e) => report.errors.push(format!("teardown {ifname}: {e}")),
-                        }
+        if let (true, Some(existing)) = (cache.synced, &existing) {
+            for ifname in existing.iter().filter(|i| !desired.contains_key(*i)) {
+                match self.dp.teardown_workload(ifname).await {
+                    Ok(()) => {
+                        info!(%ifname, "removed a workload interface nothing wants");
+                        self.plumbed.remove(ifname);
                     }
+                    Err(e) => report.errors.push(format!("teardown {ifname}: {e}")),
                 }
-                Err(e) => report.errors.push(format!("list workloads: {e}")),
             }
         }
         self.plumbed.retain(|i, _| desired.contains_key(i));
 
-        // 4. Render and apply the three artefacts. Only programmed workloads get
-        //    dispatch entries: a failed one stays cut off (fail closed).
-        let programmed: BTreeMap<String, Vec<IpAddr>> = addrs
+        // 4. Render and apply the three artefacts. Only programmed workloads are
+        //    endpoints here (dispatch entries, host routes): a local Container that
+        //    failed (IPAM, plumbing, not resolvable) is left out of the view entirely,
+        //    so it stays cut off (fail closed) and nothing routes to its half-made
+        //    plumbing. (Without an address entry the view would fall back to the
+        //    spec's ips and program it anyway.)
+        let cut_off: BTreeSet<String> = containers
             .iter()
-            .filter(|(n, _)| {
-                let local = containers
-                    .iter()
-                    .any(|c| &c.metadata.name == *n && c.spec.node == self.node);
-                !local || statuses.get(*n).is_some_and(|s| s.state == EndpointState::Programmed)
-            })
-            .map(|(n, a)| (n.clone(), a.clone()))
+            .filter(|c| c.spec.node == self.node)
+            .map(|c| &c.metadata.name)
+            .filter(|n| !statuses.get(*n).is_some_and(|s| s.state == EndpointState::Programmed))
+            .cloned()
             .collect();
+        let programmed: BTreeMap<String, Vec<IpAddr>> =
+            addrs.into_iter().filter(|(n, _)| !cut_off.contains(n)).collect();
+        let resources: Vec<Resource> = if cut_off.is_empty() {
+            resources
+        } else {
+            resources
+                .into_iter()
+                .filter(|r| !matches!(r, Resource::Container(c) if cut_off.contains(&c.metadata.name)))
+                .collect()
+        };
         let blocks = cache.node_blocks(&self.node);
         let view = NodeView::build(&self.node, &resources, &programmed, &blocks);
         let ruleset = calico_render::render_nft(&view);
         report.nft_rules = count_rules(&ruleset);
-        let t = Instant::now();
-        if let Err(e) = self.dp.apply_nft(&ruleset).await {
-            report.errors.push(format!("nftables: {e}"));
+        let hash = ruleset_hash(&ruleset);
+        if hash.is_none() || hash != self.last_nft {
+            let t = Instant::now();
+            match self.dp.apply_nft(&ruleset).await {
+                Ok(()) => self.last_nft = hash,
+                Err(e) => {
+                    self.last_nft = None;
+                    report.errors.push(format!("nftables: {e}"));
+                }
+            }
+            report.nft_duration = t.elapsed();
         }
-        report.nft_duration = t.elapsed();
+        drop(ruleset);
         let routes = calico_render::render_routes(&view);
         if let Err(e) = self.dp.apply_routes(&routes).await {
             report.errors.push(format!("routes: {e}"));
@@ -384,7 +477,19 @@ impl<D: Dataplane, A: AddressManager, R: WorkloadResolver> Reconciler<D, A, R> {
             .filter(|s| s.state == EndpointState::Error)
             .count();
         report.duration = started.elapsed();
-        debug!(?report, "reconciled");
+        if report.duration > Duration::from_secs(1) {
+            info!(
+                took = ?report.duration,
+                ipam = ?report.ipam_duration,
+                plumbing = ?report.plumb_duration,
+                plumbed = report.plumbed,
+                nft = ?report.nft_duration,
+                endpoints = report.programmed,
+                "slow reconcile"
+            );
+        } else {
+            debug!(?report, "reconciled");
+        }
         if !report.errors.is_empty() {
             warn!(errors = ?report.errors, "reconcile finished with errors; will retry");
         }
@@ -421,6 +526,14 @@ pub fn cluster_config(resources: &[Resource]) -> calico_schema::ClusterConfigSpe
         .unwrap_or_default()
 }
 
+fn ruleset_hash(ruleset: &nftables::schema::Nftables<'_>) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let json = serde_json::to_vec(ruleset).ok()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    json.hash(&mut h);
+    Some(h.finish())
+}
+
 fn count_rules(ruleset: &nftables::schema::Nftables<'_>) -> usize {
     use nftables::schema::{NfCmd, NfListObject, NfObject};
     ruleset
@@ -433,4 +546,281 @@ fn count_rules(ruleset: &nftables::schema::Nftables<'_>) -> usize {
             )
         })
         .count()
+}
+
+#[cfg(test)]
+mod tests {
+    //! The reconcile against fakes: what is marked programmed, what is reported, what
+    //! is retried. No root, no etcd.
+
+    use std::sync::Mutex;
+
+    use calico_store::WatchEvent;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct FakeDp {
+        /// Host interfaces that exist.
+        ifaces: Mutex<BTreeSet<String>>,
+        /// Container names whose setup fails.
+        fail: Mutex<BTreeSet<String>>,
+        setups: Mutex<Vec<String>>,
+        routes: Mutex<Vec<RouteSpec>>,
+        nft: Mutex<String>,
+        nft_loads: Mutex<usize>,
+    }
+
+    impl Dataplane for FakeDp {
+        async fn setup_workload(&self, w: &PlannedWorkload) -> Result<(), StepError> {
+            self.setups.lock().unwrap().push(w.name.clone());
+            if self.fail.lock().unwrap().contains(&w.name) {
+                // A half-made pair is left behind, as a real failure might.
+                self.ifaces.lock().unwrap().insert(w.host_ifname.clone());
+                return Err(StepError(format!(
+                    "plumb {}: open network namespace: No such file",
+                    w.name
+                )));
+            }
+            self.ifaces.lock().unwrap().insert(w.host_ifname.clone());
+            Ok(())
+        }
+        async fn teardown_workload(&self, host_ifname: &str) -> Result<(), StepError> {
+            self.ifaces.lock().unwrap().remove(host_ifname);
+            Ok(())
+        }
+        async fn list_workloads(&self, prefix: &str) -> Result<Vec<String>, StepError> {
+            Ok(self
+                .ifaces
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|i| i.starts_with(prefix))
+                .cloned()
+                .collect())
+        }
+        async fn apply_nft(&self, ruleset: &nftables::schema::Nftables<'static>) -> Result<(), StepError> {
+            *self.nft.lock().unwrap() = serde_json::to_string(ruleset).unwrap();
+            *self.nft_loads.lock().unwrap() += 1;
+            Ok(())
+        }
+        async fn apply_routes(&self, routes: &[RouteSpec]) -> Result<(), StepError> {
+            *self.routes.lock().unwrap() = routes.to_vec();
+            Ok(())
+        }
+        async fn apply_bird(&self, _conf: &str) -> Result<(), StepError> {
+            Ok(())
+        }
+    }
+
+    #[derive(Default)]
+    struct FakeIpam {
+        fail: Mutex<Option<String>>,
+        next: Mutex<u8>,
+        claims: Mutex<usize>,
+    }
+
+    impl AddressManager for FakeIpam {
+        async fn auto_assign(&self, _h: &str, _n: &str, _p: &[IpPool]) -> Result<Vec<IpAddr>, StepError> {
+            if let Some(e) = self.fail.lock().unwrap().clone() {
+                return Err(StepError(e));
+            }
+            let mut n = self.next.lock().unwrap();
+            *n += 1;
+            Ok(vec![IpAddr::from([10, 65, 0, *n])])
+        }
+        async fn assign_ips(&self, _h: &str, _n: &str, _ips: &[IpAddr], _p: &[IpPool]) -> Result<(), StepError> {
+            *self.claims.lock().unwrap() += 1;
+            Ok(())
+        }
+        async fn release(&self, _h: &str) -> Result<(), StepError> {
+            Ok(())
+        }
+    }
+
+    fn cache(docs: &[(&str, String)]) -> Cache {
+        let mut items = vec![
+            (
+                "/calico/v1/resources/ippools/p".to_string(),
+                br#"{"apiVersion":"calico/v1","kind":"IPPool","metadata":{"name":"p"},"spec":{"cidr":"10.65.0.0/16"}}"#
+                    .to_vec(),
+                2,
+            ),
+            (
+                "/calico/v1/resources/nodes/h1".to_string(),
+                br#"{"apiVersion":"calico/v1","kind":"Node","metadata":{"name":"h1"},"spec":{"ipv4":"172.17.8.101/24"}}"#
+                    .to_vec(),
+                2,
+            ),
+        ];
+        for (k, v) in docs {
+            items.push((k.to_string(), v.as_bytes().to_vec(), 3));
+        }
+        let mut c = Cache::default();
+        c.apply(WatchEvent::Resync { items, revision: 10 });
+        c
+    }
+
+    fn container(name: &str, ips: Option<&str>) -> (&'static str, String) {
+        let key: &'static str = Box::leak(format!("/calico/v1/resources/containers/{name}").into_boxed_str());
+        let ips = ips.map(|i| format!(r#","ips":["{i}"]"#)).unwrap_or_default();
+        (
+            key,
+            format!(
+                r#"{{"apiVersion":"calico/v1","kind":"Container","metadata":{{"name":"{name}"}},"spec":{{"node":"h1","netns":"/run/netns/{name}"{ips}}}}}"#
+            ),
+        )
+    }
+
+    fn rec() -> Reconciler<FakeDp, FakeIpam, NetnsOnly> {
+        Reconciler::new("h1", FakeDp::default(), FakeIpam::default(), NetnsOnly)
+    }
+
+    fn state_of(changed: &[(String, Option<ContainerStatus>)], name: &str) -> Option<ContainerStatus> {
+        changed.iter().find(|(n, _)| n == name).and_then(|(_, s)| s.clone())
+    }
+
+    #[tokio::test]
+    async fn failed_setup_is_an_error_and_cut_off_then_retried() {
+        let mut r = rec();
+        r.dp.fail.lock().unwrap().insert("x".into());
+        let c = cache(&[container("x", Some("10.65.0.9")), container("y", Some("10.65.0.8"))]);
+        let (report, changed) = r.reconcile(&c).await;
+        let x = state_of(&changed, "x").expect("status for x");
+        assert_eq!(x.state, EndpointState::Error);
+        assert!(x.message.contains("No such file"), "{}", x.message);
+        assert_eq!(state_of(&changed, "y").unwrap().state, EndpointState::Programmed);
+        assert_eq!((report.programmed, report.failed), (1, 1));
+        assert!(!report.errors.is_empty(), "a failure must be retried");
+        // Cut off: no route and no dispatch to x's interface, although a half-made
+        // interface exists.
+        let xif = calico_render::host_iface_name("cali", "x");
+        let routes = r.dp.routes.lock().unwrap().clone();
+        assert!(
+            !routes.iter().any(|rt| rt.dst.to_string() == "10.65.0.9/32"),
+            "{routes:?}"
+        );
+        assert!(
+            routes.iter().any(|rt| rt.dst.to_string() == "10.65.0.8/32"),
+            "{routes:?}"
+        );
+        assert!(!r.dp.nft.lock().unwrap().contains(&xif));
+        assert!(
+            r.dp.ifaces.lock().unwrap().contains(&xif),
+            "the half-made pair is kept for the retry"
+        );
+
+        // The retry after the cause is gone programs it.
+        r.dp.fail.lock().unwrap().clear();
+        let (report, changed) = r.reconcile(&c).await;
+        assert_eq!(state_of(&changed, "x").unwrap().state, EndpointState::Programmed);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert!(r.dp.nft.lock().unwrap().contains(&xif));
+        assert!(r
+            .dp
+            .routes
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|rt| rt.dst.to_string() == "10.65.0.9/32"));
+    }
+
+    #[tokio::test]
+    async fn vanished_plumbing_is_not_kept_as_good() {
+        let mut r = rec();
+        let c = cache(&[container("x", Some("10.65.0.9"))]);
+        r.reconcile(&c).await;
+        r.reconcile(&c).await;
+        assert_eq!(
+            r.dp.setups.lock().unwrap().len(),
+            1,
+            "unchanged workloads are not re-plumbed"
+        );
+        // The workload's namespace went away, and its veth with it.
+        r.dp.ifaces.lock().unwrap().clear();
+        r.dp.fail.lock().unwrap().insert("x".into());
+        let (report, changed) = r.reconcile(&c).await;
+        assert_eq!(
+            r.dp.setups.lock().unwrap().len(),
+            2,
+            "vanished plumbing is set up again"
+        );
+        assert_eq!(state_of(&changed, "x").unwrap().state, EndpointState::Error);
+        assert_eq!(report.programmed, 0);
+        assert!(r.dp.routes.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn ipam_errors_show_in_status_and_are_retried() {
+        let mut r = rec();
+        *r.ipam.fail.lock().unwrap() = Some("pool 10.65.0.0/16 is full".into());
+        let c = cache(&[container("x", None)]);
+        let (report, changed) = r.reconcile(&c).await;
+        let x = state_of(&changed, "x").unwrap();
+        assert_eq!(x.state, EndpointState::Error);
+        assert!(
+            x.message.starts_with("IPAM: ") && x.message.contains("is full"),
+            "{}",
+            x.message
+        );
+        assert!(report.errors.iter().any(|e| e.contains("IPAM")), "{:?}", report.errors);
+        assert!(
+            r.dp.setups.lock().unwrap().is_empty(),
+            "nothing plumbed without an address"
+        );
+        *r.ipam.fail.lock().unwrap() = None;
+        let (_, changed) = r.reconcile(&c).await;
+        let x = state_of(&changed, "x").unwrap();
+        assert_eq!(x.state, EndpointState::Programmed);
+        assert_eq!(x.ips, vec![IpAddr::from([10, 65, 0, 1])]);
+    }
+
+    #[tokio::test]
+    async fn a_thousand_endpoints_with_known_handles_need_no_ipam_calls() {
+        let mut r = rec();
+        let mut docs = Vec::new();
+        for i in 0..1000 {
+            let n = format!("m{i:04}");
+            docs.push(container(&n, None));
+            let k: &'static str = Box::leak(format!("/calico/v1/ipam/handles/container%2F{n}").into_boxed_str());
+            docs.push((
+                k,
+                format!(r#"{{"ips":["10.65.{}.{}"],"node":"h1"}}"#, i / 200, i % 200 + 1),
+            ));
+        }
+        let c = cache(&docs);
+        let (report, _) = r.reconcile(&c).await;
+        assert_eq!((report.programmed, report.plumbed), (1000, 1000));
+        let (report, _) = r.reconcile(&c).await;
+        assert_eq!(
+            (report.programmed, report.plumbed),
+            (1000, 0),
+            "unchanged workloads are not re-plumbed"
+        );
+        assert_eq!(
+            *r.ipam.next.lock().unwrap(),
+            0,
+            "IPAM was asked for addresses it had recorded"
+        );
+    }
+
+    #[tokio::test]
+    async fn explicit_ips_already_recorded_are_not_claimed_again() {
+        let mut r = rec();
+        let handle = (
+            "/calico/v1/ipam/handles/container%2Fx",
+            r#"{"ips":["10.65.0.9"],"node":"h1"}"#.to_string(),
+        );
+        let c = cache(&[container("x", Some("10.65.0.9")), handle]);
+        let (report, _) = r.reconcile(&c).await;
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert_eq!(
+            *r.ipam.claims.lock().unwrap(),
+            0,
+            "a restarted agent trusts IPAM's record"
+        );
+        let c = cache(&[container("y", Some("10.65.0.7"))]);
+        r.reconcile(&c).await;
+        assert_eq!(*r.ipam.claims.lock().unwrap(), 1);
+    }
 }

@@ -61,9 +61,11 @@ impl Agent {
         self.child = Some(child);
     }
 
+    /// SIGTERM, waiting up to 5 s for the agent to exit. It leaves the dataplane and
+    /// BIRD running (the next agent adopts BIRD).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            // SIGTERM: the agent stops BIRD and leaves the dataplane as it is.
+            // SIGTERM: the agent leaves the dataplane and BIRD as they are.
             let _ = Command::new("kill").arg(c.id().to_string()).status();
             let deadline = Instant::now() + Duration::from_secs(5);
             while Instant::now() < deadline {
@@ -77,10 +79,69 @@ impl Agent {
         }
     }
 
+    /// SIGKILL: no cleanup at all, as in a crash or an OOM kill.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     pub fn start(&mut self) {
         if self.child.is_none() {
             self.spawn();
         }
+    }
+
+    /// The agent's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the agent process is still running (it has not crashed).
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// BIRD's pid from `<run_dir>/bird.pid`, if that process is alive.
+    pub fn bird_pid(&self) -> Option<u32> {
+        let pid: u32 = std::fs::read_to_string(self.run_dir.join("bird.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        // A zombie (dead, not yet reaped by its parent) does not count.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let state = stat.rsplit(") ").next()?.chars().next()?;
+        (state != 'Z').then_some(pid)
+    }
+
+    /// `birdc -s <run_dir>/bird.ctl ARGS` (the control socket is a file: no netns needed).
+    pub fn birdc(&self, args: &[&str]) -> anyhow::Result<String> {
+        let sock = self.run_dir.join("bird.ctl").display().to_string();
+        let mut full = vec!["birdc", "-s", &sock];
+        full.extend_from_slice(args);
+        crate::sh(&full)
+    }
+
+    /// Whether every BGP session BIRD has is Established (and there is at least one).
+    pub fn bgp_established(&self) -> bool {
+        let Ok(out) = self.birdc(&["show", "protocols"]) else {
+            return false;
+        };
+        let bgp: Vec<&str> = out
+            .lines()
+            .filter(|l| l.split_whitespace().nth(1) == Some("BGP"))
+            .collect();
+        !bgp.is_empty() && bgp.iter().all(|l| l.contains("Established"))
+    }
+
+    /// One value of the agent's /metrics, e.g. `calico_invalid_data`.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        self.metrics().lines().find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == name).then(|| v.trim().parse().ok()).flatten()
+        })
     }
 
     pub fn log(&self) -> String {
@@ -174,6 +235,59 @@ impl Cluster {
         self.ctl_stdin(&["apply", "-f", "-"], Some(yaml))
     }
 
+    /// Runs `f` with a connected [`calico_store::Store`] on a private runtime.
+    pub fn with_store<T>(
+        &self,
+        f: impl for<'a> FnOnce(
+            &'a calico_store::Store,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<T>> + 'a>>,
+    ) -> anyhow::Result<T> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let mut cfg = calico_store::StoreConfig::from_list(&self.etcd.endpoint());
+        cfg.timeout = Duration::from_secs(3);
+        rt.block_on(async {
+            let store = calico_store::Store::connect(&cfg).await?;
+            f(&store).await
+        })
+    }
+
+    /// The JSON value at `/calico/v1/<suffix>` (e.g. `status/containers/web-1`).
+    pub fn get_json<T: serde::de::DeserializeOwned + 'static>(&self, suffix: &str) -> anyhow::Result<Option<T>> {
+        let suffix = suffix.to_string();
+        self.with_store(move |s| Box::pin(async move { Ok(s.get_json::<T>(&suffix).await?) }))
+    }
+
+    /// A Container's status as its agent wrote it.
+    pub fn container_status(&self, name: &str) -> Option<calico_schema::ContainerStatus> {
+        self.get_json(&format!("status/containers/{name}")).ok().flatten()
+    }
+
+    /// An agent's own status record (status/nodes/<node>).
+    pub fn node_status(&self, node: &str) -> Option<serde_json::Value> {
+        self.get_json(&format!("status/nodes/{node}")).ok().flatten()
+    }
+
+    /// Writes raw bytes at an etcd key, bypassing every check calicoctl makes.
+    pub fn etcd_put_raw(&self, key: &str, value: &[u8]) -> anyhow::Result<()> {
+        let (key, value) = (key.to_string(), value.to_vec());
+        self.with_store(move |s| {
+            Box::pin(async move {
+                s.client().put(key, value, None).await?;
+                Ok(())
+            })
+        })
+    }
+
+    /// A Container document for a workload namespace made with [`Cluster::workload_ns`].
+    pub fn container_yaml(&self, name: &str, node: &str, ip: Option<&str>, groups: &[&str]) -> String {
+        let ips = ip.map(|i| format!("  ips: [{i}]\n")).unwrap_or_default();
+        format!(
+            "---\napiVersion: calico/v1\nkind: Container\nmetadata: {{name: {name}}}\nspec:\n  node: {node}\n  netns: {}\n{ips}  groups: [{}]\n",
+            self.wl(name).path().display(),
+            groups.join(", ")
+        )
+    }
+
     /// Declares Node `hostN` for fabric host i and starts its agent.
     pub fn start_agent(&mut self, i: usize) -> anyhow::Result<()> {
         self.start_agent_with(i, &[])
@@ -248,6 +362,24 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Who reaches whom by one ping each (pairs probed in parallel), as sorted "x->y".
+    pub fn ping_matrix(&self, wls: &[(&str, std::net::IpAddr)]) -> Vec<String> {
+        let mut out: Vec<String> = std::thread::scope(|scope| {
+            let handles: Vec<_> = wls
+                .iter()
+                .flat_map(|(from, _)| wls.iter().map(move |(to, ip)| (*from, *to, *ip)))
+                .filter(|(from, to, _)| from != to)
+                .map(|(from, to, ip)| {
+                    let ns = self.wl(from);
+                    scope.spawn(move || crate::can_ping(ns, ip, 1).then(|| format!("{from}->{to}")))
+                })
+                .collect();
+            handles.into_iter().filter_map(|h| h.join().ok().flatten()).collect()
+        });
+        out.sort();
+        out
     }
 
     pub fn dump_logs(&self) -> String {

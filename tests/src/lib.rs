@@ -6,10 +6,12 @@
 
 pub mod cluster;
 pub mod netns;
+pub mod nftwatch;
 pub mod probe;
+pub mod scenario;
 
 pub use netns::{Fabric, Netns};
-pub use probe::{can_connect, can_ping, Listener};
+pub use probe::{can_connect, can_ping, connect_from, echo_roundtrip, EchoServer, Listener};
 
 /// A short, unique tag for names made by this process: namespaces, links, files.
 pub fn unique(prefix: &str) -> String {

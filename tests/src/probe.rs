@@ -63,3 +63,77 @@ impl Drop for Listener {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// A TCP echo server inside a namespace: every connection gets back what it sends,
+/// until the server is dropped.
+pub struct EchoServer {
+    pub port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl EchoServer {
+    pub fn start(ns: &Netns, port: u16) -> anyhow::Result<EchoServer> {
+        use std::io::{Read, Write};
+        let l = in_netns(&ns.path(), move || TcpListener::bind(("0.0.0.0", port)))??;
+        l.set_nonblocking(true)?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s2 = stop.clone();
+        std::thread::spawn(move || {
+            while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut c, _)) => {
+                        let s3 = s2.clone();
+                        std::thread::spawn(move || {
+                            let _ = c.set_nonblocking(false);
+                            let _ = c.set_read_timeout(Some(Duration::from_millis(200)));
+                            let mut buf = [0u8; 4096];
+                            while !s3.load(std::sync::atomic::Ordering::Relaxed) {
+                                match c.read(&mut buf) {
+                                    Ok(0) => return,
+                                    Ok(n) => {
+                                        if c.write_all(&buf[..n]).is_err() {
+                                            return;
+                                        }
+                                    }
+                                    Err(e)
+                                        if matches!(
+                                            e.kind(),
+                                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                        ) => {}
+                                    Err(_) => return,
+                                }
+                            }
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Ok(EchoServer { port, stop })
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A TCP connection opened from inside `from` (the socket stays in that namespace).
+pub fn connect_from(from: &Netns, to: IpAddr, port: u16, timeout: Duration) -> anyhow::Result<TcpStream> {
+    let addr = SocketAddr::new(to, port);
+    Ok(in_netns(&from.path(), move || {
+        TcpStream::connect_timeout(&addr, timeout)
+    })??)
+}
+
+/// Writes `msg` and reads the echo back within `timeout`: the connection carries data.
+pub fn echo_roundtrip(s: &mut TcpStream, msg: &[u8], timeout: Duration) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    s.set_read_timeout(Some(timeout))?;
+    s.write_all(msg)?;
+    let mut got = vec![0u8; msg.len()];
+    s.read_exact(&mut got)?;
+    anyhow::ensure!(got == msg, "echo mismatch");
+    Ok(())
+}

@@ -334,8 +334,18 @@ struct SupervisorState {
 pub struct BirdSupervisor {
     opts: Arc<BirdOptions>,
     state: Arc<Mutex<SupervisorState>>,
-    stop_tx: watch::Sender<bool>,
+    stop_tx: watch::Sender<StopMode>,
     task: Option<JoinHandle<()>>,
+}
+
+/// What the supervisor task is told to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StopMode {
+    Run,
+    /// Stop BIRD and return.
+    Stop,
+    /// Return, leaving BIRD running (an agent restart must not withdraw routes).
+    Detach,
 }
 
 fn lock(state: &Mutex<SupervisorState>) -> MutexGuard<'_, SupervisorState> {
@@ -359,7 +369,7 @@ impl BirdSupervisor {
         }));
         info!(pid = ?child.id(), config = %opts.config.display(), socket = %opts.socket.display(),
             netns = %ns_label(opts.netns.as_deref()), "bird started");
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let (stop_tx, stop_rx) = watch::channel(StopMode::Run);
         let task = tokio::spawn(supervise(opts.clone(), state.clone(), child, stop_rx));
         Ok(BirdSupervisor {
             opts,
@@ -429,10 +439,22 @@ impl BirdSupervisor {
 
     /// Stops BIRD gracefully (SIGTERM, then SIGKILL after 5 s) and waits for it.
     pub async fn stop(mut self) {
-        let _ = self.stop_tx.send(true);
+        let _ = self.stop_tx.send(StopMode::Stop);
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
+    }
+
+    /// Stops supervising but leaves BIRD running, with its socket and pid file, so
+    /// the next agent can adopt it; returns its pid. For agent shutdown: stopping
+    /// BIRD would withdraw this node's routes from its peers.
+    pub async fn detach(mut self) -> Option<u32> {
+        let pid = self.pid();
+        let _ = self.stop_tx.send(StopMode::Detach);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        pid
     }
 }
 
@@ -499,6 +521,9 @@ async fn spawn_bird(opts: &BirdOptions) -> Result<Child, BirdError> {
         let _guard = rt.enter();
         Command::new(bird)
             .args(args)
+            // Its own process group: a Ctrl-C meant for the agent must not reach
+            // BIRD, which outlives agent restarts.
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
@@ -544,7 +569,7 @@ async fn supervise(
     opts: Arc<BirdOptions>,
     state: Arc<Mutex<SupervisorState>>,
     mut child: Child,
-    mut stop_rx: watch::Receiver<bool>,
+    mut stop_rx: watch::Receiver<StopMode>,
 ) {
     let mut backoff = opts.backoff_initial;
     let mut started = Instant::now();
@@ -566,6 +591,12 @@ async fn supervise(
                 warn!(exit = %what, restart_in = ?backoff, "bird exited");
             }
             _ = stop_rx.changed() => {
+                if *stop_rx.borrow() == StopMode::Detach {
+                    // Not dropped: its kill_on_drop would SIGKILL BIRD.
+                    info!(pid = ?child.id(), "leaving bird running");
+                    std::mem::forget(child);
+                    return;
+                }
                 terminate(&mut child).await;
                 lock(&state).pid = None;
                 return;
