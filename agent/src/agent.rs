@@ -107,7 +107,8 @@ async fn connect(cfg: &StoreConfig, stop: &mut watch::Receiver<bool>) -> Option<
             _ = tokio::time::sleep(delay) => {}
             _ = stop.changed() => return None,
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
+        // Capped low: connecting is cheap, and a returning etcd should be noticed soon.
+        delay = (delay * 2).min(Duration::from_secs(2));
     }
 }
 
