@@ -49,10 +49,17 @@ fn invalid_data_is_reported_and_ignored() {
     for node in ["host1", "host2"] {
         let ok = Cluster::wait_for(Duration::from_secs(10), || {
             let keys = invalid_keys(&c, node);
-            keys.iter().any(|k| k.starts_with(GROUP_KEY)) && keys.iter().any(|k| k.starts_with(POLICY_KEY))
+            keys.iter().any(|k| k.starts_with(GROUP_KEY))
+                && keys.iter().any(|k| k.starts_with(POLICY_KEY))
+                && c.agents[node].metric("calico_invalid_data") == Some(2.0)
         });
-        assert!(ok, "{node} status: {:?}\n{}", c.node_status(node), c.dump_logs());
-        assert_eq!(c.agents[node].metric("calico_invalid_data"), Some(2.0), "{node}");
+        assert!(
+            ok,
+            "{node} status: {:?}\nmetrics:\n{}\n{}",
+            c.node_status(node),
+            c.agents[node].metrics(),
+            c.dump_logs()
+        );
     }
     let keys = invalid_keys(&c, "host1");
     assert!(keys.iter().any(|k| k.contains("not JSON")), "{keys:?}");
