@@ -132,7 +132,10 @@ fn keep_sync_ownership(resources: &[Resource], listing: &Listing) -> Vec<Resourc
         .map(|r| {
             let mut r = r.clone();
             let name = r.name().to_string();
-            if let Some(s) = stored.get(&(r.kind(), name.as_str())).filter(|s| crate::output::sync_owner(s).is_some()) {
+            if let Some(s) = stored
+                .get(&(r.kind(), name.as_str()))
+                .filter(|s| crate::output::sync_owner(s).is_some())
+            {
                 let ann = &mut r.metadata_mut().annotations;
                 if !ann.contains_key(OWNER_ANNOTATION) {
                     for key in [OWNER_ANNOTATION, SOURCE_ANNOTATION] {

@@ -21,10 +21,18 @@ impl TestEtcd {
     /// Starts etcd and waits until it answers. Panics (it is test support) with etcd's
     /// own log when it does not come up.
     pub fn start() -> TestEtcd {
-        let dir = tempfile::Builder::new().prefix("calico-etcd-").tempdir().expect("temp dir for etcd");
+        let dir = tempfile::Builder::new()
+            .prefix("calico-etcd-")
+            .tempdir()
+            .expect("temp dir for etcd");
         let client_port = free_port().expect("free port");
         let peer_port = free_port().expect("free port");
-        let mut e = TestEtcd { child: None, dir, client_port, peer_port };
+        let mut e = TestEtcd {
+            child: None,
+            dir,
+            client_port,
+            peer_port,
+        };
         e.spawn();
         e
     }
