@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use calico_store::{Store, StoreConfig, WatchEvent, IPAM_PREFIX, RESOURCES_PREFIX};
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -50,31 +49,7 @@ impl AgentConfig {
     }
 }
 
-/// What the agent reports about itself under status/nodes/<name>.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct AgentStatus {
-    pub node: String,
-    pub pid: u32,
-    pub version: String,
-    pub ready: bool,
-    pub last_reconcile: u64,
-    pub endpoints_programmed: usize,
-    pub endpoints_failed: usize,
-    pub errors: Vec<String>,
-    /// Keys in etcd whose values are invalid and ignored.
-    pub invalid_data: Vec<String>,
-    pub bird_restarts: u64,
-    /// BIRD's pid, and whether it was adopted from a previous agent run.
-    pub bird_pid: Option<u32>,
-    pub bird_adopted: bool,
-    /// Whether the last status write reached etcd (false: running fail-static).
-    pub datastore_ok: bool,
-    /// When this agent process started (Unix seconds).
-    pub started: u64,
-    pub run_dir: String,
-    pub http: Option<String>,
-}
+pub use calico_schema::AgentStatus;
 
 pub fn now_secs() -> u64 {
     std::time::SystemTime::now()

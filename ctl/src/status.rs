@@ -15,7 +15,6 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Result};
 use calico_schema::{ContainerStatus, EndpointState, Resource};
 use clap::Args;
-use serde::Deserialize;
 
 use crate::cli::GlobalOpts;
 use crate::conn::Ctx;
@@ -31,24 +30,8 @@ pub struct StatusArgs {
     pub dirs: RunDirArg,
 }
 
-/// What the agent writes at `status/nodes/<name>` (calico-agent's `AgentStatus`; read
-/// leniently so that an older or newer agent's record still shows).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct AgentReport {
-    pub node: String,
-    pub pid: u32,
-    pub version: String,
-    pub ready: bool,
-    pub last_reconcile: u64,
-    pub endpoints_programmed: usize,
-    pub endpoints_failed: usize,
-    pub errors: Vec<String>,
-    pub invalid_data: Vec<String>,
-    pub bird_restarts: u64,
-    pub run_dir: String,
-    pub http: Option<String>,
-}
+/// What the agent writes at `status/nodes/<name>` (shared with the agent).
+pub use calico_schema::AgentStatus as AgentReport;
 
 /// One protocol of `birdc show protocols all`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -661,6 +661,35 @@ pub struct ContainerStatus {
     pub updated: u64,
 }
 
+/// What a node agent reports about itself under `status/nodes/<name>`. Written by the
+/// agent, read by `calicoctl status`; read leniently (missing fields default) so an
+/// older or newer agent's record still shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct AgentStatus {
+    pub node: String,
+    pub pid: u32,
+    pub version: String,
+    pub ready: bool,
+    /// Seconds since the Unix epoch.
+    pub last_reconcile: u64,
+    pub endpoints_programmed: usize,
+    pub endpoints_failed: usize,
+    pub errors: Vec<String>,
+    /// Keys in etcd whose values are invalid and ignored.
+    pub invalid_data: Vec<String>,
+    pub bird_restarts: u64,
+    /// BIRD's pid, and whether it was adopted from a previous agent run.
+    pub bird_pid: Option<u32>,
+    pub bird_adopted: bool,
+    /// Whether the last status write reached etcd (false: running fail-static).
+    pub datastore_ok: bool,
+    /// When this agent process started (Unix seconds).
+    pub started: u64,
+    pub run_dir: String,
+    pub http: Option<String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 pub enum EndpointState {
     #[default]
