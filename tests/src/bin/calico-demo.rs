@@ -133,7 +133,7 @@ fn main() -> anyhow::Result<()> {
     let n = print_ping_matrix(&ns);
     println!("  {n} of 20 directed pairs reachable (expected 6: A, C and E among themselves)");
 
-    step("calicoctl apply -f examples/40-policy.yaml (db tier: no tcp/80; tcp/5432 and 8000-8080 only from web)");
+    step("calicoctl apply -f examples/40-policy.yaml (db tier: tcp/80 denied to all; tcp/5432 and 8000-8080 allowed from web; the rest passes to the groups)");
     print!("{}", c.ctl(&["apply", "-f", &ex("40-policy.yaml")])?);
     let _l: Vec<Listener> = [80, 5432, 9999]
         .iter()
