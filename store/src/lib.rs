@@ -145,6 +145,9 @@ pub(crate) struct Inner {
 /// One stored key: value and mod revision.
 type Current = Option<(Vec<u8>, i64)>;
 
+/// One attempt's transaction: compares, operations, and the outcomes it will have.
+type Prepared = (Vec<Compare>, Vec<TxnOp>, Vec<Outcome>);
+
 impl Store {
     /// Connects and proves etcd answers. Fails with `Unavailable`, naming all endpoints,
     /// within `cfg.timeout` when none does.
@@ -348,12 +351,47 @@ impl Store {
         guard_revision: Option<i64>,
         dry_run: bool,
     ) -> Result<Vec<Outcome>, StoreError> {
-        if set.is_empty() {
+        self.commit(set, &[], mode, guard_revision, dry_run).await
+    }
+
+    /// Deletes resources in one transaction. Each item is (kind, name, optional
+    /// resourceVersion precondition). A missing one is `NotFound` and nothing is deleted.
+    pub async fn delete(
+        &self,
+        items: &[(Kind, String, Option<String>)],
+        guard_revision: Option<i64>,
+        dry_run: bool,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        self.commit(&[], items, WriteMode::Apply, guard_revision, dry_run).await
+    }
+
+    /// Writes `puts` and deletes `deletes` in one etcd transaction: all or nothing, with
+    /// the semantics of [`Store::write`] for the puts (`mode` applies to every one) and of
+    /// [`Store::delete`] for the deletes (a missing one is `NotFound`; the delete marker is
+    /// touched when there is any). A resource may appear only once across both lists.
+    /// Outcomes are the puts' then the deletes', in order. When a precondition fails and
+    /// `guard_revision` no longer holds either, the result is `Stale`: what failed was
+    /// decided against a state the caller has to re-read anyway.
+    pub async fn commit(
+        &self,
+        puts: &[Resource],
+        deletes: &[(Kind, String, Option<String>)],
+        mode: WriteMode,
+        guard_revision: Option<i64>,
+        dry_run: bool,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        if puts.is_empty() && deletes.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = set.iter().map(|r| resource_key(r.kind(), r.name())).collect();
-        check_duplicates(keys.iter().zip(set.iter().map(Resource::id)))?;
-        for (key, r) in keys.iter().zip(set) {
+        let put_keys = puts.iter().map(|r| resource_key(r.kind(), r.name()));
+        let delete_keys = deletes.iter().map(|(k, n, _)| resource_key(*k, n));
+        let keys: Vec<String> = put_keys.chain(delete_keys).collect();
+        let ids = puts
+            .iter()
+            .map(Resource::id)
+            .chain(deletes.iter().map(|(k, n, _)| id_of(*k, n)));
+        check_duplicates(keys.iter().zip(ids))?;
+        for (key, r) in keys.iter().zip(puts) {
             // Schema validation rejects such names already; this keeps a bypass of it
             // from writing a key that another resource's key would contain.
             if r.name().is_empty() || r.name().contains('/') {
@@ -363,53 +401,22 @@ impl Store {
                 });
             }
         }
-        let values: Vec<Vec<u8>> = set.iter().map(encode_resource).collect();
+        let values: Vec<Vec<u8>> = puts.iter().map(encode_resource).collect();
 
         for attempt in 0..WRITE_ATTEMPTS {
             let current = self.read_keys(&keys).await?;
-            let mut compares = Self::guard_compares(guard_revision);
-            let mut ops = Vec::new();
-            let mut outcomes = Vec::with_capacity(set.len());
-            for (i, r) in set.iter().enumerate() {
-                let id = r.id();
-                let key = &keys[i];
-                let actual = current[i].as_ref().map_or(0, |c| c.1);
-                check_version(&id, r.metadata().resource_version.as_deref(), actual)?;
-                match (mode, &current[i]) {
-                    (WriteMode::Create, Some((_, rev))) => {
-                        return Err(StoreError::Conflict {
-                            id,
-                            detail: format!("it already exists (resourceVersion {rev})"),
-                        });
+            let prepared = Self::prepare(puts, deletes, mode, guard_revision, &keys, &values, &current);
+            let (compares, ops, mut outcomes) = match prepared {
+                Ok(p) => p,
+                Err(e) => {
+                    if let Some(g) = guard_revision {
+                        if !self.guard_holds(g).await? {
+                            return Err(StoreError::Stale);
+                        }
                     }
-                    (WriteMode::Replace, None) => {
-                        return Err(StoreError::Conflict {
-                            id,
-                            detail: "it does not exist".into(),
-                        });
-                    }
-                    _ => {}
+                    return Err(e);
                 }
-                // Compare every key against what was just read, even unchanged ones: the
-                // decision "unchanged" and the checks above hold only for that content.
-                compares.push(Compare::mod_revision(key.as_str(), CompareOp::Equal, actual));
-                let unchanged = current[i].as_ref().is_some_and(|(v, rev)| {
-                    decode_resource(key, v, *rev).is_ok_and(|stored| stored.without_version() == r.without_version())
-                });
-                let change = match (&current[i], unchanged) {
-                    (_, true) => Change::Unchanged,
-                    (Some(_), false) => Change::Updated,
-                    (None, false) => Change::Created,
-                };
-                if change != Change::Unchanged {
-                    ops.push(TxnOp::put(key.as_str(), values[i].clone(), None));
-                }
-                outcomes.push(Outcome {
-                    id,
-                    change,
-                    revision: actual,
-                });
-            }
+            };
             let txn = Txn::new()
                 .when(compares)
                 .and_then(if dry_run { Vec::new() } else { ops });
@@ -427,7 +434,7 @@ impl Store {
             }
             // Something changed between the read and the transaction. A failed guard is
             // the caller's to handle (re-validate); anything else is re-read, and the
-            // checks above then report a real conflict or the retry goes through.
+            // checks then report a real conflict or the retry goes through.
             if let Some(g) = guard_revision {
                 if !self.guard_holds(g).await? {
                     return Err(StoreError::Stale);
@@ -436,73 +443,91 @@ impl Store {
             debug!(attempt, "resource write raced with another writer; re-reading");
             backoff(attempt).await;
         }
+        let first = match (puts.first(), deletes.first()) {
+            (Some(r), _) => r.id(),
+            (None, Some((k, n, _))) => id_of(*k, n),
+            (None, None) => unreachable!("an empty commit returns early"),
+        };
         Err(StoreError::Conflict {
-            id: set[0].id(),
+            id: first,
             detail: format!("the stored resources kept changing; gave up after {WRITE_ATTEMPTS} attempts"),
         })
     }
 
-    /// Deletes resources in one transaction. Each item is (kind, name, optional
-    /// resourceVersion precondition). A missing one is `NotFound` and nothing is deleted.
-    pub async fn delete(
-        &self,
-        items: &[(Kind, String, Option<String>)],
+    /// The transaction of one `commit` attempt, checked against `current` (what was
+    /// just read of `keys`: the puts' keys, then the deletes'): its compares, its
+    /// operations, and the outcomes it will have.
+    fn prepare(
+        puts: &[Resource],
+        deletes: &[(Kind, String, Option<String>)],
+        mode: WriteMode,
         guard_revision: Option<i64>,
-        dry_run: bool,
-    ) -> Result<Vec<Outcome>, StoreError> {
-        if items.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys: Vec<String> = items.iter().map(|(k, n, _)| resource_key(*k, n)).collect();
-        check_duplicates(keys.iter().zip(items.iter().map(|(k, n, _)| id_of(*k, n))))?;
-
-        for attempt in 0..WRITE_ATTEMPTS {
-            let current = self.read_keys(&keys).await?;
-            let mut compares = Self::guard_compares(guard_revision);
-            let mut ops = Vec::new();
-            let mut outcomes = Vec::with_capacity(items.len());
-            for (i, (kind, name, rv)) in items.iter().enumerate() {
-                let id = id_of(*kind, name);
-                let Some((_, actual)) = current[i] else {
-                    return Err(StoreError::NotFound { id });
-                };
-                check_version(&id, rv.as_deref(), actual)?;
-                compares.push(Compare::mod_revision(keys[i].as_str(), CompareOp::Equal, actual));
-                ops.push(TxnOp::delete(keys[i].as_str(), None));
-                outcomes.push(Outcome {
-                    id,
-                    change: Change::Deleted,
-                    revision: actual,
-                });
+        keys: &[String],
+        values: &[Vec<u8>],
+        current: &[Current],
+    ) -> Result<Prepared, StoreError> {
+        let mut compares = Self::guard_compares(guard_revision);
+        let mut ops = Vec::new();
+        let mut outcomes = Vec::with_capacity(keys.len());
+        for (i, r) in puts.iter().enumerate() {
+            let id = r.id();
+            let key = &keys[i];
+            let actual = current[i].as_ref().map_or(0, |c| c.1);
+            check_version(&id, r.metadata().resource_version.as_deref(), actual)?;
+            match (mode, &current[i]) {
+                (WriteMode::Create, Some((_, rev))) => {
+                    return Err(StoreError::Conflict {
+                        id,
+                        detail: format!("it already exists (resourceVersion {rev})"),
+                    });
+                }
+                (WriteMode::Replace, None) => {
+                    return Err(StoreError::Conflict {
+                        id,
+                        detail: "it does not exist".into(),
+                    });
+                }
+                _ => {}
             }
+            // Compare every key against what was just read, even unchanged ones: the
+            // decision "unchanged" and the checks above hold only for that content.
+            compares.push(Compare::mod_revision(key.as_str(), CompareOp::Equal, actual));
+            let unchanged = current[i].as_ref().is_some_and(|(v, rev)| {
+                decode_resource(key, v, *rev).is_ok_and(|stored| stored.without_version() == r.without_version())
+            });
+            let change = match (&current[i], unchanged) {
+                (_, true) => Change::Unchanged,
+                (Some(_), false) => Change::Updated,
+                (None, false) => Change::Created,
+            };
+            if change != Change::Unchanged {
+                ops.push(TxnOp::put(key.as_str(), values[i].clone(), None));
+            }
+            outcomes.push(Outcome {
+                id,
+                change,
+                revision: actual,
+            });
+        }
+        for (j, (kind, name, rv)) in deletes.iter().enumerate() {
+            let i = puts.len() + j;
+            let id = id_of(*kind, name);
+            let Some((_, actual)) = current[i] else {
+                return Err(StoreError::NotFound { id });
+            };
+            check_version(&id, rv.as_deref(), actual)?;
+            compares.push(Compare::mod_revision(keys[i].as_str(), CompareOp::Equal, actual));
+            ops.push(TxnOp::delete(keys[i].as_str(), None));
+            outcomes.push(Outcome {
+                id,
+                change: Change::Deleted,
+                revision: actual,
+            });
+        }
+        if !deletes.is_empty() {
             ops.push(TxnOp::put(DELETE_MARKER_KEY, Vec::new(), None));
-            let txn = Txn::new()
-                .when(compares)
-                .and_then(if dry_run { Vec::new() } else { ops });
-            let mut kv = self.kv();
-            let mut resp = self
-                .call(kv.txn(txn))
-                .await
-                .map_err(|e| txn_limit_hint(e, keys.len()))?;
-            if resp.succeeded() {
-                let revision = resp.take_header().map(|h| h.revision()).unwrap_or(0);
-                for o in &mut outcomes {
-                    o.revision = revision;
-                }
-                return Ok(outcomes);
-            }
-            if let Some(g) = guard_revision {
-                if !self.guard_holds(g).await? {
-                    return Err(StoreError::Stale);
-                }
-            }
-            debug!(attempt, "resource delete raced with another writer; re-reading");
-            backoff(attempt).await;
         }
-        Err(StoreError::Conflict {
-            id: id_of(items[0].0, &items[0].1),
-            detail: format!("the stored resources kept changing; gave up after {WRITE_ATTEMPTS} attempts"),
-        })
+        Ok((compares, ops, outcomes))
     }
 
     /// Read-modify-write of one resource, compare-and-swap on its mod revision, retried

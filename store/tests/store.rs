@@ -6,7 +6,7 @@ use calico_schema::{Kind, Resource};
 use calico_store::testing::TestEtcd;
 use calico_store::{
     decode_resource, resource_key, Change, Store, StoreConfig, StoreError, WatchEvent, WatchStream, WriteMode,
-    RESOURCES_PREFIX,
+    DELETE_MARKER_KEY, RESOURCES_PREFIX,
 };
 use futures::StreamExt;
 use serde_json::json;
@@ -315,6 +315,109 @@ async fn guard_revision_detects_writes_and_deletes() {
         .await
         .unwrap_err();
     assert!(matches!(e, StoreError::Stale), "{e}");
+}
+
+#[tokio::test]
+async fn commit_puts_and_deletes_in_one_transaction() {
+    let etcd = TestEtcd::start();
+    let store = connect(&etcd).await;
+    store
+        .write(&[group("a"), group("b"), group("c")], WriteMode::Create, None, false)
+        .await
+        .unwrap();
+    let seen = store.list(None).await.unwrap().revision;
+    let del = |n: &str| (Kind::Group, n.to_string(), None::<String>);
+
+    // A failing precondition anywhere writes nothing: a missing delete target...
+    let e = store
+        .commit(
+            &[group("d")],
+            &[del("a"), del("zz")],
+            WriteMode::Apply,
+            Some(seen),
+            false,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(&e, StoreError::NotFound { id } if id == "Group/zz"), "{e}");
+    // ...or a put whose mode does not hold.
+    let e = store
+        .commit(&[group("b")], &[del("a")], WriteMode::Create, Some(seen), false)
+        .await
+        .unwrap_err();
+    assert!(matches!(&e, StoreError::Conflict { id, .. } if id == "Group/b"), "{e}");
+    // The same resource put and deleted is refused.
+    let e = store
+        .commit(&[group("a")], &[del("a")], WriteMode::Apply, None, false)
+        .await
+        .unwrap_err();
+    assert!(matches!(&e, StoreError::Conflict { id, .. } if id == "Group/a"), "{e}");
+    assert_eq!(current_revision(&store).await, seen, "nothing was written");
+
+    // Dry run: every check, no write.
+    let out = store
+        .commit(&[group("d")], &[del("a")], WriteMode::Apply, Some(seen), true)
+        .await
+        .unwrap();
+    assert_eq!(out.len(), 2);
+    assert_eq!(current_revision(&store).await, seen);
+
+    // Both land at one revision; unchanged puts are not written; the marker is touched.
+    let out = store
+        .commit(
+            &[group("d"), group("b"), with_label(group("c"), "k", "v")],
+            &[del("a")],
+            WriteMode::Apply,
+            Some(seen),
+            false,
+        )
+        .await
+        .unwrap();
+    let got: Vec<(&str, Change)> = out.iter().map(|o| (o.id.as_str(), o.change)).collect();
+    assert_eq!(
+        got,
+        [
+            ("Group/d", Change::Created),
+            ("Group/b", Change::Unchanged),
+            ("Group/c", Change::Updated),
+            ("Group/a", Change::Deleted),
+        ]
+    );
+    let rev = out[0].revision;
+    assert!(rev > seen);
+    assert!(out.iter().all(|o| o.change == Change::Unchanged || o.revision == rev));
+    assert_eq!(current_revision(&store).await, rev, "one transaction");
+    assert_eq!(raw(&store, DELETE_MARKER_KEY).await.unwrap().1, rev);
+    let names: Vec<String> = store
+        .list(None)
+        .await
+        .unwrap()
+        .resources
+        .iter()
+        .map(|r| r.name().to_string())
+        .collect();
+    assert_eq!(names, ["b", "c", "d"]);
+
+    // The guard from before that commit no longer holds: Stale, also when a precondition
+    // (the delete of "a", gone since) fails first; nothing written.
+    let e = store
+        .commit(&[group("e")], &[del("b")], WriteMode::Apply, Some(seen), false)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Stale), "{e}");
+    let e = store
+        .commit(&[group("e")], &[del("a")], WriteMode::Apply, Some(seen), false)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Stale), "{e}");
+    assert_eq!(current_revision(&store).await, rev);
+
+    // Empty: nothing to do.
+    assert!(store
+        .commit(&[], &[], WriteMode::Apply, Some(seen), false)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,15 +9,14 @@
 //! resources.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use calico_schema::validate::{check_delete, At, Issue};
 use calico_schema::{Diagnostic, Kind, Loaded, Resource, OWNER_ANNOTATION, OWNER_DOCKER, SOURCE_ANNOTATION};
-use calico_store::{resource_key, Listing, Store, StoreError, WriteMode, DELETE_MARKER_KEY, RESOURCES_PREFIX};
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use calico_store::{Listing, Store, StoreError, WriteMode};
 
 use crate::apply::check_against;
+use crate::conn::store_error;
 
 pub type Id = (Kind, String);
 
@@ -234,69 +233,24 @@ pub fn plan(
     Ok(out)
 }
 
-/// The stored bytes of a resource, as the store writes them (JSON, no resourceVersion).
-fn encode(r: &Resource) -> Vec<u8> {
-    serde_json::to_vec(&r.without_version().to_json()).unwrap_or_default()
-}
-
 /// Writes a plan in one etcd transaction, guarded like `apply`: nothing under resources/
 /// changed, and nothing was deleted, since the listing at `guard`. Returns the revision
 /// written at, or `StoreError::Stale` when the guard failed (re-list, re-plan, retry).
 pub async fn commit(store: &Store, plan: &Plan, guard: i64) -> Result<i64> {
-    let mut ops: Vec<TxnOp> = plan
-        .puts
+    let puts: Vec<Resource> = plan.puts.iter().map(|p| p.resource.clone()).collect();
+    let deletes: Vec<(Kind, String, Option<String>)> = plan
+        .deletes
         .iter()
-        .map(|p| {
-            TxnOp::put(
-                resource_key(p.resource.kind(), p.resource.name()),
-                encode(&p.resource),
-                None,
-            )
-        })
+        .map(|r| (r.kind(), r.name().to_string(), None))
         .collect();
-    for r in &plan.deletes {
-        ops.push(TxnOp::delete(resource_key(r.kind(), r.name()), None));
-    }
-    if !plan.deletes.is_empty() {
-        ops.push(TxnOp::put(DELETE_MARKER_KEY, Vec::new(), None));
-    }
-    let n = ops.len();
-    let txn = Txn::new()
-        .when(vec![
-            Compare::mod_revision(RESOURCES_PREFIX, CompareOp::Less, guard.saturating_add(1)).with_prefix(),
-            Compare::mod_revision(DELETE_MARKER_KEY, CompareOp::Less, guard.saturating_add(1)),
-        ])
-        .and_then(ops);
-    let mut kv = store.client().kv_client();
-    let timeout: Duration = store.config().timeout;
-    let resp = match tokio::time::timeout(timeout, kv.txn(txn)).await {
-        Err(_) => {
-            return Err(anyhow!(
-                "etcd at {} did not answer within {:.1}s (writing the revision)",
-                store.config().endpoints.join(","),
-                timeout.as_secs_f64()
-            ))
-        }
-        Ok(Err(e)) => {
-            let msg = e.to_string();
-            let hint = if msg.contains("too many operations") {
-                format!(" ({n} operations in one transaction; raise etcd's --max-txn-ops)")
-            } else if msg.contains("request is too large") {
-                " (raise etcd's --max-request-bytes)".to_string()
-            } else {
-                String::new()
-            };
-            return Err(anyhow!(
-                "etcd at {}: writing the revision failed: {msg}{hint}",
-                store.config().endpoints.join(",")
-            ));
-        }
-        Ok(Ok(r)) => r,
-    };
-    if !resp.succeeded() {
-        return Err(StoreError::Stale.into());
-    }
-    Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
+    let outcomes = store
+        .commit(&puts, &deletes, WriteMode::Apply, Some(guard), false)
+        .await
+        .map_err(|e| match e {
+            StoreError::Stale => anyhow::Error::new(e),
+            e => store_error(store.config(), e).context("writing the revision"),
+        })?;
+    Ok(outcomes.iter().map(|o| o.revision).max().unwrap_or(guard))
 }
 
 #[cfg(test)]
