@@ -15,6 +15,10 @@ check protoc protobuf-compiler
 check ip iproute2
 check curl curl
 check git git
+check sysctl procps
+check openssl openssl
+check nsenter util-linux
+check tar tar
 [ -x /bin/busybox ] || need+=(busybox-static)
 
 if [ ${#need[@]} -gt 0 ]; then
