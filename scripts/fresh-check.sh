@@ -7,7 +7,8 @@
 # 1. mmdebstrap makes a minimal Debian root (variant minbase: dpkg, apt, coreutils, bash;
 #    no compiler, no protoc) of this machine's release, from this machine's apt sources;
 # 2. bind-mounts the Rust toolchain (its sysroot) and the cargo registry read-only, and
-#    the repository (read-only; the build writes to a target dir inside the root);
+#    puts the committed tree (git archive HEAD: what a clone gets, not uncommitted
+#    edits) in the root;
 # 3. in a chroot: runs install-deps.sh, checks every package it names is installed and
 #    that a second run installs nothing, checks the commands the tests and the demo call,
 #    then `cargo build --workspace --locked --offline` from nothing.
@@ -74,7 +75,8 @@ bind /dev/pts /dev/pts
 bind /sys /sys ro
 bind "$sysroot" /opt/rust ro
 bind "$cargo_home/registry" /opt/cargo/registry ro
-bind "$repo" /src ro
+mkdir -p "$root/src"
+git -C "$repo" archive HEAD | tar -x -C "$root/src"
 cp /etc/resolv.conf "$root/etc/resolv.conf"
 # Packages' maintainer scripts must not start services (dockerd, etcd) in the root.
 printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d"
@@ -113,5 +115,5 @@ echo "fresh-check: cargo build --workspace took $((t2 - t1)) s" >&2
 INNER
 chmod 0755 "$root/fresh-check-inner.sh"
 # HOME and the rest of the environment are the root's, not this machine's.
-env -i TERM="${TERM:-dumb}" HOME=/root chroot "$root" /fresh-check-inner.sh
+env -i TERM="${TERM:-dumb}" HOME=/root "$(command -v chroot)" "$root" /fresh-check-inner.sh
 echo "fresh-check: passed in $(( $(date +%s) - start )) s" >&2
