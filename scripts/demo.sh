@@ -6,5 +6,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
+. scripts/cargo-env.sh
 cargo build --workspace --locked --bins
 exec target/debug/calico-demo

@@ -8,6 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/install-deps.sh
+. scripts/cargo-env.sh
 
 # Test binaries run one at a time; inside one binary, tests that touch shared kernel
 # state serialize themselves (calico_e2e::serial()).
