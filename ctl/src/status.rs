@@ -47,48 +47,29 @@ pub struct Protocol {
     pub last_error: Option<String>,
 }
 
-/// Parses `show protocols all` (and plain `show protocols`).
+/// `show protocols all` (and plain `show protocols`) as `status` prints it: parsed by
+/// the shared parser, with the info column's runs of spaces folded for the table.
 pub fn parse_protocols(text: &str) -> Vec<Protocol> {
-    let mut out: Vec<Protocol> = Vec::new();
-    for line in text.lines() {
-        if line.trim().is_empty() || line.starts_with("BIRD ") || line.starts_with("Name ") {
-            continue;
-        }
-        if !line.starts_with(char::is_whitespace) {
-            let toks: Vec<&str> = line.split_whitespace().collect();
-            if toks.len() < 5 {
-                continue;
+    calico_schema::birdc::parse_protocols(text)
+        .into_iter()
+        .map(|p| {
+            let (bgp_state, neighbor, last_error) = match p.bgp {
+                Some(b) => (Some(b.state), b.neighbor_address.map(|a| a.to_string()), b.last_error),
+                None => (None, None, None),
+            };
+            Protocol {
+                name: p.name,
+                proto: p.proto,
+                state: p.state,
+                since: p.since,
+                info: p.info.split_whitespace().collect::<Vec<_>>().join(" "),
+                description: p.description,
+                bgp_state,
+                neighbor,
+                last_error,
             }
-            // `since` is a time, or a date and a time with some timeformat settings.
-            let two = toks.len() > 5
-                && toks[4].contains('-')
-                && toks[4].starts_with(|c: char| c.is_ascii_digit())
-                && toks[5].contains(':');
-            let since_end = if two { 6 } else { 5 };
-            out.push(Protocol {
-                name: toks[0].into(),
-                proto: toks[1].into(),
-                state: toks[3].into(),
-                since: toks[4..since_end].join(" "),
-                info: toks[since_end.min(toks.len())..].join(" "),
-                ..Default::default()
-            });
-            continue;
-        }
-        let Some(p) = out.last_mut() else { continue };
-        let Some((key, value)) = line.trim().split_once(':') else {
-            continue;
-        };
-        let value = value.trim().to_string();
-        match key {
-            "Description" => p.description = Some(value),
-            "BGP state" => p.bgp_state = Some(value),
-            "Neighbor address" => p.neighbor = value.split_whitespace().next().map(str::to_string),
-            "Last error" => p.last_error = Some(value),
-            _ => {}
-        }
-    }
-    out
+        })
+        .collect()
 }
 
 /// Runs `birdc -s SOCKET ARGS...` with a deadline; its standard output.

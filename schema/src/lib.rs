@@ -4,6 +4,7 @@
 //! Everything a user writes passes through here before it reaches etcd, and everything
 //! the agent reads from etcd is decoded with these same types and checks.
 
+pub mod birdc;
 pub mod error;
 pub mod load;
 pub mod net;
