@@ -36,6 +36,7 @@ packages=(
     util-linux          # nsenter, unshare: a second Docker host
     tar                 # diags archives
     curl                # plugin-socket and HTTP checks
+    prometheus          # promtool: the agent's /metrics is linted with it
 )
 
 need=()
@@ -70,14 +71,16 @@ if [ ${#need[@]} -gt 0 ]; then
     fi
 fi
 
-# The packaged services must not run on their own: tests start private instances on
-# free ports, and a system etcd or bird would only get in the way. A system dockerd is
-# left alone: the tests run private ones with their own sockets and directories.
-if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-    for svc in etcd bird; do
-        if systemctl is-active --quiet "$svc" 2>/dev/null; then
-            systemctl stop "$svc" || true
-        fi
+# Services that packages installed by this run started on their own (Debian starts a
+# daemon on install under systemd) are stopped and disabled: the tests start private
+# instances on free ports, and the user did not ask for a system etcd, BIRD or
+# Prometheus. What was installed before is the user's and left alone; so is dockerd
+# (the tests run private ones with their own sockets and directories).
+if [ ${#need[@]} -gt 0 ] && command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    for pair in etcd-server:etcd bird2:bird prometheus:prometheus; do
+        pkg=${pair%%:*} svc=${pair#*:}
+        case " ${need[*]} " in *" $pkg "*) ;; *) continue ;; esac
+        systemctl disable --now "$svc" >/dev/null 2>&1 || true
     done
 fi
 exit 0

@@ -1,17 +1,18 @@
-//! The agent's local HTTP endpoint: /healthz, /readyz, /metrics.
+//! The agent's local HTTP endpoint: /healthz, /readyz, /metrics, /status.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use tokio::sync::Mutex;
 use tracing::warn;
 
 use crate::agent::{now_secs, AgentStatus};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE};
 
 type Shared = (Arc<Metrics>, Arc<Mutex<AgentStatus>>);
 
@@ -19,10 +20,7 @@ pub async fn spawn(addr: SocketAddr, metrics: Arc<Metrics>, status: Arc<Mutex<Ag
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route(
-            "/metrics",
-            get(|State((m, _)): State<Shared>| async move { m.render() }),
-        )
+        .route("/metrics", get(metrics_page))
         .route(
             "/status",
             get(|State((_, s)): State<Shared>| async move { axum::Json(s.lock().await.clone()) }),
@@ -35,6 +33,21 @@ pub async fn spawn(addr: SocketAddr, metrics: Arc<Metrics>, status: Arc<Mutex<Ag
         }
     });
     Ok(())
+}
+
+/// OpenMetrics when the scraper asks for it (Prometheus does), the classic text format
+/// otherwise (curl, promtool, older scrapers).
+async fn metrics_page(State((m, _)): State<Shared>, headers: HeaderMap) -> impl IntoResponse {
+    let wants_om = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    if wants_om {
+        ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], m.render_openmetrics())
+    } else {
+        ([(header::CONTENT_TYPE, TEXT_CONTENT_TYPE)], m.render())
+    }
 }
 
 /// Ready: a reconcile finished without errors recently.

@@ -1,152 +1,304 @@
-//! Prometheus text metrics, kept by hand: a handful of counters and gauges does not
-//! justify a metrics framework.
+//! The agent's Prometheus metrics (prometheus-client): counters, gauges and duration
+//! histograms, served as text on /metrics. `promtool check metrics` passes on what
+//! [`Metrics::render`] prints (tested).
 
-use std::fmt::Write;
-use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
 
 use crate::reconcile::Report;
 
-#[derive(Debug, Default)]
-struct Inner {
-    reconciles: u64,
-    reconcile_errors: u64,
-    reconcile_seconds_sum: f64,
-    reconcile_seconds_last: f64,
-    nft_apply_seconds_sum: f64,
-    nft_apply_seconds_last: f64,
-    endpoints_programmed: usize,
-    endpoints_failed: usize,
-    nft_rules: usize,
-    invalid_data: usize,
-    nft_loads: u64,
-    bird_restarts: u64,
-    datastore_ok: bool,
-    last_reconcile_unix: u64,
+/// A gauge that holds a float (seconds).
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Durations from 1 ms to about 65 s, doubling: a one-endpoint change and a whole-table
+/// load of 10k endpoints both land in a bucket of their own.
+fn duration_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
 }
 
-#[derive(Debug, Default)]
 pub struct Metrics {
-    inner: Mutex<Inner>,
+    registry: Registry,
+    reconciles: Counter,
+    reconcile_errors: Counter,
+    reconcile_seconds: Histogram,
+    reconcile_seconds_last: FloatGauge,
+    nft_apply_seconds: Histogram,
+    nft_apply_seconds_last: FloatGauge,
+    nft_loads: Counter,
+    endpoints_programmed: Gauge,
+    endpoints_failed: Gauge,
+    nft_rules: Gauge,
+    invalid_data: Gauge,
+    bird_restarts: Counter,
+    datastore_up: Gauge,
+    last_reconcile_unix: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut m = Metrics {
+            registry: Registry::default(),
+            reconciles: Counter::default(),
+            reconcile_errors: Counter::default(),
+            reconcile_seconds: duration_buckets(),
+            reconcile_seconds_last: FloatGauge::default(),
+            nft_apply_seconds: duration_buckets(),
+            nft_apply_seconds_last: FloatGauge::default(),
+            nft_loads: Counter::default(),
+            endpoints_programmed: Gauge::default(),
+            endpoints_failed: Gauge::default(),
+            nft_rules: Gauge::default(),
+            invalid_data: Gauge::default(),
+            bird_restarts: Counter::default(),
+            datastore_up: Gauge::default(),
+            last_reconcile_unix: Gauge::default(),
+        };
+        let r = &mut m.registry;
+        // Counters are registered without `_total`: the encoder appends it.
+        r.register("calico_reconciles", "Reconciles run", m.reconciles.clone());
+        r.register(
+            "calico_reconcile_errors",
+            "Reconciles that ended with errors",
+            m.reconcile_errors.clone(),
+        );
+        r.register(
+            "calico_reconcile_seconds",
+            "Time each reconcile took",
+            m.reconcile_seconds.clone(),
+        );
+        r.register(
+            "calico_reconcile_seconds_last",
+            "Duration of the last reconcile, in seconds",
+            m.reconcile_seconds_last.clone(),
+        );
+        r.register(
+            "calico_nft_apply_seconds",
+            "Time each nftables load took (an unchanged ruleset is not loaded)",
+            m.nft_apply_seconds.clone(),
+        );
+        r.register(
+            "calico_nft_apply_seconds_last",
+            "Duration of the last nftables load, in seconds",
+            m.nft_apply_seconds_last.clone(),
+        );
+        r.register(
+            "calico_nft_loads",
+            "nftables table loads (an unchanged ruleset is not loaded again)",
+            m.nft_loads.clone(),
+        );
+        r.register(
+            "calico_endpoints_programmed",
+            "Local endpoints programmed",
+            m.endpoints_programmed.clone(),
+        );
+        r.register(
+            "calico_endpoints_failed",
+            "Local endpoints in error",
+            m.endpoints_failed.clone(),
+        );
+        r.register("calico_nft_rules", "Rules in the rendered nftables table", m.nft_rules.clone());
+        r.register(
+            "calico_invalid_data",
+            "Keys in etcd with invalid values, ignored",
+            m.invalid_data.clone(),
+        );
+        r.register(
+            "calico_bird_restarts",
+            "Times BIRD had to be started again since the agent started",
+            m.bird_restarts.clone(),
+        );
+        r.register(
+            "calico_datastore_up",
+            "1 if the last status write reached etcd, 0 while running fail-static",
+            m.datastore_up.clone(),
+        );
+        r.register(
+            "calico_last_reconcile_timestamp_seconds",
+            "When the last reconcile finished (Unix seconds)",
+            m.last_reconcile_unix.clone(),
+        );
+        m
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// A count as a gauge value (saturating: a gauge is an i64).
+fn level(n: impl TryInto<i64>) -> i64 {
+    n.try_into().unwrap_or(i64::MAX)
 }
 
 impl Metrics {
     pub fn observe(&self, r: &Report, invalid_data: usize, bird_restarts: u64, datastore_ok: bool) {
-        let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        m.reconciles += 1;
+        self.reconciles.inc();
         if !r.errors.is_empty() {
-            m.reconcile_errors += 1;
+            self.reconcile_errors.inc();
         }
-        m.reconcile_seconds_last = r.duration.as_secs_f64();
-        m.reconcile_seconds_sum += m.reconcile_seconds_last;
+        let secs = r.duration.as_secs_f64();
+        self.reconcile_seconds.observe(secs);
+        self.reconcile_seconds_last.set(secs);
         // Zero when the ruleset was unchanged and not loaded: keep the last real load.
         if !r.nft_duration.is_zero() {
-            m.nft_apply_seconds_last = r.nft_duration.as_secs_f64();
-            m.nft_apply_seconds_sum += m.nft_apply_seconds_last;
-            m.nft_loads += 1;
+            let secs = r.nft_duration.as_secs_f64();
+            self.nft_apply_seconds.observe(secs);
+            self.nft_apply_seconds_last.set(secs);
+            self.nft_loads.inc();
         }
-        m.endpoints_programmed = r.programmed;
-        m.endpoints_failed = r.failed;
-        m.nft_rules = r.nft_rules;
-        m.invalid_data = invalid_data;
-        m.bird_restarts = bird_restarts;
-        m.datastore_ok = datastore_ok;
-        m.last_reconcile_unix = crate::agent::now_secs();
+        self.endpoints_programmed.set(level(r.programmed));
+        self.endpoints_failed.set(level(r.failed));
+        self.nft_rules.set(level(r.nft_rules));
+        self.invalid_data.set(level(invalid_data));
+        // BIRD's supervisor counts restarts itself; the counter follows it.
+        let seen = self.bird_restarts.get();
+        if bird_restarts > seen {
+            self.bird_restarts.inc_by(bird_restarts - seen);
+        }
+        self.datastore_up.set(i64::from(datastore_ok));
+        self.last_reconcile_unix.set(level(crate::agent::now_secs()));
     }
 
     pub fn invalid_data(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).invalid_data
+        usize::try_from(self.invalid_data.get()).unwrap_or(0)
     }
 
-    pub fn render(&self) -> String {
-        let m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+    /// The metrics in OpenMetrics text (`application/openmetrics-text`), what
+    /// prometheus-client writes and what Prometheus asks for first when it scrapes.
+    pub fn render_openmetrics(&self) -> String {
         let mut s = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
-        };
-        metric(
-            "calico_reconciles_total",
-            "counter",
-            "Reconciles run.",
-            m.reconciles.to_string(),
-        );
-        metric(
-            "calico_reconcile_errors_total",
-            "counter",
-            "Reconciles that ended with errors.",
-            m.reconcile_errors.to_string(),
-        );
-        metric(
-            "calico_reconcile_seconds_sum",
-            "counter",
-            "Total time spent reconciling.",
-            m.reconcile_seconds_sum.to_string(),
-        );
-        metric(
-            "calico_reconcile_seconds_last",
-            "gauge",
-            "Duration of the last reconcile.",
-            m.reconcile_seconds_last.to_string(),
-        );
-        metric(
-            "calico_nft_apply_seconds_sum",
-            "counter",
-            "Total time loading the nftables table.",
-            m.nft_apply_seconds_sum.to_string(),
-        );
-        metric(
-            "calico_nft_apply_seconds_last",
-            "gauge",
-            "Duration of the last nftables load.",
-            m.nft_apply_seconds_last.to_string(),
-        );
-        metric(
-            "calico_nft_loads_total",
-            "counter",
-            "nftables table loads (an unchanged ruleset is not loaded again).",
-            m.nft_loads.to_string(),
-        );
-        metric(
-            "calico_endpoints_programmed",
-            "gauge",
-            "Local endpoints programmed.",
-            m.endpoints_programmed.to_string(),
-        );
-        metric(
-            "calico_endpoints_failed",
-            "gauge",
-            "Local endpoints in error.",
-            m.endpoints_failed.to_string(),
-        );
-        metric(
-            "calico_nft_rules",
-            "gauge",
-            "Rules in the rendered nftables table.",
-            m.nft_rules.to_string(),
-        );
-        metric(
-            "calico_invalid_data",
-            "gauge",
-            "Keys in etcd with invalid values, ignored.",
-            m.invalid_data.to_string(),
-        );
-        metric(
-            "calico_bird_restarts_total",
-            "counter",
-            "Times BIRD had to be started again since the agent started.",
-            m.bird_restarts.to_string(),
-        );
-        metric(
-            "calico_datastore_up",
-            "gauge",
-            "1 if the last status write reached etcd, 0 while running fail-static.",
-            u8::from(m.datastore_ok).to_string(),
-        );
-        metric(
-            "calico_last_reconcile_timestamp_seconds",
-            "gauge",
-            "When the last reconcile finished (Unix seconds).",
-            m.last_reconcile_unix.to_string(),
-        );
+        // Writing into a String cannot fail; an empty page would be the only outcome.
+        let _ = encode(&mut s, &self.registry);
         s
+    }
+
+    /// The metrics in the classic Prometheus text format 0.0.4 (`text/plain`), for
+    /// scrapers and tools that read only that, promtool among them. The formats differ
+    /// only where this rewrites: a counter family is named with its `_total` suffix, and
+    /// there is no `# EOF` or `# UNIT`.
+    pub fn render(&self) -> String {
+        openmetrics_to_text(&self.render_openmetrics())
+    }
+}
+
+/// Content type of [`Metrics::render`].
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Content type of [`Metrics::render_openmetrics`].
+pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+fn openmetrics_to_text(om: &str) -> String {
+    let counters: std::collections::HashSet<&str> = om
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(om.len() + 8 * counters.len());
+    for line in om.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|tag| {
+            let rest = line.strip_prefix(tag)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{tag}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn report() -> Report {
+        Report {
+            programmed: 3,
+            failed: 1,
+            nft_rules: 41,
+            duration: Duration::from_millis(12),
+            nft_duration: Duration::from_millis(7),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn names_and_values() {
+        let m = Metrics::default();
+        m.observe(&report(), 2, 1, true);
+        m.observe(&report(), 2, 1, true);
+        let text = m.render();
+        for line in [
+            "calico_reconciles_total 2",
+            "calico_nft_loads_total 2",
+            "calico_endpoints_programmed 3",
+            "calico_endpoints_failed 1",
+            "calico_nft_rules 41",
+            "calico_invalid_data 2",
+            "calico_bird_restarts_total 1",
+            "calico_datastore_up 1",
+            "calico_reconcile_seconds_count 2",
+            "calico_nft_apply_seconds_count 2",
+            "calico_reconcile_seconds_last 0.012",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no line {line:?} in\n{text}");
+        }
+        assert_eq!(m.invalid_data(), 2);
+        assert!(text.contains("# TYPE calico_reconciles_total counter\n"));
+        assert!(!text.contains("# EOF"));
+        let om = m.render_openmetrics();
+        assert!(om.contains("# TYPE calico_reconciles counter\n") && om.ends_with("# EOF\n"));
+    }
+
+    /// promtool (Debian's prometheus package) lints the page the way Prometheus users
+    /// do. Root-free; fails when promtool is missing unless CALICO_ALLOW_SKIP is set.
+    #[test]
+    fn promtool_accepts_the_page() {
+        let m = Metrics::default();
+        m.observe(&report(), 0, 0, false);
+        let mut child = match std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) if std::env::var_os("CALICO_ALLOW_SKIP").is_some() => {
+                eprintln!("SKIP: promtool: {e}");
+                return;
+            }
+            Err(e) => panic!("promtool: {e} (scripts/install-deps.sh installs prometheus)"),
+        };
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(m.render().as_bytes())
+            .expect("write to promtool");
+        let out = child.wait_with_output().expect("promtool");
+        assert!(
+            out.status.success(),
+            "promtool check metrics: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            m.render()
+        );
     }
 }
