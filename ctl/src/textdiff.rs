@@ -1,108 +1,18 @@
-//! A small line diff in unified format, for `calicoctl diff`. Resources are a few dozen
-//! lines, so a plain longest-common-subsequence table is plenty.
+//! The unified diff `calicoctl diff` prints, by `similar` (Myers' algorithm), with
+//! diff(1)'s three lines of context and `---`/`+++` headers.
 
 const CONTEXT: usize = 3;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Op {
-    Same(usize, usize),
-    Del(usize),
-    Add(usize),
-}
-
-fn ops(a: &[&str], b: &[&str]) -> Vec<Op> {
-    let (n, m) = (a.len(), b.len());
-    // lcs[i][j]: length of the LCS of a[i..] and b[j..].
-    let mut lcs = vec![vec![0u32; m + 1]; n + 1];
-    for i in (0..n).rev() {
-        for j in (0..m).rev() {
-            lcs[i][j] = if a[i] == b[j] {
-                lcs[i + 1][j + 1] + 1
-            } else {
-                lcs[i + 1][j].max(lcs[i][j + 1])
-            };
-        }
-    }
-    let (mut i, mut j) = (0, 0);
-    let mut out = Vec::with_capacity(n + m);
-    while i < n || j < m {
-        if i < n && j < m && a[i] == b[j] {
-            out.push(Op::Same(i, j));
-            i += 1;
-            j += 1;
-        } else if i < n && (j == m || lcs[i + 1][j] >= lcs[i][j + 1]) {
-            // Deletions first, as diff(1) prints them.
-            out.push(Op::Del(i));
-            i += 1;
-        } else {
-            out.push(Op::Add(j));
-            j += 1;
-        }
-    }
-    out
-}
-
-fn range(start: usize, len: usize) -> String {
-    // Unified format: an empty range names the line before it.
-    let first = if len == 0 { start } else { start + 1 };
-    if len == 1 {
-        format!("{first}")
-    } else {
-        format!("{first},{len}")
-    }
-}
-
 /// The unified diff of two texts, with `---`/`+++` headers; empty when they are equal.
 pub fn unified(old_name: &str, new_name: &str, old: &str, new: &str) -> String {
-    let a: Vec<&str> = old.lines().collect();
-    let b: Vec<&str> = new.lines().collect();
-    let ops = ops(&a, &b);
-    let changed: Vec<usize> = ops
-        .iter()
-        .enumerate()
-        .filter(|(_, o)| !matches!(o, Op::Same(..)))
-        .map(|(i, _)| i)
-        .collect();
-    if changed.is_empty() {
+    if old == new {
         return String::new();
     }
-    // Group changes whose contexts touch into hunks of op indices [lo, hi).
-    let mut hunks: Vec<(usize, usize)> = Vec::new();
-    for &c in &changed {
-        let lo = c.saturating_sub(CONTEXT);
-        let hi = (c + CONTEXT + 1).min(ops.len());
-        match hunks.last_mut() {
-            Some(h) if lo <= h.1 => h.1 = hi,
-            _ => hunks.push((lo, hi)),
-        }
-    }
-    let mut out = format!("--- {old_name}\n+++ {new_name}\n");
-    for (lo, hi) in hunks {
-        // Positions in a and b where the hunk starts.
-        let (mut sa, mut sb) = (0, 0);
-        for op in &ops[..lo] {
-            match op {
-                Op::Same(..) => {
-                    sa += 1;
-                    sb += 1;
-                }
-                Op::Del(_) => sa += 1,
-                Op::Add(_) => sb += 1,
-            }
-        }
-        let slice = &ops[lo..hi];
-        let la = slice.iter().filter(|o| !matches!(o, Op::Add(_))).count();
-        let lb = slice.iter().filter(|o| !matches!(o, Op::Del(_))).count();
-        out.push_str(&format!("@@ -{} +{} @@\n", range(sa, la), range(sb, lb)));
-        for op in slice {
-            match *op {
-                Op::Same(i, _) => out.push_str(&format!(" {}\n", a[i])),
-                Op::Del(i) => out.push_str(&format!("-{}\n", a[i])),
-                Op::Add(j) => out.push_str(&format!("+{}\n", b[j])),
-            }
-        }
-    }
-    out
+    similar::TextDiff::from_lines(old, new)
+        .unified_diff()
+        .context_radius(CONTEXT)
+        .header(old_name, new_name)
+        .to_string()
 }
 
 #[cfg(test)]
