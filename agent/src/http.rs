@@ -44,7 +44,10 @@ async fn metrics_page(State((m, _)): State<Shared>, headers: HeaderMap) -> impl 
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("application/openmetrics-text"));
     if wants_om {
-        ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], m.render_openmetrics())
+        (
+            [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
+            m.render_openmetrics(),
+        )
     } else {
         ([(header::CONTENT_TYPE, TEXT_CONTENT_TYPE)], m.render())
     }

@@ -101,7 +101,11 @@ impl Default for Metrics {
             "Local endpoints in error",
             m.endpoints_failed.clone(),
         );
-        r.register("calico_nft_rules", "Rules in the rendered nftables table", m.nft_rules.clone());
+        r.register(
+            "calico_nft_rules",
+            "Rules in the rendered nftables table",
+            m.nft_rules.clone(),
+        );
         r.register(
             "calico_invalid_data",
             "Keys in etcd with invalid values, ignored",
@@ -207,9 +211,7 @@ fn openmetrics_to_text(om: &str) -> String {
         let renamed = ["# HELP ", "# TYPE "].iter().find_map(|tag| {
             let rest = line.strip_prefix(tag)?;
             let (name, tail) = rest.split_once(' ')?;
-            counters
-                .contains(name)
-                .then(|| format!("{tag}{name}_total {tail}"))
+            counters.contains(name).then(|| format!("{tag}{name}_total {tail}"))
         });
         match renamed {
             Some(l) => out.push_str(&l),

@@ -6,6 +6,7 @@
 
 pub mod birdc;
 pub mod error;
+pub mod limits;
 pub mod load;
 pub mod net;
 pub mod resource;

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::error::{Diagnostic, Diagnostics};
+use crate::limits::{MAX_DIR_BYTES, MAX_DIR_FILES, MAX_FILE_BYTES};
 use crate::resource::{Kind, Resource};
 use crate::schema_doc::validator;
 use crate::validate::{self, At, Existing, Issue};
@@ -246,9 +247,47 @@ pub fn load_path(path: &Path) -> Result<Vec<Loaded>, Diagnostics> {
     } else {
         vec![path.to_path_buf()]
     };
+    let refuse = |p: &Path, message: String| {
+        Diagnostics(vec![Diagnostic {
+            file: p.display().to_string(),
+            line: 0,
+            col: 0,
+            path: String::new(),
+            message,
+        }])
+    };
+    if files.len() > MAX_DIR_FILES {
+        return Err(refuse(
+            path,
+            format!(
+                "{} YAML files; at most {MAX_DIR_FILES} are read from one directory",
+                files.len()
+            ),
+        ));
+    }
     let mut out = Vec::new();
     let mut diags = Vec::new();
+    let mut total: u64 = 0;
     for f in files {
+        // Sized before reading, so a huge file is never read into memory.
+        let size = std::fs::metadata(&f).map(|m| m.len()).unwrap_or(0);
+        if size > MAX_FILE_BYTES {
+            diags.extend(
+                refuse(
+                    &f,
+                    format!("the file is {size} bytes; at most {MAX_FILE_BYTES} are read"),
+                )
+                .0,
+            );
+            continue;
+        }
+        total += size;
+        if total > MAX_DIR_BYTES {
+            return Err(refuse(
+                path,
+                format!("the YAML files add up to more than {MAX_DIR_BYTES} bytes; refused"),
+            ));
+        }
         let text = match std::fs::read_to_string(&f) {
             Ok(t) => t,
             Err(e) => {

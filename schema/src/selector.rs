@@ -92,6 +92,16 @@ impl SelectorError {
 impl Selector {
     /// Parses selector text; empty or all-whitespace text means `all()`.
     pub fn parse(text: &str) -> Result<Selector, SelectorError> {
+        if text.len() > crate::limits::MAX_SELECTOR_BYTES {
+            return Err(SelectorError {
+                column: 1,
+                message: format!(
+                    "selector is {} bytes long; at most {} are allowed",
+                    text.len(),
+                    crate::limits::MAX_SELECTOR_BYTES
+                ),
+            });
+        }
         let mut parser = Parser::new(text);
         if parser.peek()?.tok == Tok::End {
             return Ok(Selector::all());
@@ -1113,5 +1123,14 @@ mod tests {
         assert_eq!(err(&bangs).column, MAX_NESTING + 1);
         let ok = format!("{}has(a){}", "(".repeat(MAX_NESTING), ")".repeat(MAX_NESTING));
         assert_eq!(sel(&ok), sel("has(a)"));
+    }
+
+    #[test]
+    fn length_is_bounded() {
+        let long = format!("a == \"{}\"", "x".repeat(crate::limits::MAX_SELECTOR_BYTES));
+        let e = Selector::parse(&long).unwrap_err();
+        assert!(e.message.contains("at most"), "{e:?}");
+        let fits = format!("a == \"{}\"", "x".repeat(crate::limits::MAX_SELECTOR_BYTES - 10));
+        assert!(Selector::parse(&fits).is_ok());
     }
 }

@@ -11,6 +11,7 @@ use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 use serde_json::{Map, Number, Value};
 
 use crate::error::Diagnostic;
+use crate::limits::{MAX_DEPTH, MAX_DOCUMENTS_PER_FILE, MAX_FILE_BYTES, MAX_NODES_PER_DOCUMENT, MAX_NODES_PER_FILE};
 
 /// A 1-based line and column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -117,13 +118,32 @@ pub struct YamlDoc {
 
 /// Parses every document of `text`. A syntax error stops the whole file: a YAML
 /// stream cannot be trusted past it, and the file is applied all-or-nothing anyway.
+///
+/// Bounded (see [`crate::limits`]): the text's size, the number of documents, the
+/// nesting depth and the nodes of each document and of the file, counting every alias
+/// as the nodes it expands to, so a "billion laughs" is refused at the alias that would
+/// cross the bound, before its expansion is built.
 pub fn parse_documents(file: &str, text: &str) -> Result<Vec<YamlDoc>, Diagnostic> {
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(Diagnostic {
+            file: file.to_string(),
+            line: 0,
+            col: 0,
+            path: String::new(),
+            message: format!(
+                "the file is {} bytes; at most {MAX_FILE_BYTES} are read (split it into several files)",
+                text.len()
+            ),
+        });
+    }
     let mut b = Builder {
         file,
         docs: Vec::new(),
         stack: Vec::new(),
         anchors: HashMap::new(),
         doc_start: None,
+        doc_nodes: 0,
+        file_nodes: 0,
     };
     for ev in Parser::new_from_str(text) {
         let (ev, span) = ev.map_err(|e| Diagnostic {
@@ -142,6 +162,8 @@ struct Frame {
     path: String,
     pos: Pos,
     anchor: usize,
+    /// Nodes in this collection so far, itself included, aliases expanded.
+    nodes: usize,
     kind: FrameKind,
 }
 
@@ -155,9 +177,12 @@ struct Builder<'f> {
     file: &'f str,
     docs: Vec<YamlDoc>,
     stack: Vec<Frame>,
-    /// Anchored nodes with the spans of their fields (relative paths), for aliases.
-    anchors: HashMap<usize, Value>,
+    /// Anchored nodes, each with the number of nodes it holds, for aliases.
+    anchors: HashMap<usize, (Value, usize)>,
     doc_start: Option<(Pos, SpanMap)>,
+    /// Nodes of the open document and of the whole file so far, aliases expanded.
+    doc_nodes: usize,
+    file_nodes: usize,
 }
 
 impl Builder<'_> {
@@ -168,6 +193,24 @@ impl Builder<'_> {
             col: pos.col,
             path: path.to_string(),
             message,
+        }
+    }
+
+    /// Counts `n` more nodes (a scalar, a collection, or an alias's expansion) at `pos`,
+    /// refusing the document once it or the file would exceed its bound.
+    fn count(&mut self, n: usize, pos: Pos, what: &str) -> Result<(), Diagnostic> {
+        self.doc_nodes = self.doc_nodes.saturating_add(n);
+        self.file_nodes = self.file_nodes.saturating_add(n);
+        let over = if self.doc_nodes > MAX_NODES_PER_DOCUMENT {
+            Some(format!("the document grows past {MAX_NODES_PER_DOCUMENT} nodes"))
+        } else if self.file_nodes > MAX_NODES_PER_FILE {
+            Some(format!("the file grows past {MAX_NODES_PER_FILE} nodes"))
+        } else {
+            None
+        };
+        match over {
+            Some(o) => Err(self.err(pos, &self.next_path(), format!("{o} at this {what}; refused"))),
+            None => Ok(()),
         }
     }
 
@@ -205,7 +248,15 @@ impl Builder<'_> {
         let pos = Pos::of(&span);
         match ev {
             Event::DocumentStart(_) => {
+                if self.docs.len() >= MAX_DOCUMENTS_PER_FILE {
+                    return Err(self.err(
+                        pos,
+                        "",
+                        format!("more than {MAX_DOCUMENTS_PER_FILE} documents in one file; split it"),
+                    ));
+                }
                 self.doc_start = Some((pos, SpanMap::default()));
+                self.doc_nodes = 0;
             }
             Event::DocumentEnd => self.doc_start = None,
             Event::Scalar(text, style, anchor, tag) => {
@@ -235,6 +286,7 @@ impl Builder<'_> {
                     self.spans().keys.insert(key_path, pos);
                     return Ok(());
                 }
+                self.count(1, pos, "value")?;
                 let explicit_str = tag.as_ref().is_some_and(|t| t.suffix == "str");
                 let v = if style == ScalarStyle::Plain && !explicit_str {
                     plain_scalar(&text)
@@ -242,14 +294,14 @@ impl Builder<'_> {
                     Value::String(text.to_string())
                 };
                 if anchor > 0 {
-                    self.anchors.insert(anchor, v.clone());
+                    self.anchors.insert(anchor, (v.clone(), 1));
                 }
                 let path = self.next_path();
                 if matches!(style, ScalarStyle::SingleQuoted | ScalarStyle::DoubleQuoted) {
                     self.spans().quoted.insert(path.clone());
                 }
                 self.spans().values.insert(path, pos);
-                self.push_value(v, pos)?;
+                self.push_value(v, 1, pos)?;
             }
             Event::SequenceStart(anchor, _) => self.open(pos, anchor, FrameKind::Seq(Vec::new()))?,
             Event::MappingStart(anchor, _) => {
@@ -262,9 +314,9 @@ impl Builder<'_> {
                         FrameKind::Map(m, _, _) => Value::Object(m),
                     };
                     if f.anchor > 0 {
-                        self.anchors.insert(f.anchor, v.clone());
+                        self.anchors.insert(f.anchor, (v.clone(), f.nodes));
                     }
-                    self.push_value(v, f.pos)?;
+                    self.push_value(v, f.nodes, f.pos)?;
                 }
             }
             Event::Alias(id) => {
@@ -275,14 +327,17 @@ impl Builder<'_> {
                         "an alias cannot be used as a mapping key".into(),
                     ));
                 }
-                let v = self
+                let nodes = self
                     .anchors
                     .get(&id)
-                    .cloned()
+                    .map(|(_, n)| *n)
                     .ok_or_else(|| self.err(pos, &self.next_path(), "alias to an unknown anchor".into()))?;
+                // Counted before the copy is made: the bound holds for memory too.
+                self.count(nodes, pos, "alias")?;
+                let v = self.anchors.get(&id).map(|(v, _)| v.clone()).unwrap_or(Value::Null);
                 let path = self.next_path();
                 self.spans().values.insert(path, pos);
-                self.push_value(v, pos)?;
+                self.push_value(v, nodes, pos)?;
             }
             Event::StreamStart | Event::StreamEnd | Event::Nothing => {}
         }
@@ -295,18 +350,26 @@ impl Builder<'_> {
             return Err(self.err(pos, &path, "mapping keys must be plain strings, not collections".into()));
         }
         let path = self.next_path();
+        if self.stack.len() >= MAX_DEPTH {
+            return Err(self.err(pos, &path, format!("nested more than {MAX_DEPTH} levels deep; refused")));
+        }
+        self.count(1, pos, "collection")?;
         self.spans().values.insert(path.clone(), pos);
         self.stack.push(Frame {
             path,
             pos,
             anchor,
+            nodes: 1,
             kind,
         });
         Ok(())
     }
 
     /// Places a finished value into its parent, or finishes the document.
-    fn push_value(&mut self, v: Value, _pos: Pos) -> Result<(), Diagnostic> {
+    fn push_value(&mut self, v: Value, nodes: usize, _pos: Pos) -> Result<(), Diagnostic> {
+        if let Some(parent) = self.stack.last_mut() {
+            parent.nodes = parent.nodes.saturating_add(nodes);
+        }
         match self.stack.last_mut() {
             Some(Frame {
                 kind: FrameKind::Seq(items),
@@ -431,5 +494,52 @@ mod tests {
     fn anchors_and_aliases() {
         let docs = parse_documents("f", "a: &x [1, 2]\nb: *x\n").unwrap();
         assert_eq!(docs[0].value, serde_json::json!({"a": [1, 2], "b": [1, 2]}));
+    }
+
+    /// Nine levels of nine aliases each: 9^9 (387 million) nodes if expanded.
+    fn billion_laughs() -> String {
+        let mut t = String::from("a0: &a0 [\"lol\"]\n");
+        for i in 1..=9 {
+            let refs = vec![format!("*a{}", i - 1); 9].join(", ");
+            t.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+        }
+        t
+    }
+
+    #[test]
+    fn alias_expansion_is_bounded() {
+        let started = std::time::Instant::now();
+        let e = parse_documents("laughs.yaml", &billion_laughs()).unwrap_err();
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(e.message.contains("grows past") && e.message.contains("alias"), "{e:?}");
+        // The alias that crosses the bound is named: a5 expands to about 66k nodes, so
+        // the third alias of a6, on line 7, passes 200k.
+        assert_eq!(e.line, 7, "{e:?}");
+        assert!(e.col > 1, "{e:?}");
+        // A few aliases of a small anchor are fine.
+        let ok = "a: &x {k: v}\nb: [*x, *x, *x]\n";
+        assert_eq!(parse_documents("ok.yaml", ok).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn nesting_and_size_are_bounded() {
+        let deep = format!("{}1{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
+        let e = parse_documents("deep.yaml", &deep).unwrap_err();
+        assert!(e.message.contains("levels deep"), "{e:?}");
+        assert_eq!((e.line, e.col), (1, MAX_DEPTH + 1), "{e:?}");
+        let fine = format!("{}1{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        assert!(parse_documents("fine.yaml", &fine).is_ok());
+
+        let many: String = "---\na: 1\n".repeat(MAX_DOCUMENTS_PER_FILE + 1);
+        let e = parse_documents("many.yaml", &many).unwrap_err();
+        assert!(e.message.contains("documents in one file"), "{e:?}");
+
+        let big = "x".repeat(MAX_FILE_BYTES as usize + 1);
+        let e = parse_documents("big.yaml", &big).unwrap_err();
+        assert!(e.message.contains("at most"), "{e:?}");
     }
 }

@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
+use calico_schema::limits::{MAX_DIR_BYTES, MAX_DIR_FILES, MAX_FILE_BYTES};
 use calico_schema::{Diagnostic, Diagnostics, Loaded};
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecursiveMode};
@@ -31,7 +32,11 @@ pub struct Snapshot {
     pub root: PathBuf,
     /// (relative path with `/` separators, content), sorted by path.
     pub files: Vec<(String, Vec<u8>)>,
-    /// sha256 over every path and content.
+    /// Files refused without being read, with why (relative path, message): larger
+    /// than the limit, or a symlink that leads outside the directory. Reported as
+    /// errors of the revision, like an invalid document.
+    pub refused: Vec<(String, String)>,
+    /// sha256 over every path and content (and every refusal).
     pub hash: String,
 }
 
@@ -45,7 +50,17 @@ impl Snapshot {
     /// of all files are reported together.
     pub fn load(&self) -> Result<Vec<Loaded>, Diagnostics> {
         let mut out = Vec::new();
-        let mut diags = Vec::new();
+        let mut diags: Vec<Diagnostic> = self
+            .refused
+            .iter()
+            .map(|(rel, message)| Diagnostic {
+                file: rel.clone(),
+                line: 0,
+                col: 0,
+                path: String::new(),
+                message: message.clone(),
+            })
+            .collect();
         for (rel, bytes) in &self.files {
             let text = match std::str::from_utf8(bytes) {
                 Ok(t) => t,
@@ -113,7 +128,16 @@ fn read_once(dir: &Path) -> Result<Snapshot, ReadError> {
         }
     };
     let paths = calico_schema::load::yaml_files(&root).map_err(changing)?;
+    if paths.len() > MAX_DIR_FILES {
+        return Err(ReadError::Fatal(anyhow!(
+            "{} holds {} YAML files; at most {MAX_DIR_FILES} are read",
+            dir.display(),
+            paths.len()
+        )));
+    }
     let mut files = Vec::with_capacity(paths.len());
+    let mut refused = Vec::new();
+    let mut total: u64 = 0;
     let mut h = Sha256::new();
     for p in paths {
         let rel = p
@@ -123,7 +147,36 @@ fn read_once(dir: &Path) -> Result<Snapshot, ReadError> {
             .map(|c| c.as_os_str().to_string_lossy().into_owned())
             .collect::<Vec<_>>()
             .join("/");
-        let bytes = std::fs::read(&p).map_err(changing)?;
+        // The directory is written by whoever can push to the repository: a symlink in
+        // it must not make the sync read (and report, and apply) a file elsewhere on
+        // this host, such as /etc/shadow.
+        let real = std::fs::canonicalize(&p).map_err(changing)?;
+        let why = if !real.starts_with(&root) {
+            Some(format!(
+                "a symlink to {}, outside the sync directory; refused, not read",
+                real.display()
+            ))
+        } else {
+            let size = std::fs::metadata(&real).map_err(changing)?.len();
+            total += size;
+            if size > MAX_FILE_BYTES {
+                Some(format!("the file is {size} bytes; at most {MAX_FILE_BYTES} are read"))
+            } else if total > MAX_DIR_BYTES {
+                Some(format!(
+                    "the directory's YAML files add up to more than {MAX_DIR_BYTES} bytes by here; refused"
+                ))
+            } else {
+                None
+            }
+        };
+        if let Some(message) = why {
+            h.update(b"refused\0");
+            h.update(rel.as_bytes());
+            h.update(message.as_bytes());
+            refused.push((rel, message));
+            continue;
+        }
+        let bytes = std::fs::read(&real).map_err(changing)?;
         h.update((rel.len() as u64).to_le_bytes());
         h.update(rel.as_bytes());
         h.update((bytes.len() as u64).to_le_bytes());
@@ -131,7 +184,12 @@ fn read_once(dir: &Path) -> Result<Snapshot, ReadError> {
         files.push((rel, bytes));
     }
     let hash = h.finalize().iter().map(|b| format!("{b:02x}")).collect::<String>();
-    Ok(Snapshot { root, files, hash })
+    Ok(Snapshot {
+        root,
+        files,
+        refused,
+        hash,
+    })
 }
 
 /// Reads the directory until two consecutive reads, `settle` apart, are the same.

@@ -1,0 +1,125 @@
+//! Hostile input (docs/security.md): a "billion laughs" YAML file, an oversized file,
+//! and a symlink out of a sync directory are refused with a located error, quickly and
+//! without reading or expanding them; a running sync reports a hostile commit like any
+//! invalid revision, keeps the last good state live, stays up, and applies the next
+//! good commit.
+
+mod sync_support;
+
+use std::io::Write;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use calico_schema::Kind;
+use sync_support::*;
+
+/// Nine levels of nine aliases: 9^9 (387 million) nodes if expanded; a few hundred
+/// bytes of text.
+fn billion_laughs() -> String {
+    let mut t = String::from("a0: &a0 [\"lol\"]\n");
+    for i in 1..=9 {
+        let refs = vec![format!("*a{}", i - 1); 9].join(", ");
+        t.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+    }
+    t
+}
+
+#[test]
+fn validate_refuses_alias_bombs_and_huge_files_quickly() {
+    let d = tempfile::tempdir().unwrap();
+    let laughs = d.path().join("laughs.yaml");
+    std::fs::write(&laughs, billion_laughs()).unwrap();
+    let started = Instant::now();
+    let r = ctl("127.0.0.1:1", &["validate", "-f", laughs.to_str().unwrap()]);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(r.stderr.contains("laughs.yaml:7:"), "{r:?}");
+    assert!(r.stderr.contains("grows past 200000 nodes at this alias"), "{r:?}");
+
+    // The same on standard input.
+    let mut child = std::process::Command::new(BIN)
+        .args(["validate", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(billion_laughs().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(":7:") && stderr.contains("alias"), "{stderr}");
+
+    // A 17 MiB file is refused by its size, before it is read.
+    let big = d.path().join("big.yaml");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(17 * 1024 * 1024).unwrap();
+    let r = ctl("127.0.0.1:1", &["validate", "-f", big.to_str().unwrap()]);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(
+        r.stderr.contains("big.yaml") && r.stderr.contains("at most 16777216"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn sync_survives_a_hostile_commit_and_never_reads_outside_its_directory() {
+    let etcd = TestEtcd::start();
+    let ep = etcd.endpoint();
+    let db = Db::connect(&ep);
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("repo");
+    std::fs::create_dir(&dir).unwrap();
+    // A secret outside the directory, which a symlink inside it points to.
+    let secret = d.path().join("secret.yaml");
+    std::fs::write(&secret, "kind: Group\nmetadata: {name: SECRET-CONTENT}\n").unwrap();
+    std::fs::write(dir.join("good.yaml"), docs(&[group("g1", "1")])).unwrap();
+
+    let mut sync = Proc::spawn(
+        "sync",
+        &ep,
+        &["sync", "--dir", dir.to_str().unwrap(), "--id", "t", "--interval", "1s"],
+    );
+    wait_for(Duration::from_secs(10), || db.get(Kind::Group, "g1")).expect("first revision applied");
+    let before = db.versions();
+
+    // The hostile commit: an alias bomb and a symlink out of the directory, beside a
+    // valid new document. Nothing of it is applied.
+    std::fs::write(dir.join("laughs.yaml"), billion_laughs()).unwrap();
+    std::os::unix::fs::symlink(&secret, dir.join("link.yaml")).unwrap();
+    std::fs::write(dir.join("more.yaml"), docs(&[group("g2", "1")])).unwrap();
+    let status = wait_for(Duration::from_secs(10), || {
+        db.status("t")
+            .filter(|s| s["lastError"].to_string().contains("link.yaml"))
+    })
+    .unwrap_or_else(|| panic!("no error reported; status {:?}\n{}", db.status("t"), sync.log()));
+    let err = status["lastError"].to_string();
+    assert!(err.contains("outside the sync directory"), "{err}");
+    assert!(err.contains("laughs.yaml:7:"), "{err}");
+    assert!(!err.contains("SECRET-CONTENT"), "{err}");
+    assert!(!sync.log().contains("SECRET-CONTENT"));
+    assert!(sync.alive(), "the sync died: {}", sync.log());
+    assert_eq!(db.versions(), before, "nothing of the hostile revision was applied");
+
+    // The next good commit applies.
+    std::fs::remove_file(dir.join("laughs.yaml")).unwrap();
+    std::fs::remove_file(dir.join("link.yaml")).unwrap();
+    wait_for(Duration::from_secs(10), || db.get(Kind::Group, "g2")).expect("good revision applied");
+    assert!(sync.alive());
+
+    // --once says the same with its exit code.
+    std::os::unix::fs::symlink(&secret, dir.join("link.yaml")).unwrap();
+    let r = ctl(&ep, &["sync", "--once", "--dir", dir.to_str().unwrap(), "--id", "t"]);
+    assert_ne!(r.code, Some(0), "{r:?}");
+    assert!(r.stderr.contains("outside the sync directory"), "{r:?}");
+    assert!(!r.stderr.contains("SECRET-CONTENT"), "{r:?}");
+}

@@ -1,0 +1,25 @@
+//! Bounds on everything read from outside: files, directories, YAML documents and their
+//! alias expansion, selectors. A git-synced directory, standard input and etcd are all
+//! written by someone else; without bounds one hostile file (a "billion laughs" of
+//! nested aliases, a multi-gigabyte document) takes down `calicoctl`, the sync and the
+//! master. Each limit is far above what a real cluster writes (docs/security.md gives
+//! the table) and each refusal names the file, line and column.
+
+/// Bytes of one YAML file (or of standard input).
+pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+/// Bytes of all the YAML files of one directory (`-f DIR`, a sync directory).
+pub const MAX_DIR_BYTES: u64 = 64 * 1024 * 1024;
+/// YAML files in one directory tree.
+pub const MAX_DIR_FILES: usize = 20_000;
+/// Documents in one file: 10k resources in one file stay well inside it.
+pub const MAX_DOCUMENTS_PER_FILE: usize = 50_000;
+/// Nodes (scalars, sequences, mappings) in one document, with every alias counted as
+/// the nodes it expands to. The largest valid resource (a Policy with hundreds of rules
+/// of 256 nets and 50 ports each) is about this size.
+pub const MAX_NODES_PER_DOCUMENT: usize = 200_000;
+/// Nodes in one file, aliases expanded: bounds memory at about 100 bytes a node.
+pub const MAX_NODES_PER_FILE: usize = 2_000_000;
+/// Nesting depth of YAML collections; resources nest about eight deep.
+pub const MAX_DEPTH: usize = 64;
+/// Bytes of one selector expression.
+pub const MAX_SELECTOR_BYTES: usize = 4096;
