@@ -523,12 +523,26 @@ fn bind_fresh(path: &Path) -> Result<UnixListener, PluginError> {
             source,
         })?;
     }
-    UnixListener::bind(path).map_err(|source| PluginError::Io {
+    let listener = UnixListener::bind(path).map_err(|source| PluginError::Io {
         path: path.to_path_buf(),
         what: "binding",
         source,
-    })
+    })?;
+    // Whoever can connect can create networks and take addresses: root (dockerd) only,
+    // whatever umask the agent was started with.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE)).map_err(|source| {
+        PluginError::Io {
+            path: path.to_path_buf(),
+            what: "restricting the socket to root",
+            source,
+        }
+    })?;
+    Ok(listener)
 }
+
+/// The plugin sockets' mode: owner (root) and group read-write, nobody else.
+pub const SOCKET_MODE: u32 = 0o660;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Driver {
@@ -1154,5 +1168,21 @@ mod tests {
         };
         let err = pool_request("m", req).unwrap_err();
         assert!(err.message.contains("did you mean 10.65.0.0/16"), "{}", err.message);
+    }
+
+    #[tokio::test]
+    async fn sockets_are_root_only_whatever_the_umask() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("calico.sock");
+        // SAFETY: umask is process-wide; this test restores it at once and nothing else
+        // in this test binary creates files meanwhile that depends on it.
+        let old = unsafe { libc::umask(0) };
+        let bound = bind_fresh(&path);
+        unsafe { libc::umask(old) };
+        let _listener = bound.expect("bind");
+        let meta = std::fs::metadata(&path).expect("socket exists");
+        assert_eq!(meta.permissions().mode() & 0o777, SOCKET_MODE);
+        assert_eq!(meta.uid(), unsafe { libc::geteuid() });
     }
 }
