@@ -93,6 +93,11 @@ impl Cache {
     }
 
     fn put(&mut self, key: String, value: &[u8], rev: i64) -> bool {
+        let oversized = value.len() > calico_schema::limits::MAX_ETCD_VALUE_BYTES;
+        if oversized && !key.starts_with(RESOURCES_PREFIX) {
+            warn!(%key, bytes = value.len(), "ignoring an oversized IPAM value");
+            return false;
+        }
         if let Some(h) = key.strip_prefix(HANDLES_PREFIX) {
             return match serde_json::from_slice::<HandleInfo>(value) {
                 Ok(rec) => self.handles.insert(h.to_string(), rec.clone()) != Some(rec),
@@ -117,16 +122,24 @@ impl Cache {
         if !key.starts_with(RESOURCES_PREFIX) {
             return false;
         }
-        let decoded = decode_resource(&key, value, rev)
-            .map_err(|e| e.to_string())
-            .and_then(|r| {
-                let issues = validate::check_resource(&r);
-                if issues.is_empty() {
-                    Ok(r)
-                } else {
-                    Err(issues.iter().map(|i| i.to_string()).collect::<Vec<_>>().join("; "))
-                }
-            });
+        // Not even decoded: a hostile value must not cost memory or time here.
+        let decoded = if oversized {
+            Err(format!(
+                "the value is {} bytes; at most {} are decoded",
+                value.len(),
+                calico_schema::limits::MAX_ETCD_VALUE_BYTES
+            ))
+        } else {
+            decode_resource(&key, value, rev).map_err(|e| e.to_string())
+        };
+        let decoded = decoded.and_then(|r| {
+            let issues = validate::check_resource(&r);
+            if issues.is_empty() {
+                Ok(r)
+            } else {
+                Err(issues.iter().map(|i| i.to_string()).collect::<Vec<_>>().join("; "))
+            }
+        });
         let entry = self.resources.entry(key.clone()).or_default();
         match decoded {
             Ok(r) => {
@@ -271,5 +284,18 @@ mod tests {
             revision: 3,
         });
         assert!(c.handle_ips("container/a").is_none());
+    }
+
+    #[test]
+    fn oversized_values_are_refused_undecoded() {
+        let mut c = Cache::default();
+        let good = r#"{"apiVersion":"calico/v1","kind":"Group","metadata":{"name":"web"},"spec":{}}"#;
+        c.apply(put(G, good, 2));
+        let pad = " ".repeat(calico_schema::limits::MAX_ETCD_VALUE_BYTES);
+        c.apply(put(G, &format!("{good}{pad}"), 3));
+        assert_eq!(c.resources().len(), 1, "the last good value stays");
+        let inv = c.invalid();
+        assert_eq!(inv.len(), 1);
+        assert!(inv[0].1.contains("at most"), "{inv:?}");
     }
 }

@@ -23,3 +23,6 @@ pub const MAX_NODES_PER_FILE: usize = 2_000_000;
 pub const MAX_DEPTH: usize = 64;
 /// Bytes of one selector expression.
 pub const MAX_SELECTOR_BYTES: usize = 4096;
+/// Bytes of one value read from etcd (a resource, an IPAM block or handle). etcd's own
+/// default request limit is 1.5 MiB; a larger value was written around calicoctl.
+pub const MAX_ETCD_VALUE_BYTES: usize = 1024 * 1024;

@@ -531,12 +531,10 @@ fn bind_fresh(path: &Path) -> Result<UnixListener, PluginError> {
     // Whoever can connect can create networks and take addresses: root (dockerd) only,
     // whatever umask the agent was started with.
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE)).map_err(|source| {
-        PluginError::Io {
-            path: path.to_path_buf(),
-            what: "restricting the socket to root",
-            source,
-        }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE)).map_err(|source| PluginError::Io {
+        path: path.to_path_buf(),
+        what: "restricting the socket to root",
+        source,
     })?;
     Ok(listener)
 }
