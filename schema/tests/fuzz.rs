@@ -80,8 +80,11 @@ fn yamlish() -> impl Strategy<Value = String> {
 /// A mutated example: bytes replaced, lines removed or repeated.
 fn mutated_example() -> impl Strategy<Value = String> {
     let ex = examples();
-    (0..ex.len(), prop::collection::vec((any::<prop::sample::Index>(), 0u8..4, any::<char>()), 1..8)).prop_map(
-        move |(i, edits)| {
+    (
+        0..ex.len(),
+        prop::collection::vec((any::<prop::sample::Index>(), 0u8..4, any::<char>()), 1..8),
+    )
+        .prop_map(move |(i, edits)| {
             let mut lines: Vec<String> = ex[i].lines().map(str::to_string).collect();
             for (at, op, c) in edits {
                 if lines.is_empty() {
@@ -109,8 +112,7 @@ fn mutated_example() -> impl Strategy<Value = String> {
                 }
             }
             lines.join("\n")
-        },
-    )
+        })
 }
 
 /// A selector generated from the grammar (API.md section "Selectors").
@@ -123,8 +125,10 @@ fn selector_text() -> impl Strategy<Value = String> {
         key.prop_map(|k| format!("!has({k})")),
         (key, val).prop_map(|(k, v)| format!("{k} == \"{v}\"")),
         (key, val).prop_map(|(k, v)| format!("{k} != '{v}'")),
-        (key, prop::collection::vec(val, 1..4))
-            .prop_map(|(k, vs)| format!("{k} in {{{}}}", vs.iter().map(|v| format!("\"{v}\"")).collect::<Vec<_>>().join(","))),
+        (key, prop::collection::vec(val, 1..4)).prop_map(|(k, vs)| format!(
+            "{k} in {{{}}}",
+            vs.iter().map(|v| format!("\"{v}\"")).collect::<Vec<_>>().join(",")
+        )),
         (key, prop::collection::vec(val, 1..4)).prop_map(|(k, vs)| format!(
             "{k} not in {{{}}}",
             vs.iter().map(|v| format!("'{v}'")).collect::<Vec<_>>().join(", ")
@@ -229,8 +233,8 @@ fn example_resources_round_trip_through_yaml() {
                 calico_schema::Resource::ClusterConfig(o) => serde_saphyr::to_string(o),
             }
             .expect("print");
-            let again = calico_schema::load_str("printed.yaml", &printed)
-                .unwrap_or_else(|e| panic!("{printed}\n{e:?}"));
+            let again =
+                calico_schema::load_str("printed.yaml", &printed).unwrap_or_else(|e| panic!("{printed}\n{e:?}"));
             assert_eq!(again.len(), 1);
             assert_eq!(again[0].resource, l.resource, "{printed}");
             n += 1;

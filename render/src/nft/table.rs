@@ -125,6 +125,20 @@ pub fn render_nft(view: &NodeView) -> Nftables<'static> {
             ],
             Some("IPv6 neighbour discovery and MLD".into()),
         );
+        // A workload never speaks BGP to its host, whatever endpointToHostAction says:
+        // BIRD only accepts configured neighbours, but a session it should never see
+        // is better refused before it reaches BIRD at all.
+        r.b.rule(
+            inp,
+            vec![
+                m(meta(MetaKey::Iifname), Operator::EQ, ifaces()),
+                m(meta(MetaKey::L4proto), Operator::EQ, num(6)),
+                m(payload("tcp", "dport"), Operator::EQ, num(179)),
+                counter(),
+                drop_(),
+            ],
+            Some("no BGP from workloads to the host".into()),
+        );
         match view.config.endpoint_to_host_action() {
             EndpointToHostAction::Drop => {
                 r.b.rule(
