@@ -154,7 +154,12 @@ pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> anyhow::R
                 next_retry = None;
                 dirty = true;
             }
-            _ = docker.changed() => dirty = true,
+            _ = docker.changed() => {
+                // dockerd (re)started or changed its networks: it may have rewritten
+                // its iptables chains.
+                rec.recheck_host();
+                dirty = true;
+            }
             _ = stop.changed() => break,
         }
         cache.synced = res_synced && ipam_synced;

@@ -11,6 +11,8 @@ use tokio::sync::Mutex;
 use tracing::{error, info, warn};
 
 use crate::dataplane::bird::{self, BirdOptions, BirdSupervisor};
+use crate::dataplane::iptables::Iptables;
+use crate::dataplane::netns::{read_sysctl, run_in_netns_async, write_sysctl};
 use crate::dataplane::nft::{NftApplier, NftCommand};
 use crate::dataplane::routes::{self as droutes, RouteProgrammer};
 use crate::dataplane::workload::{Plumber, WorkloadSpec};
@@ -20,6 +22,8 @@ pub struct LinuxDataplane {
     plumber: Plumber,
     routes: droutes::NetlinkRoutes,
     nft: NftCommand,
+    iptables: Iptables,
+    host_netns: Option<PathBuf>,
     bird_opts: BirdOptions,
     /// Started (or adopted) on the first bird.conf: BIRD cannot start without one.
     bird: Arc<Mutex<Bird>>,
@@ -58,6 +62,8 @@ impl LinuxDataplane {
             plumber,
             routes,
             nft,
+            iptables: Iptables::new(host_netns.clone()),
+            host_netns,
             bird_opts,
             bird: Arc::new(Mutex::new(Bird::None)),
             monitor: std::sync::Mutex::new(None),
@@ -251,6 +257,30 @@ impl Dataplane for LinuxDataplane {
                 .map_err(|e| StepError::wrap("nft task", e))?
         };
         result.map_err(|e| StepError::wrap("load table inet calico", e))
+    }
+
+    async fn ensure_host(&self, interface_prefix: &str) -> Result<(), StepError> {
+        // Forwarding between hosts: packets from the fabric arrive on the host's own
+        // interfaces, whose forwarding flag the per-caliX settings do not cover.
+        let turned_on = run_in_netns_async(self.host_netns.as_deref(), || -> std::io::Result<bool> {
+            if read_sysctl("net/ipv4/ip_forward")? == "1" {
+                return Ok(false);
+            }
+            write_sysctl("net/ipv4/ip_forward", "1").map(|()| true)
+        })
+        .await
+        .map_err(|e| StepError::wrap("net.ipv4.ip_forward", e))?
+        .map_err(|e| StepError::wrap("net.ipv4.ip_forward", e))?;
+        if turned_on {
+            info!("turned on net.ipv4.ip_forward");
+        }
+        let ipt = self.iptables.clone();
+        let prefix = interface_prefix.to_string();
+        tokio::task::spawn_blocking(move || ipt.ensure(&prefix))
+            .await
+            .map_err(|e| StepError::wrap("iptables task", e))?
+            .map_err(|e| StepError::wrap("iptables FORWARD accept for workloads", e))?;
+        Ok(())
     }
 
     async fn apply_routes(&self, routes: &[RouteSpec]) -> Result<(), StepError> {

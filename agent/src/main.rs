@@ -19,6 +19,15 @@ struct Args {
     /// etcd endpoints, comma separated.
     #[arg(long, env = "ETCD_ENDPOINTS", default_value = "127.0.0.1:2379")]
     etcd: String,
+    /// CA certificate to verify etcd's server certificate (enables TLS).
+    #[arg(long, env = "ETCD_CA_CERT_FILE", value_name = "FILE")]
+    etcd_ca: Option<PathBuf>,
+    /// Client certificate for etcd (enables TLS; needs --etcd-key).
+    #[arg(long, env = "ETCD_CERT_FILE", value_name = "FILE", requires = "etcd_key")]
+    etcd_cert: Option<PathBuf>,
+    /// Client key for etcd (enables TLS; needs --etcd-cert).
+    #[arg(long, env = "ETCD_KEY_FILE", value_name = "FILE", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
     /// Bound on connecting to etcd and on each request, in seconds.
     #[arg(long, default_value_t = 5)]
     etcd_timeout: u64,
@@ -57,6 +66,20 @@ fn main() -> anyhow::Result<()> {
         .init();
     let mut etcd = StoreConfig::from_list(&args.etcd);
     etcd.timeout = Duration::from_secs(args.etcd_timeout.max(1));
+    if etcd.endpoints.is_empty() {
+        anyhow::bail!("--etcd names no endpoint");
+    }
+    if args.etcd_ca.is_some() || args.etcd_cert.is_some() {
+        // Read now, so a wrong path fails at start with its name, not as a retry loop.
+        for f in [&args.etcd_ca, &args.etcd_cert, &args.etcd_key].into_iter().flatten() {
+            std::fs::metadata(f).with_context(|| format!("etcd TLS file {}", f.display()))?;
+        }
+        etcd.tls = Some(calico_store::TlsFiles {
+            ca: args.etcd_ca,
+            cert: args.etcd_cert,
+            key: args.etcd_key,
+        });
+    }
     let http_listen: Option<SocketAddr> = if args.http.is_empty() {
         None
     } else {

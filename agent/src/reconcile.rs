@@ -56,6 +56,12 @@ pub trait Dataplane: Send + Sync {
     fn apply_routes(&self, routes: &[RouteSpec]) -> impl Future<Output = Result<(), StepError>> + Send;
     /// Checks, installs and activates bird.conf.
     fn apply_bird(&self, conf: &str) -> impl Future<Output = Result<(), StepError>> + Send;
+    /// Host-wide settings workloads need outside our table: IPv4 forwarding and the
+    /// iptables FORWARD accept chain (`calico_render::iptables`). Checked on the first
+    /// reconcile, on every resync and whenever dockerd says something happened.
+    fn ensure_host(&self, _interface_prefix: &str) -> impl Future<Output = Result<(), StepError>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// IPAM operations the reconcile needs.
@@ -143,6 +149,9 @@ pub struct Reconciler<D, A, R> {
     /// resync forgets it and loads anyway).
     last_nft: Option<u64>,
     last_statuses: BTreeMap<String, ContainerStatus>,
+    /// The host-wide settings ([`Dataplane::ensure_host`]) were checked since the last
+    /// resync or Docker event.
+    host_checked: bool,
 }
 
 impl<D: Dataplane, A: AddressManager, R: WorkloadResolver> Reconciler<D, A, R> {
@@ -158,7 +167,14 @@ impl<D: Dataplane, A: AddressManager, R: WorkloadResolver> Reconciler<D, A, R> {
             last_bird: None,
             last_nft: None,
             last_statuses: BTreeMap::new(),
+            host_checked: false,
         }
+    }
+
+    /// Check the host-wide settings again on the next reconcile (dockerd restarted or
+    /// changed something: it rewrites its iptables chains).
+    pub fn recheck_host(&mut self) {
+        self.host_checked = false;
     }
 
     /// Forget what was plumbed, so the next reconcile checks every workload again
@@ -167,6 +183,7 @@ impl<D: Dataplane, A: AddressManager, R: WorkloadResolver> Reconciler<D, A, R> {
         self.plumbed.clear();
         self.last_bird = None;
         self.last_nft = None;
+        self.host_checked = false;
     }
 
     /// Makes the dataplane match the cache. Returns the report and the Container
@@ -192,6 +209,15 @@ impl<D: Dataplane, A: AddressManager, R: WorkloadResolver> Reconciler<D, A, R> {
             .filter_map(|r| if let Resource::Container(c) = r { Some(c) } else { None })
             .collect();
         let mut statuses: BTreeMap<String, ContainerStatus> = BTreeMap::new();
+
+        // 0. Host-wide settings. A failure is reported and retried, but does not stop
+        //    the rest: workloads on hosts that need no iptables change still work.
+        if !self.host_checked {
+            match self.dp.ensure_host(&prefix).await {
+                Ok(()) => self.host_checked = true,
+                Err(e) => report.errors.push(format!("host settings: {e}")),
+            }
+        }
 
         // 1. Release the addresses of this node's Containers that are gone, first, so
         //    that what they free is available to the assignments below.
@@ -569,6 +595,9 @@ mod tests {
         routes: Mutex<Vec<RouteSpec>>,
         nft: Mutex<String>,
         nft_loads: Mutex<usize>,
+        /// Interface prefixes `ensure_host` was called with.
+        host_checks: Mutex<Vec<String>>,
+        host_fails: Mutex<bool>,
     }
 
     impl Dataplane for FakeDp {
@@ -609,6 +638,13 @@ mod tests {
             Ok(())
         }
         async fn apply_bird(&self, _conf: &str) -> Result<(), StepError> {
+            Ok(())
+        }
+        async fn ensure_host(&self, prefix: &str) -> Result<(), StepError> {
+            self.host_checks.lock().unwrap().push(prefix.to_string());
+            if *self.host_fails.lock().unwrap() {
+                return Err(StepError("iptables-restore: permission denied".into()));
+            }
             Ok(())
         }
     }
@@ -678,6 +714,37 @@ mod tests {
 
     fn state_of(changed: &[(String, Option<ContainerStatus>)], name: &str) -> Option<ContainerStatus> {
         changed.iter().find(|(n, _)| n == name).and_then(|(_, s)| s.clone())
+    }
+
+    #[tokio::test]
+    async fn host_settings_are_checked_once_then_on_resync_and_docker_events() {
+        let mut r = rec();
+        let c = cache(&[container("x", Some("10.65.0.9"))]);
+        r.reconcile(&c).await;
+        r.reconcile(&c).await;
+        assert_eq!(*r.dp.host_checks.lock().unwrap(), vec!["cali".to_string()]);
+        r.forget_plumbing();
+        r.reconcile(&c).await;
+        r.recheck_host();
+        r.reconcile(&c).await;
+        assert_eq!(r.dp.host_checks.lock().unwrap().len(), 3);
+        // A failure is an error (so the loop retries) and does not stop the workloads.
+        *r.dp.host_fails.lock().unwrap() = true;
+        r.recheck_host();
+        let (report, _) = r.reconcile(&c).await;
+        assert!(
+            report
+                .errors
+                .iter()
+                .any(|e| e.contains("host settings") && e.contains("permission denied")),
+            "{:?}",
+            report.errors
+        );
+        assert_eq!(report.programmed, 1);
+        *r.dp.host_fails.lock().unwrap() = false;
+        let (report, _) = r.reconcile(&c).await;
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert_eq!(r.dp.host_checks.lock().unwrap().len(), 5);
     }
 
     #[tokio::test]

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use calico_agent::dataplane::bird::{self, BirdError, BirdOptions, BirdSupervisor};
+use calico_agent::dataplane::command::CommandError;
 use calico_agent::dataplane::netns::{read_sysctl, run_in_netns};
 use calico_agent::dataplane::nft::{self, NftApplier, NftCommand, NftError};
 use calico_agent::dataplane::routes::{list_owned_routes, reconcile_routes, RouteError, RouteSpec};
@@ -526,10 +527,10 @@ fn nft_replaces_our_table_atomically() {
         ),
     );
     let err = nft.check(&broken).unwrap_err();
-    assert!(matches!(err, NftError::Failed { .. }), "{err}");
+    assert!(matches!(err, NftError::Command(CommandError::Failed { .. })), "{err}");
     let before = nft.list_table(nft::TABLE_FAMILY, nft::TABLE_NAME).unwrap().unwrap();
     match nft.apply(&broken) {
-        Err(NftError::Failed { stderr, command, .. }) => {
+        Err(NftError::Command(CommandError::Failed { stderr, command, .. })) => {
             assert!(stderr.contains("Error"), "stderr: {stderr}");
             assert!(
                 stderr.contains("no-such-chain") || stderr.contains("No such file"),

@@ -20,7 +20,6 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use calico_store::PREFIX;
@@ -30,6 +29,7 @@ use serde_json::Value;
 
 use crate::cli::GlobalOpts;
 use crate::conn::Ctx;
+use crate::hostcmd::{run_cmd, run_cmd_input};
 use crate::node::{now_secs, RunDir, RunDirArg, DEFAULT_LOG_DIR};
 use crate::status::birdc;
 
@@ -38,6 +38,14 @@ pub struct ResetArgs {
     /// Do not ask; required when standard input is not a terminal
     #[arg(long)]
     pub yes: bool,
+    /// The run directory of this host's agent: its record says which network namespace
+    /// holds the dataplane to clean
+    #[command(flatten)]
+    pub dirs: RunDirArg,
+    /// Only delete the keys in etcd; leave this host's nftables table and iptables
+    /// chain in place
+    #[arg(long)]
+    pub datastore_only: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -87,6 +95,61 @@ pub async fn reset(g: &GlobalOpts, args: &ResetArgs) -> Result<()> {
     .map_err(|_| anyhow!("etcd did not answer within {:?}", ctx.cfg.timeout))?
     .context("delete keys")?;
     println!("Deleted {} keys under {PREFIX}", resp.deleted());
+    if args.datastore_only {
+        return Ok(());
+    }
+    clean_host(&RunDir(args.dirs.run_dir.clone()))
+}
+
+/// Removes what calico-docker put on this host outside etcd: the nftables table
+/// `inet calico` and the iptables FORWARD accept chain (IPv4 and IPv6), in the agent's
+/// network namespace. Not while an agent runs there: it keeps its dataplane (fail
+/// static) and would put both back.
+fn clean_host(run: &RunDir) -> Result<()> {
+    if let Some(pid) = run.agent().running() {
+        println!(
+            "The agent for {} is running (pid {pid}) and keeps this host's dataplane; \
+             stop it with `calicoctl node stop --run-dir {}` and run reset again to remove it",
+            run.0.display(),
+            run.0.display()
+        );
+        return Ok(());
+    }
+    let netns = run.read_record().and_then(|r| r.netns);
+    let ns = netns.as_deref();
+    let mut errors = Vec::new();
+    if run_cmd(ns, &["nft", "list", "table", "inet", calico_render::TABLE_NAME]).is_ok() {
+        match run_cmd(ns, &["nft", "delete", "table", "inet", calico_render::TABLE_NAME]) {
+            Ok(_) => println!("Removed nftables table inet {}", calico_render::TABLE_NAME),
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    for (save, restore) in [
+        ("iptables-save", "iptables-restore"),
+        ("ip6tables-save", "ip6tables-restore"),
+    ] {
+        let listed = match run_cmd(ns, &[save, "-t", "filter"]) {
+            Ok(text) => text,
+            // No iptables on this host: nothing of ours can be there.
+            Err(_) if !crate::hostcmd::have(save) => continue,
+            Err(e) => {
+                errors.push(format!("{e:#}"));
+                continue;
+            }
+        };
+        if let Some(input) = calico_render::iptables::remove_forward(&listed) {
+            match run_cmd_input(ns, &[restore, "-w", "--noflush"], Some(&input)) {
+                Ok(_) => println!(
+                    "Removed the iptables chain {} ({save})",
+                    calico_render::iptables::FORWARD_CHAIN
+                ),
+                Err(e) => errors.push(format!("{e:#}")),
+            }
+        }
+    }
+    if !errors.is_empty() {
+        bail!("could not clean this host: {}", errors.join("; "));
+    }
     Ok(())
 }
 
@@ -157,54 +220,6 @@ async fn datastore_dump(g: &GlobalOpts) -> Result<Value> {
         "revision": revision,
         "keys": items,
     }))
-}
-
-/// Runs a command (in `netns` when given) with a deadline; its stdout, or an error with
-/// its stderr.
-fn run_cmd(netns: Option<&str>, argv: &[&str]) -> Result<String> {
-    let mut cmd = match netns {
-        Some(ns) => {
-            let mut c = Command::new("nsenter");
-            c.arg(format!("--net={ns}")).arg("--").args(argv);
-            c
-        }
-        None => {
-            let mut c = Command::new(argv[0]);
-            c.args(&argv[1..]);
-            c
-        }
-    };
-    let shown = match netns {
-        Some(ns) => format!("nsenter --net={ns} -- {}", argv.join(" ")),
-        None => argv.join(" "),
-    };
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("run `{shown}`"))?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if child.try_wait()?.is_some() {
-            break;
-        }
-        if std::time::Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("`{shown}` did not finish within 10s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "`{shown}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 struct Collector {

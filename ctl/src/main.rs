@@ -11,6 +11,7 @@ mod diags;
 mod docker_lookup;
 mod get;
 mod groups;
+mod hostcmd;
 mod input;
 mod ipam_cmd;
 mod master;

@@ -73,6 +73,10 @@ pub struct NodeArgs {
     /// The agent's local HTTP endpoint (/healthz, /readyz, /metrics, /status)
     #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_HTTP)]
     pub http: String,
+    /// Where the agent serves the Docker plugin sockets (calico.sock, calico-ipam.sock)
+    /// [default: the agent's, /run/docker/plugins]
+    #[arg(long, value_name = "DIR")]
+    pub plugin_dir: Option<PathBuf>,
     /// Run the agent in place of this process (for service managers), logging to stderr
     #[arg(long)]
     pub foreground: bool,
@@ -446,6 +450,51 @@ async fn register(
     Err(stale_give_up("registering the node"))
 }
 
+/// The agent flags for what `calicoctl` itself was given: the etcd TLS files, the
+/// Docker socket (`--docker-host` / DOCKER_HOST) and the plugin directory. Paths are
+/// made absolute: the daemonised agent does not run in the caller's directory.
+fn handed_on(g: &GlobalOpts, args: &NodeArgs) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let abs = |flag: &str, p: &Path| -> Result<String> {
+        let a = std::path::absolute(p).with_context(|| format!("{flag} {}", p.display()))?;
+        Ok(a.display().to_string())
+    };
+    if g.etcd_cert.is_some() != g.etcd_key.is_some() {
+        bail!("--etcd-cert and --etcd-key go together");
+    }
+    for (flag, file) in [
+        ("--etcd-ca", &g.etcd_ca),
+        ("--etcd-cert", &g.etcd_cert),
+        ("--etcd-key", &g.etcd_key),
+    ] {
+        if let Some(f) = file {
+            // Checked here: the daemonised agent's complaint would only reach its log.
+            std::fs::metadata(f).with_context(|| format!("{flag} {}", f.display()))?;
+            out.push(flag.to_string());
+            out.push(abs(flag, f)?);
+        }
+    }
+    // dockerd may start after the agent: its socket need not exist yet.
+    if let Some(h) = &g.docker_host {
+        let path = h.strip_prefix("unix://").unwrap_or(h);
+        if h != "none" && !h.starts_with("unix://") && !h.starts_with('/') {
+            bail!("--docker-host must be unix:///PATH (or none), not '{h}'");
+        }
+        out.push("--docker-host".into());
+        out.push(if h == "none" {
+            h.clone()
+        } else {
+            format!("unix://{}", abs("--docker-host", Path::new(path))?)
+        });
+    }
+    if let Some(d) = &args.plugin_dir {
+        std::fs::create_dir_all(d).with_context(|| format!("--plugin-dir {}", d.display()))?;
+        out.push("--plugin-dir".into());
+        out.push(abs("--plugin-dir", d)?);
+    }
+    Ok(out)
+}
+
 async fn start(g: &GlobalOpts, args: &NodeArgs) -> Result<()> {
     let ip = args.ip.as_deref().ok_or_else(|| anyhow!("--ip is required"))?;
     let ipv4 = parse_addr("--ip", ip, true)?;
@@ -472,9 +521,6 @@ async fn start(g: &GlobalOpts, args: &NodeArgs) -> Result<()> {
                 args.http
             )
         })?;
-    }
-    if g.etcd_ca.is_some() || g.etcd_cert.is_some() || g.etcd_key.is_some() {
-        bail!("{AGENT_BINARY} cannot talk to etcd over TLS yet: it has no --etcd-ca/--etcd-cert/--etcd-key options");
     }
     let binary = find_agent_binary()?;
     let run = RunDir(args.dirs.run_dir.clone());
@@ -518,6 +564,7 @@ async fn start(g: &GlobalOpts, args: &NodeArgs) -> Result<()> {
         agent_args.push("--netns".into());
         agent_args.push(ns.display().to_string());
     }
+    agent_args.extend(handed_on(g, args)?);
     let log_file = args.log_dir.join("calico-node.log");
     let mut record = AgentRecord {
         name: name.clone(),

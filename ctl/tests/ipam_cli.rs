@@ -257,7 +257,7 @@ fn reset_needs_yes_without_a_terminal() {
     r.assert_fails();
     assert!(r.stderr.contains("pass --yes"), "{}", r.stderr);
     assert_eq!(dump(&ep).values, before.values, "nothing deleted");
-    let r = ctl(&ep, &["reset", "--yes"]);
+    let r = ctl(&ep, &["reset", "--yes", "--datastore-only"]);
     r.assert_ok();
     assert!(r.stdout.starts_with("Deleted "), "{}", r.stdout);
     assert!(dump(&ep).values.is_empty(), "everything under /calico/v1/ is gone");

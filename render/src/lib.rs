@@ -5,12 +5,14 @@
 //! - [`render_nft`] gives the `table inet calico` batch (nftables JSON, replaced whole).
 //! - [`render_routes`] gives the routes the node owns (workload /32 and /128, block blackholes).
 //! - [`render_bird`] gives bird.conf for BIRD 2.
+//! - [`iptables`] keeps the one chain outside our table (FORWARD accept for workloads).
 //!
 //! Nothing here does I/O: the agent applies the artefacts, `calicoctl render` prints them,
 //! and tests compare them byte for byte. Same input, same bytes: every collection that
 //! reaches the output is ordered (BTreeMap/BTreeSet or sorted vectors).
 
 pub mod bird;
+pub mod iptables;
 pub mod names;
 pub mod nft;
 pub mod routes;

@@ -7,34 +7,21 @@ use std::time::Duration;
 
 use calico_e2e::cluster::Cluster;
 use calico_e2e::serial;
-use docker_support::{available, wait_for, DockerHost, DumpOnPanic};
+use docker_support::{available, calico_net, examples, seed_ip, wait_for, DockerHost, DockerdOpts, DumpOnPanic};
 
-fn examples(file: &str) -> String {
-    format!("{}/../examples/{file}", env!("CARGO_MANIFEST_DIR"))
+/// A one-host cluster with the example pool, dockerd (its defaults, on a host whose
+/// forwarding was off) in host1 and its agent.
+fn one_host() -> (Cluster, DockerHost) {
+    one_host_with(DockerdOpts::default())
 }
 
-/// A one-host cluster with the example pool, dockerd in host1 and its agent.
-fn one_host() -> (Cluster, DockerHost) {
+fn one_host_with(opts: DockerdOpts) -> (Cluster, DockerHost) {
     let mut c = Cluster::new(1).expect("cluster");
     c.ctl(&["apply", "-f", &examples("00-cluster.yaml")]).expect("apply");
-    let d = DockerHost::start(&c.host_ns(0).path()).expect("dockerd");
+    let d = DockerHost::start_with(&c.host_ns(0).path(), opts).expect("dockerd");
     c.start_agent_with(0, &d.agent_args()).expect("agent");
     d.wait_for_plugin().unwrap_or_else(|e| panic!("{e}\n{}", c.dump_logs()));
     (c, d)
-}
-
-fn calico_net(d: &DockerHost, args: &[&str], name: &str) -> String {
-    let mut full = vec![
-        "network",
-        "create",
-        "--driver",
-        "calico",
-        "--ipam-driver",
-        "calico-ipam",
-    ];
-    full.extend_from_slice(args);
-    full.push(name);
-    d.must(&full)
 }
 
 /// `calicoctl ipam check`'s whole output (stdout and stderr), whether or not it passed.
@@ -199,15 +186,6 @@ fn cali_links(c: &Cluster) -> usize {
         .count()
 }
 
-/// The address the agent gave a CALICO_IP container.
-fn seed_ip(d: &DockerHost, name: &str) -> Option<String> {
-    let out = d
-        .in_container(name, &["ip", "-4", "-o", "addr", "show", "dev", "eth0"])
-        .ok()?;
-    let word = out.split_whitespace().skip_while(|w| *w != "inet").nth(1)?;
-    word.split('/').next().map(str::to_string)
-}
-
 /// Agent restart and dockerd restart: what exists is re-attached, nothing is
 /// duplicated, no address is lost, and what went away meanwhile is cleaned up.
 #[test]
@@ -336,14 +314,18 @@ fn nft_table(c: &Cluster) -> String {
 }
 
 /// 50 containers, both ways of networking, started and removed in rounds: nothing is
-/// left behind. Malformed plugin requests on the way are refused without harm.
+/// left behind. Malformed plugin requests on the way are refused without harm. This
+/// one runs dockerd with `--iptables=false --bridge=none`, as some users do.
 #[test]
 fn fifty_containers_leave_nothing_behind() {
     if !available() {
         return;
     }
     let _g = serial();
-    let (c, d) = one_host();
+    let (c, d) = one_host_with(DockerdOpts {
+        iptables: false,
+        forwarding_off: false,
+    });
     let _dump = DumpOnPanic::new(&c, &[&d]);
     calico_net(&d, &[], "web");
 

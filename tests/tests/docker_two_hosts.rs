@@ -10,25 +10,7 @@ use std::time::Duration;
 
 use calico_e2e::cluster::Cluster;
 use calico_e2e::serial;
-use docker_support::{available, wait_for, DockerHost, DumpOnPanic};
-
-fn examples(file: &str) -> String {
-    format!("{}/../examples/{file}", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn calico_net(d: &DockerHost, args: &[&str], name: &str) {
-    let mut full = vec![
-        "network",
-        "create",
-        "--driver",
-        "calico",
-        "--ipam-driver",
-        "calico-ipam",
-    ];
-    full.extend_from_slice(args);
-    full.push(name);
-    d.must(&full);
-}
+use docker_support::{available, calico_net, examples, seed_ip, wait_for, DockerHost, DumpOnPanic};
 
 /// `docker run --net=none -e ...`: the seed's way.
 fn seed(d: &DockerHost, name: &str, env: &[&str]) -> String {
@@ -37,15 +19,6 @@ fn seed(d: &DockerHost, name: &str, env: &[&str]) -> String {
         args.extend(["-e", e]);
     }
     d.run(name, &args)
-}
-
-/// The address the agent gave a CALICO_IP container (from its namespace).
-fn seed_ip(d: &DockerHost, name: &str) -> Option<String> {
-    let out = d
-        .in_container(name, &["ip", "-4", "-o", "addr", "show", "dev", "eth0"])
-        .ok()?;
-    let word = out.split_whitespace().skip_while(|w| *w != "inet").nth(1)?;
-    word.split('/').next().map(str::to_string)
 }
 
 #[test]

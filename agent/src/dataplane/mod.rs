@@ -7,8 +7,12 @@
 //! - [`routes`]: reconcile the routes carrying our route protocol number.
 //! - [`nft`]: apply our nftables table in one transaction.
 //! - [`bird`]: BIRD 2 configuration and supervision.
+//! - [`iptables`]: the FORWARD accept chain for workloads in iptables' filter table.
+//! - [`command`]: run a helper program with its stderr captured.
 
 pub mod bird;
+pub mod command;
+pub mod iptables;
 pub mod netns;
 pub mod nft;
 pub mod routes;

@@ -10,15 +10,14 @@
 //! thing an operator needs, so the process is run here with stderr captured.
 
 use std::borrow::Cow;
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Output, Stdio};
+use std::path::PathBuf;
+use std::process::Output;
 
 use nftables::schema::{NfCmd, NfListObject, NfObject, Nftables, Table};
 use nftables::types::NfFamily;
 use tracing::{debug, info};
 
-use super::netns::{ns_label, run_in_netns, NetnsError};
+use super::command::{run_piped, CommandError};
 
 /// Our table: `table inet calico`.
 pub const TABLE_FAMILY: NfFamily = NfFamily::INet;
@@ -28,21 +27,9 @@ pub const TABLE_NAME: &str = "calico";
 pub enum NftError {
     #[error("serialize nftables JSON: {0}")]
     Serialize(#[from] serde_json::Error),
+    /// Running `nft` failed; [`CommandError::Failed`] carries nft's own error text.
     #[error(transparent)]
-    Netns(#[from] NetnsError),
-    #[error("run `{command}` (netns {netns}): {source}")]
-    Spawn {
-        command: String,
-        netns: String,
-        source: io::Error,
-    },
-    #[error("`{command}` (netns {netns}) failed ({status}): {stderr}")]
-    Failed {
-        command: String,
-        netns: String,
-        status: ExitStatus,
-        stderr: String,
-    },
+    Command(#[from] CommandError),
 }
 
 /// What the reconcile loop needs from nftables, so it can run on a fake.
@@ -90,64 +77,8 @@ impl NftCommand {
         self
     }
 
-    fn command_line(&self, args: &[&str]) -> String {
-        let mut line = self.program.display().to_string();
-        for a in args {
-            line.push(' ');
-            line.push_str(a);
-        }
-        line
-    }
-
     fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<Output, NftError> {
-        let command = self.command_line(args);
-        let netns = ns_label(self.netns.as_deref());
-        let spawn_err = |source| NftError::Spawn {
-            command: command.clone(),
-            netns: netns.clone(),
-            source,
-        };
-        let program: &Path = &self.program;
-        let output = run_in_netns(self.netns.as_deref(), || -> io::Result<Output> {
-            let mut child = Command::new(program)
-                .args(args)
-                .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()?;
-            let pipe = child.stdin.take();
-            // Feed stdin from its own thread: a large ruleset and a large
-            // error report could otherwise fill both pipes and deadlock.
-            std::thread::scope(|s| {
-                let writer = s.spawn(move || -> io::Result<()> {
-                    if let (Some(mut pipe), Some(data)) = (pipe, stdin) {
-                        pipe.write_all(data)?;
-                    }
-                    Ok(())
-                });
-                let out = child.wait_with_output();
-                let written = writer
-                    .join()
-                    .unwrap_or_else(|_| Err(io::Error::other("stdin writer panicked")));
-                let out = out?;
-                // A write error (EPIPE) only matters if nft itself succeeded.
-                if out.status.success() {
-                    written?;
-                }
-                Ok(out)
-            })
-        })?
-        .map_err(spawn_err)?;
-        if output.status.success() {
-            Ok(output)
-        } else {
-            Err(NftError::Failed {
-                command,
-                netns,
-                status: output.status,
-                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-            })
-        }
+        Ok(run_piped(self.netns.as_deref(), &self.program, args, stdin)?)
     }
 }
 
@@ -176,7 +107,11 @@ impl NftApplier for NftCommand {
         match self.run(&["-j", "list", "table", family_name(family), name], None) {
             Ok(out) => Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned())),
             // nft reports a missing table as ENOENT.
-            Err(NftError::Failed { stderr, .. }) if stderr.contains("No such file or directory") => Ok(None),
+            Err(NftError::Command(CommandError::Failed { stderr, .. }))
+                if stderr.contains("No such file or directory") =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }

@@ -1,9 +1,11 @@
 //! A Docker host for end-to-end tests: a private dockerd inside a namespace host of
 //! the fabric, in its own mount namespace (`nsenter --net=<host> unshare -m`), with a
 //! private /run (so /run/docker/plugins is a directory of ours, where that host's
-//! agent serves the plugin sockets), its own data and exec roots and API socket, no
-//! bridge and no iptables. The busybox image is `docker import`ed from the static
-//! /bin/busybox: no registry is reachable.
+//! agent serves the plugin sockets), its own data and exec roots and API socket. By
+//! default dockerd runs with its own defaults (iptables on, docker0), started on a host
+//! whose forwarding is off, as on a freshly booted machine: dockerd then turns
+//! forwarding on and sets iptables' FORWARD policy to DROP. The busybox image is
+//! `docker import`ed from the static /bin/busybox: no registry is reachable.
 //!
 //! Dropping a DockerHost removes its containers, stops dockerd and deletes its
 //! directories, also when the test failed.
@@ -46,26 +48,68 @@ pub fn available() -> bool {
     ok
 }
 
+/// How a test's dockerd is started.
+#[derive(Debug, Clone, Copy)]
+pub struct DockerdOpts {
+    /// dockerd's default networking (iptables, docker0). `false`: `--iptables=false
+    /// --ip6tables=false --bridge=none`, as some users run it.
+    pub iptables: bool,
+    /// Turn the host's IPv4 forwarding off before dockerd starts (a freshly booted
+    /// host). Leave it as it is when an agent already runs there.
+    pub forwarding_off: bool,
+}
+
+impl Default for DockerdOpts {
+    fn default() -> Self {
+        DockerdOpts {
+            iptables: true,
+            forwarding_off: true,
+        }
+    }
+}
+
 pub struct DockerHost {
     pub dir: tempfile::TempDir,
     netns: PathBuf,
     child: Option<Child>,
+    opts: DockerdOpts,
 }
 
 impl DockerHost {
-    /// Starts dockerd in the network namespace `netns` and imports the image.
+    /// Starts dockerd with its defaults in the network namespace `netns` (forwarding
+    /// off first) and imports the image.
     pub fn start(netns: &Path) -> anyhow::Result<DockerHost> {
+        Self::start_with(netns, DockerdOpts::default())
+    }
+
+    pub fn start_with(netns: &Path, opts: DockerdOpts) -> anyhow::Result<DockerHost> {
+        let mut d = Self::prepare(netns, opts)?;
+        d.launch()?;
+        Ok(d)
+    }
+
+    /// The directories (so the socket and plugin paths are known), no dockerd yet:
+    /// for an agent started before dockerd. [`DockerHost::launch`] starts it.
+    pub fn prepare(netns: &Path, opts: DockerdOpts) -> anyhow::Result<DockerHost> {
         let dir = tempfile::Builder::new().prefix("calico-dockerd.").tempdir()?;
         for sub in ["plugins", "data", "exec", "rootfs/bin"] {
             std::fs::create_dir_all(dir.path().join(sub))?;
         }
-        let mut d = DockerHost {
+        Ok(DockerHost {
             dir,
             netns: netns.to_path_buf(),
             child: None,
-        };
-        d.spawn()?;
-        let rootfs = d.dir.path().join("rootfs");
+            opts,
+        })
+    }
+
+    /// Starts the prepared dockerd and imports the image.
+    pub fn launch(&mut self) -> anyhow::Result<()> {
+        if self.opts.forwarding_off {
+            self.in_host(&["sh", "-c", "echo 0 > /proc/sys/net/ipv4/ip_forward"])?;
+        }
+        self.spawn()?;
+        let rootfs = self.dir.path().join("rootfs");
         std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))?;
         for applet in ["sh", "sleep", "ip", "ping", "cat", "nc", "hostname"] {
             std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))?;
@@ -73,13 +117,13 @@ impl DockerHost {
         let import = format!(
             "tar -C {} -c . | docker -H {} import - {IMAGE}",
             rootfs.display(),
-            d.host()
+            self.host()
         );
         let out = Command::new("sh").args(["-c", &import]).output()?;
         if !out.status.success() {
             bail!("docker import: {}", String::from_utf8_lossy(&out.stderr));
         }
-        Ok(d)
+        Ok(())
     }
 
     /// (Re)starts dockerd and waits until it answers.
@@ -89,7 +133,12 @@ impl DockerHost {
             "set -e\nmount --make-rprivate /\nmount -t tmpfs none /run\nmkdir -p /run/docker/plugins\n\
              mount --bind {plugins} /run/docker/plugins\n\
              exec dockerd --data-root {data} --exec-root {exec} -H {host} --pidfile {p}/docker.pid \
-             --bridge=none --iptables=false --ip6tables=false --shutdown-timeout 2 >>{p}/dockerd.log 2>&1\n",
+             {net} --shutdown-timeout 2 >>{p}/dockerd.log 2>&1\n",
+            net = if self.opts.iptables {
+                ""
+            } else {
+                "--bridge=none --iptables=false --ip6tables=false"
+            },
             plugins = p.join("plugins").display(),
             data = p.join("data").display(),
             exec = p.join("exec").display(),
@@ -112,6 +161,18 @@ impl DockerHost {
             std::thread::sleep(Duration::from_millis(100));
         }
         bail!("dockerd did not come up:\n{}", self.log())
+    }
+
+    /// Runs a command in this Docker host's network namespace; its stdout.
+    pub fn in_host(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", self.netns.display()))
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!("{}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// `unix://<dir>/docker.sock`
@@ -312,4 +373,34 @@ impl Drop for DumpOnPanic {
             }
         }
     }
+}
+
+/// A file of the repository's examples/.
+pub fn examples(file: &str) -> String {
+    format!("{}/../examples/{file}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `docker network create --driver calico --ipam-driver calico-ipam ARGS... NAME`; the
+/// network's ID.
+pub fn calico_net(d: &DockerHost, args: &[&str], name: &str) -> String {
+    let mut full = vec![
+        "network",
+        "create",
+        "--driver",
+        "calico",
+        "--ipam-driver",
+        "calico-ipam",
+    ];
+    full.extend_from_slice(args);
+    full.push(name);
+    d.must(&full)
+}
+
+/// The address the agent gave a CALICO_IP container (from its namespace).
+pub fn seed_ip(d: &DockerHost, name: &str) -> Option<String> {
+    let out = d
+        .in_container(name, &["ip", "-4", "-o", "addr", "show", "dev", "eth0"])
+        .ok()?;
+    let word = out.split_whitespace().skip_while(|w| *w != "inet").nth(1)?;
+    word.split('/').next().map(str::to_string)
 }
