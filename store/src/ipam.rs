@@ -616,18 +616,20 @@ impl Ipam {
         turns.entry(node.to_string()).or_default().clone()
     }
 
-    async fn call<T>(
-        &self,
-        what: &str,
-        f: impl Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T, IpamError> {
-        match tokio::time::timeout(self.timeout, f).await {
-            Err(_) => Err(IpamError::Unavailable(format!(
+    /// One etcd call bounded by the timeout; requests that never left this process
+    /// (the balancer picked a dead member) are sent again (`crate::retry`).
+    async fn call<T, F, Fut>(&self, what: &str, attempt: F) -> Result<T, IpamError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        match crate::retry::call(self.timeout, attempt).await {
+            None => Err(IpamError::Unavailable(format!(
                 "{what}: no answer from etcd within {:?}",
                 self.timeout
             ))),
-            Ok(Err(e)) => Err(map_etcd_error(what, e)),
-            Ok(Ok(v)) => Ok(v),
+            Some(Err(e)) => Err(map_etcd_error(what, e)),
+            Some(Ok(v)) => Ok(v),
         }
     }
 
@@ -636,13 +638,20 @@ impl Ipam {
     }
 
     async fn txn(&self, what: &str, txn: Txn) -> Result<TxnResponse, IpamError> {
-        let mut c = self.kv();
-        self.call(what, c.txn(txn)).await
+        self.call(what, || {
+            let (mut c, txn) = (self.kv(), txn.clone());
+            async move { c.txn(txn).await }
+        })
+        .await
     }
 
     async fn get(&self, what: &str, key: &str, opts: Option<GetOptions>) -> Result<Vec<KeyValue>, IpamError> {
-        let mut c = self.kv();
-        let mut r = self.call(what, c.get(key, opts)).await?;
+        let mut r = self
+            .call(what, || {
+                let (mut c, opts) = (self.kv(), opts.clone());
+                async move { c.get(key, opts).await }
+            })
+            .await?;
         Ok(r.take_kvs())
     }
 

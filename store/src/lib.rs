@@ -16,6 +16,7 @@
 mod config;
 mod error;
 pub mod ipam;
+mod retry;
 pub mod testing;
 mod watch;
 
@@ -185,11 +186,11 @@ impl Store {
 
         // One read proves etcd serves requests (TLS accepted, quorum present), not just
         // that a port is open.
-        let mut kv = store.kv();
-        let probe = kv.get(PREFIX, Some(GetOptions::new().with_count_only()));
+        let probe =
+            store.kv_call(|mut kv| async move { kv.get(PREFIX, Some(GetOptions::new().with_count_only())).await });
         match tokio::time::timeout_at(deadline, probe).await {
             Ok(Ok(_)) => Ok(store),
-            Ok(Err(e)) => Err(error::from_etcd(&store.inner.endpoints, e)),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(error::timed_out(&store.inner.endpoints, cfg.timeout)),
         }
     }
@@ -210,21 +211,32 @@ impl Store {
     /// Runs one etcd call bounded by the configured timeout. etcd-client's own timeout
     /// only starts once a connection is picked; while every endpoint is down its balancer
     /// can wait indefinitely, so this outer bound is what guarantees nothing hangs.
-    pub(crate) async fn call<T>(
-        &self,
-        fut: impl Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.inner.cfg.timeout, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(error::from_etcd(&self.inner.endpoints, e)),
-            Err(_) => Err(error::timed_out(&self.inner.endpoints, self.inner.cfg.timeout)),
+    pub(crate) async fn call<T, F, Fut>(&self, attempt: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        match retry::call(self.inner.cfg.timeout, attempt).await {
+            Some(Ok(v)) => Ok(v),
+            Some(Err(e)) => Err(error::from_etcd(&self.inner.endpoints, e)),
+            None => Err(error::timed_out(&self.inner.endpoints, self.inner.cfg.timeout)),
         }
+    }
+
+    /// [`Store::call`] with a fresh KV client per attempt.
+    pub(crate) async fn kv_call<T, F, Fut>(&self, mut f: F) -> Result<T, StoreError>
+    where
+        F: FnMut(KvClient) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.call(|| f(self.kv())).await
     }
 
     /// Every key under `prefix` with value and mod revision, and the read's revision.
     pub(crate) async fn range(&self, prefix: &str) -> Result<(Vec<(String, Vec<u8>, i64)>, i64), StoreError> {
-        let mut kv = self.kv();
-        let mut resp = self.call(kv.get(prefix, Some(GetOptions::new().with_prefix()))).await?;
+        let mut resp = self
+            .kv_call(|mut kv| async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await })
+            .await?;
         let revision = resp.take_header().map(|h| h.revision()).unwrap_or(0);
         let items = resp
             .take_kvs()
@@ -277,8 +289,7 @@ impl Store {
     }
 
     async fn read_one(&self, key: &str) -> Result<Current, StoreError> {
-        let mut kv = self.kv();
-        let mut resp = self.call(kv.get(key, None)).await?;
+        let mut resp = self.kv_call(|mut kv| async move { kv.get(key, None).await }).await?;
         Ok(resp.take_kvs().into_iter().next().map(|kv| {
             let rev = kv.mod_revision();
             (kv.into_key_value().1, rev)
@@ -292,8 +303,8 @@ impl Store {
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(READ_CHUNK) {
             let ops: Vec<TxnOp> = chunk.iter().map(|k| TxnOp::get(k.as_str(), None)).collect();
-            let mut kv = self.kv();
-            let resp = self.call(kv.txn(Txn::new().and_then(ops))).await?;
+            let txn = Txn::new().and_then(ops);
+            let resp = self.kv_call(|kv| kv_txn(kv, &txn)).await?;
             let responses = resp.op_responses();
             if responses.len() != chunk.len() {
                 return Err(StoreError::Etcd(format!(
@@ -330,10 +341,8 @@ impl Store {
 
     /// Whether a guard still holds, checked by a transaction with only its compares.
     async fn guard_holds(&self, guard: i64) -> Result<bool, StoreError> {
-        let mut kv = self.kv();
-        let resp = self
-            .call(kv.txn(Txn::new().when(Self::guard_compares(Some(guard)))))
-            .await?;
+        let txn = Txn::new().when(Self::guard_compares(Some(guard)));
+        let resp = self.kv_call(|kv| kv_txn(kv, &txn)).await?;
         Ok(resp.succeeded())
     }
 
@@ -420,9 +429,8 @@ impl Store {
             let txn = Txn::new()
                 .when(compares)
                 .and_then(if dry_run { Vec::new() } else { ops });
-            let mut kv = self.kv();
             let mut resp = self
-                .call(kv.txn(txn))
+                .kv_call(|kv| kv_txn(kv, &txn))
                 .await
                 .map_err(|e| txn_limit_hint(e, keys.len()))?;
             if resp.succeeded() {
@@ -574,8 +582,7 @@ impl Store {
             let txn = Txn::new()
                 .when(vec![Compare::mod_revision(key.as_str(), CompareOp::Equal, rev)])
                 .and_then(vec![TxnOp::put(key.as_str(), encode_resource(&r), None)]);
-            let mut kv = self.kv();
-            let mut resp = self.call(kv.txn(txn)).await?;
+            let mut resp = self.kv_call(|kv| kv_txn(kv, &txn)).await?;
             if resp.succeeded() {
                 let revision = resp.take_header().map(|h| h.revision()).unwrap_or(0);
                 return Ok(Outcome {
@@ -605,8 +612,12 @@ impl Store {
             key: key.clone(),
             detail: e.to_string(),
         })?;
-        let mut kv = self.kv();
-        let mut resp = self.call(kv.put(key, bytes, None)).await?;
+        let mut resp = self
+            .kv_call(|mut kv| {
+                let (key, bytes) = (key.clone(), bytes.clone());
+                async move { kv.put(key, bytes, None).await }
+            })
+            .await?;
         Ok(resp.take_header().map(|h| h.revision()).unwrap_or(0))
     }
 
@@ -643,8 +654,12 @@ impl Store {
 
     /// Deletes the value at `/calico/v1/<suffix>`; deleting a missing one is not an error.
     pub async fn delete_json(&self, suffix: &str) -> Result<(), StoreError> {
-        let mut kv = self.kv();
-        self.call(kv.delete(Self::json_key(suffix), None)).await?;
+        let key = Self::json_key(suffix);
+        self.kv_call(|mut kv| {
+            let key = key.clone();
+            async move { kv.delete(key, None).await }
+        })
+        .await?;
         Ok(())
     }
 
@@ -702,6 +717,15 @@ fn check_version(id: &str, given: Option<&str>, actual: i64) -> Result<(), Store
         id: id.to_string(),
         detail: format!("resourceVersion {rv} was expected but {now}; re-read it and retry"),
     })
+}
+
+/// One transaction attempt (the transaction is cloned: a retried attempt sends it anew).
+fn kv_txn(
+    mut kv: KvClient,
+    txn: &Txn,
+) -> impl Future<Output = Result<etcd_client::TxnResponse, etcd_client::Error>> + use<> {
+    let txn = txn.clone();
+    async move { kv.txn(txn).await }
 }
 
 /// Jittered exponential backoff for retries after a lost race: 1-2 ms doubling up to

@@ -134,9 +134,15 @@ async fn watch_once(
     failures: &mut u32,
     tx: &mpsc::Sender<WatchEvent>,
 ) -> End {
-    let mut client = store.inner.client.watch_client().max_decoding_message_size(MAX_DECODE);
+    let client = store.inner.client.watch_client().max_decoding_message_size(MAX_DECODE);
     let options = WatchOptions::new().with_prefix().with_start_revision(*next);
-    let mut stream = match store.call(client.watch(prefix, Some(options))).await {
+    let started = store
+        .call(|| {
+            let (mut client, options) = (client.clone(), options.clone());
+            async move { client.watch(prefix, Some(options)).await }
+        })
+        .await;
+    let mut stream = match started {
         Ok(s) => s,
         Err(e) => return End::Broken(e.to_string()),
     };

@@ -169,6 +169,10 @@ impl Drop for Agent {
 
 pub struct Cluster {
     pub etcd: TestEtcd,
+    /// Where calicoctl, the agents and [`Cluster::with_store`] find etcd: the
+    /// [`TestEtcd`] unless [`Cluster::use_etcd`] named another (a TLS cluster).
+    etcd_endpoints: String,
+    etcd_tls: Option<calico_store::TlsFiles>,
     pub fabric: Fabric,
     pub agents: BTreeMap<String, Agent>,
     pub workloads: BTreeMap<String, Netns>,
@@ -192,12 +196,35 @@ impl Cluster {
         }
         let dir = tempfile::Builder::new().prefix("calico-e2e-").tempdir()?;
         Ok(Cluster {
+            etcd_endpoints: etcd.endpoint(),
+            etcd_tls: None,
             etcd,
             fabric,
             agents: BTreeMap::new(),
             workloads: BTreeMap::new(),
             dir,
         })
+    }
+
+    /// Use this etcd (endpoints, comma separated, and TLS files) from now on, for
+    /// calicoctl and for agents started afterwards.
+    pub fn use_etcd(&mut self, endpoints: String, tls: Option<calico_store::TlsFiles>) {
+        self.etcd_endpoints = endpoints;
+        self.etcd_tls = tls;
+    }
+
+    /// The etcd flags of calicoctl and calico-node (they are the same).
+    pub fn etcd_flags(&self) -> Vec<String> {
+        let mut out = vec!["--etcd".to_string(), self.etcd_endpoints.clone()];
+        if let Some(t) = &self.etcd_tls {
+            for (flag, f) in [("--etcd-ca", &t.ca), ("--etcd-cert", &t.cert), ("--etcd-key", &t.key)] {
+                if let Some(f) = f {
+                    out.push(flag.to_string());
+                    out.push(f.display().to_string());
+                }
+            }
+        }
+        out
     }
 
     pub fn host_ns(&self, i: usize) -> &Netns {
@@ -212,7 +239,7 @@ impl Cluster {
     pub fn ctl_stdin(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
         use std::io::Write;
         let mut cmd = Command::new(bin("calicoctl"));
-        cmd.arg("--etcd").arg(self.etcd.endpoint()).args(args);
+        cmd.args(self.etcd_flags()).args(args);
         cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -243,8 +270,9 @@ impl Cluster {
         ) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<T>> + 'a>>,
     ) -> anyhow::Result<T> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let mut cfg = calico_store::StoreConfig::from_list(&self.etcd.endpoint());
+        let mut cfg = calico_store::StoreConfig::from_list(&self.etcd_endpoints);
         cfg.timeout = Duration::from_secs(3);
+        cfg.tls = self.etcd_tls.clone();
         rt.block_on(async {
             let store = calico_store::Store::connect(&cfg).await?;
             f(&store).await
@@ -303,25 +331,23 @@ impl Cluster {
         let run_dir = self.dir.path().join(&name);
         std::fs::create_dir_all(&run_dir)?;
         let http = format!("127.0.0.1:{}", free_port());
-        let args = vec![
-            "--name".to_string(),
-            name.clone(),
-            "--etcd".into(),
-            self.etcd.endpoint(),
-            "--netns".into(),
-            self.fabric.hosts[i].ns.path().display().to_string(),
-            "--run-dir".into(),
-            run_dir.display().to_string(),
-            "--http".into(),
-            http.clone(),
-            "--resync".into(),
-            "5".into(),
-            "--etcd-timeout".into(),
-            "2".into(),
-        ]
-        .into_iter()
-        .chain(extra.iter().cloned())
-        .collect();
+        let args = vec!["--name".to_string(), name.clone()]
+            .into_iter()
+            .chain(self.etcd_flags())
+            .chain([
+                "--netns".into(),
+                self.fabric.hosts[i].ns.path().display().to_string(),
+                "--run-dir".into(),
+                run_dir.display().to_string(),
+                "--http".into(),
+                http.clone(),
+                "--resync".into(),
+                "5".into(),
+                "--etcd-timeout".into(),
+                "2".into(),
+            ])
+            .chain(extra.iter().cloned())
+            .collect();
         let mut agent = Agent {
             name: name.clone(),
             run_dir,
