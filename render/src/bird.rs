@@ -9,7 +9,8 @@
 //!   default route;
 //! - the kernel protocols write BGP-learned pool routes into the kernel and never the
 //!   node's own (the agent programs those with protocol 80); they learn the kernel's
-//!   other routes so that multihop sessions can resolve next hops.
+//!   other routes, and the direct protocol the interface routes (which `learn` skips),
+//!   so that multihop sessions can resolve next hops.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -121,10 +122,18 @@ pub fn render_bird(view: &NodeView) -> Result<String, BirdError> {
     }
 
     let _ = writeln!(out, "protocol device\n{{\n  scan time 10;\n}}\n");
+    // The kernel protocol's `learn` skips the kernel's own interface routes, so without
+    // these a multihop session's next hop (a peer on this host's subnet) resolves
+    // through nothing and its routes arrive unreachable. Workload interfaces and lo
+    // carry no subnet a peer is on; pool prefixes never come from here. Nothing here is
+    // exported: the BGP and kernel export filters take static and BGP routes only.
+    let prefix = view.config.interface_prefix();
     let _ = writeln!(
         out,
-        "# Interface routes are the kernel's business: nothing is learned from them.\n\
-         protocol direct\n{{\n  ipv4 {{ import none; }};\n  ipv6 {{ import none; }};\n}}\n"
+        "# Interface routes: what next hops of multihop sessions resolve through.\n\
+         protocol direct\n{{\n  interface -\"{prefix}*\", -\"lo\", \"*\";\n  \
+         ipv4 {{ import filter calico_kernel_import4; }};\n  \
+         ipv6 {{ import filter calico_kernel_import6; }};\n}}\n"
     );
     for fam in [4u8, 6] {
         let _ = writeln!(

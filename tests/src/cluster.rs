@@ -173,6 +173,9 @@ pub struct Cluster {
     /// [`TestEtcd`] unless [`Cluster::use_etcd`] named another (a TLS cluster).
     etcd_endpoints: String,
     etcd_tls: Option<calico_store::TlsFiles>,
+    /// Whether starting an agent also applies its Node (`{ipv4: addr/24}`); a test that
+    /// declares its Nodes itself turns this off.
+    pub register_nodes: bool,
     pub fabric: Fabric,
     pub agents: BTreeMap<String, Agent>,
     pub workloads: BTreeMap<String, Netns>,
@@ -198,6 +201,7 @@ impl Cluster {
         Ok(Cluster {
             etcd_endpoints: etcd.endpoint(),
             etcd_tls: None,
+            register_nodes: true,
             etcd,
             fabric,
             agents: BTreeMap::new(),
@@ -325,9 +329,11 @@ impl Cluster {
     pub fn start_agent_with(&mut self, i: usize, extra: &[String]) -> anyhow::Result<()> {
         let name = format!("host{}", i + 1);
         let addr = self.fabric.hosts[i].addr;
-        self.apply(&format!(
-            "apiVersion: calico/v1\nkind: Node\nmetadata: {{name: {name}}}\nspec: {{ipv4: {addr}/24}}\n"
-        ))?;
+        if self.register_nodes {
+            self.apply(&format!(
+                "apiVersion: calico/v1\nkind: Node\nmetadata: {{name: {name}}}\nspec: {{ipv4: {addr}/24}}\n"
+            ))?;
+        }
         let run_dir = self.dir.path().join(&name);
         std::fs::create_dir_all(&run_dir)?;
         let http = format!("127.0.0.1:{}", free_port());
