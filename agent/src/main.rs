@@ -28,8 +28,14 @@ struct Args {
     /// Client key for etcd (enables TLS; needs --etcd-cert).
     #[arg(long, env = "ETCD_KEY_FILE", value_name = "FILE", requires = "etcd_cert")]
     etcd_key: Option<PathBuf>,
-    /// Bound on connecting to etcd and on each request, in seconds.
-    #[arg(long, default_value_t = 5)]
+    /// Bound on connecting to etcd and on each request, in seconds (calicoctl's name;
+    /// --etcd-timeout is the older one).
+    #[arg(
+        long = "timeout",
+        alias = "etcd-timeout",
+        default_value_t = 5,
+        value_name = "SECONDS"
+    )]
     etcd_timeout: u64,
     /// Program the dataplane of this network namespace instead of our own.
     #[arg(long)]

@@ -65,6 +65,11 @@ enum TopCommand {
     Sync(sync::SyncArgs),
     /// Run the cluster controller: directory sync and IPAM garbage collection, one leader at a time
     Master(master::MasterArgs),
+    /// Print a shell completion script: `source <(calicoctl completion bash)`
+    Completion {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Several independent errors, reported one per line.
@@ -140,7 +145,20 @@ async fn run(cli: Cli) -> Result<()> {
         TopCommand::Diags(a) => diags::diags(g, &a).await,
         TopCommand::Sync(a) => sync::run(g, &a).await,
         TopCommand::Master(a) => master::run(g, &a).await,
+        TopCommand::Completion { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "calicoctl", &mut std::io::stdout());
+            Ok(())
+        }
     }
+}
+
+/// Commands that print and end: when the reader of their output goes away (`| head`),
+/// they should end quietly, as Unix tools do, rather than report a broken pipe. Rust
+/// ignores SIGPIPE by default; these get the default action back. The long-running
+/// commands keep it ignored, so a peer closing a socket is an error they handle.
+fn prints_and_ends(c: &TopCommand) -> bool {
+    !matches!(c, TopCommand::Sync(_) | TopCommand::Master(_) | TopCommand::Node(_))
 }
 
 /// Prints an error: input diagnostics as they are (`file:line:col: field: message`),
@@ -158,6 +176,12 @@ fn report(e: &anyhow::Error) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if prints_and_ends(&cli.command) {
+        // SAFETY: single-threaded here (no runtime yet); only resets a signal action.
+        let _ = unsafe {
+            nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl)
+        };
+    }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

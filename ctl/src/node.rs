@@ -553,7 +553,7 @@ async fn start(g: &GlobalOpts, args: &NodeArgs) -> Result<()> {
         name.clone(),
         "--etcd".into(),
         etcd.clone(),
-        "--etcd-timeout".into(),
+        "--timeout".into(),
         timeout.to_string(),
         "--run-dir".into(),
         run.0.display().to_string(),

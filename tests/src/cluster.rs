@@ -349,7 +349,7 @@ impl Cluster {
                 http.clone(),
                 "--resync".into(),
                 "5".into(),
-                "--etcd-timeout".into(),
+                "--timeout".into(),
                 "2".into(),
             ])
             .chain(extra.iter().cloned())

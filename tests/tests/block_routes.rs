@@ -46,11 +46,21 @@ fn run(p4: u8, p6: u8, default_route: bool) {
     let mut yaml = BASE.to_string();
     for i in 0..2 {
         let h = c.host_ns(i);
-        h.exec(&["ip", "-6", "addr", "add", &format!("{}/64", host6(i)), "dev", "eth0", "nodad"])
-            .expect("IPv6 on eth0");
+        h.exec(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{}/64", host6(i)),
+            "dev",
+            "eth0",
+            "nodad",
+        ])
+        .expect("IPv6 on eth0");
         if default_route {
             h.exec(&["ip", "route", "add", "default", "via", "172.17.8.1"]).unwrap();
-            h.exec(&["ip", "-6", "route", "add", "default", "via", "fd00:8::1"]).unwrap();
+            h.exec(&["ip", "-6", "route", "add", "default", "via", "fd00:8::1"])
+                .unwrap();
         }
         yaml.push_str(&format!(
             "---\napiVersion: calico/v1\nkind: Node\nmetadata: {{name: host{n}}}\nspec: {{ipv4: {a}/{p4}, ipv6: '{b}/{p6}'}}\n",
@@ -80,9 +90,18 @@ fn run(p4: u8, p6: u8, default_route: bool) {
     // The other host's block is a real route via the peer, not `unreachable`.
     for (i, peer4, peer6) in [(0, "172.17.8.102", host6(1)), (1, "172.17.8.101", host6(0))] {
         let r4 = c.host_ns(i).exec(&["ip", "route", "show", "proto", "bird"]).unwrap();
-        let r6 = c.host_ns(i).exec(&["ip", "-6", "route", "show", "proto", "bird"]).unwrap();
-        assert!(r4.contains(&format!("via {peer4} dev eth0")) && !r4.contains("unreachable"), "{r4}");
-        assert!(r6.contains(&format!("via {peer6} dev eth0")) && !r6.contains("unreachable"), "{r6}");
+        let r6 = c
+            .host_ns(i)
+            .exec(&["ip", "-6", "route", "show", "proto", "bird"])
+            .unwrap();
+        assert!(
+            r4.contains(&format!("via {peer4} dev eth0")) && !r4.contains("unreachable"),
+            "{r4}"
+        );
+        assert!(
+            r6.contains(&format!("via {peer6} dev eth0")) && !r6.contains("unreachable"),
+            "{r6}"
+        );
         // Each host holds its own block (the peer's arrived as a /26, not /32s).
         assert!(r4.lines().any(|l| l.contains("/26 via")), "{r4}");
     }

@@ -1,0 +1,76 @@
+//! `calicoctl ... | head`: a reader that goes away ends calicoctl quietly (by SIGPIPE,
+//! as Unix tools end, with nothing on stderr); and the completion scripts load.
+
+#[allow(unused_imports)]
+mod common;
+
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
+
+use common::*;
+
+/// Runs calicoctl with its stdout closed at once (`calicoctl ... | true`).
+fn closed_early(args: &[&str]) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn calicoctl");
+    drop(child.stdout.take());
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("stderr");
+    (child.wait().expect("wait"), err)
+}
+
+#[test]
+fn a_closed_pipe_ends_calicoctl_quietly() {
+    let examples = examples_dir().display().to_string();
+    for args in [
+        vec!["schema"],
+        vec!["completion", "bash"],
+        vec!["render", "--node", "host1", "-f", examples.as_str()],
+        vec!["validate", "-f", examples.as_str()],
+    ] {
+        let (status, err) = closed_early(&args);
+        assert!(
+            status.success() || status.signal() == Some(nix::sys::signal::Signal::SIGPIPE as i32),
+            "calicoctl {args:?}: {status}"
+        );
+        assert!(err.is_empty(), "calicoctl {args:?} complained: {err}");
+    }
+}
+
+#[test]
+fn completion_scripts_load() {
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!("source <({BIN} completion bash) && complete -p calicoctl"))
+        .output()
+        .expect("bash");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("calicoctl"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for shell in ["zsh", "fish"] {
+        let out = Command::new(BIN)
+            .args(["completion", shell])
+            .output()
+            .expect("calicoctl");
+        assert!(out.status.success() && out.stdout.len() > 1000, "completion {shell}");
+    }
+    let out = Command::new(BIN)
+        .args(["completion", "tcsh"])
+        .output()
+        .expect("calicoctl");
+    assert_eq!(out.status.code(), Some(2), "an unknown shell is a usage error");
+}
