@@ -259,6 +259,22 @@ impl Dataplane for LinuxDataplane {
         result.map_err(|e| StepError::wrap("load table inet calico", e))
     }
 
+    async fn nft_fingerprint(&self) -> Result<Option<u64>, StepError> {
+        let nft = self.nft.clone();
+        let listing = tokio::task::spawn_blocking(move || {
+            nft.list_table(crate::dataplane::nft::TABLE_FAMILY, crate::dataplane::nft::TABLE_NAME)
+        })
+        .await
+        .map_err(|e| StepError::wrap("nft task", e))?
+        .map_err(|e| StepError::wrap("list table inet calico", e))?;
+        match listing {
+            None => Ok(None),
+            Some(text) => crate::dataplane::nft::fingerprint(&text)
+                .map(Some)
+                .map_err(|e| StepError::wrap("read back table inet calico", e)),
+        }
+    }
+
     async fn ensure_host(&self, interface_prefix: &str) -> Result<(), StepError> {
         // Forwarding between hosts: packets from the fabric arrive on the host's own
         // interfaces, whose forwarding flag the per-caliX settings do not cover.

@@ -56,6 +56,12 @@ pub trait Dataplane: Send + Sync {
     fn apply_routes(&self, routes: &[RouteSpec]) -> impl Future<Output = Result<(), StepError>> + Send;
     /// Checks, installs and activates bird.conf.
     fn apply_bird(&self, conf: &str) -> impl Future<Output = Result<(), StepError>> + Send;
+    /// A fingerprint of our nftables table as the kernel has it now
+    /// (`dataplane::nft::fingerprint`), `None` when it cannot be read back (then the
+    /// periodic check loads the table whole, as a fake dataplane always does).
+    fn nft_fingerprint(&self) -> impl Future<Output = Result<Option<u64>, StepError>> + Send {
+        async { Ok(None) }
+    }
     /// Host-wide settings workloads need outside our table: IPv4 forwarding and the
     /// iptables FORWARD accept chain (`calico_render::iptables`). Checked on the first
     /// reconcile, on every resync and whenever dockerd says something happened.
@@ -126,6 +132,8 @@ pub struct Report {
     pub ipam_duration: Duration,
     pub plumb_duration: Duration,
     pub nft_duration: Duration,
+    /// Whole-table loads sent to the kernel by this reconcile (0 or 1).
+    pub nft_loads: usize,
 }
 
 /// How many workload setups run at once.
@@ -148,6 +156,11 @@ pub struct Reconciler<D, A, R> {
     /// Hash of the ruleset last loaded, so an unchanged one is not loaded again (a full
     /// resync forgets it and loads anyway).
     last_nft: Option<u64>,
+    /// The periodic check is due: read our table back and compare.
+    nft_verify: bool,
+    /// (hash of a ruleset, fingerprint of the kernel's table read back right after that
+    /// ruleset was loaded): what the periodic check compares against.
+    nft_fingerprint: Option<(u64, u64)>,
     last_statuses: BTreeMap<String, ContainerStatus>,
     /// The host-wide settings ([`Dataplane::ensure_host`]) were checked since the last
     /// resync or Docker event.
@@ -166,6 +179,8 @@ impl<D: Dataplane, A: AddressManager, R: WorkloadResolver> Reconciler<D, A, R> {
             plumbed: BTreeMap::new(),
             last_bird: None,
             last_nft: None,
+            nft_verify: false,
+            nft_fingerprint: None,
             last_statuses: BTreeMap::new(),
             host_checked: false,
         }
@@ -182,7 +197,7 @@ impl<D: Dataplane, A: AddressManager, R: WorkloadResolver> Reconciler<D, A, R> {
     pub fn forget_plumbing(&mut self) {
         self.plumbed.clear();
         self.last_bird = None;
-        self.last_nft = None;
+        self.nft_verify = true;
         self.host_checked = false;
     }
 
@@ -448,12 +463,54 @@ impl<D: Dataplane, A: AddressManager, R: WorkloadResolver> Reconciler<D, A, R> {
         let ruleset = calico_render::render_nft(&view);
         report.nft_rules = count_rules(&ruleset);
         let hash = ruleset_hash(&ruleset);
-        if hash.is_none() || hash != self.last_nft {
+        let unchanged = hash.is_some() && hash == self.last_nft;
+        // The periodic check: an unchanged ruleset is sent again only when the kernel's
+        // table is not what we last loaded (changed behind our back, or never read back
+        // since its load), so counters and the table survive a resync that finds
+        // nothing to do.
+        let verifying = unchanged && self.nft_verify;
+        let load = if !unchanged {
+            true
+        } else if verifying {
+            match (self.nft_fingerprint, self.dp.nft_fingerprint().await) {
+                (Some((h, want)), Ok(Some(now))) if Some(h) == hash && want == now => false,
+                (Some((h, _)), Ok(Some(_))) if Some(h) == hash => {
+                    warn!("our nftables table was changed behind the agent's back; loading it whole");
+                    true
+                }
+                (Some(_), Ok(None)) => {
+                    warn!("our nftables table is gone; loading it whole");
+                    true
+                }
+                (_, Err(e)) => {
+                    warn!(error = %e, "could not read our nftables table back; loading it whole");
+                    true
+                }
+                _ => true,
+            }
+        } else {
+            false
+        };
+        self.nft_verify = false;
+        if load {
             let t = Instant::now();
             match self.dp.apply_nft(&ruleset).await {
-                Ok(()) => self.last_nft = hash,
+                Ok(()) => {
+                    self.last_nft = hash;
+                    report.nft_loads = 1;
+                    // Read back after a check's load only: at scale a listing costs about
+                    // what a load does, and a change-driven load is read back at the
+                    // next check (which then loads once more).
+                    if verifying || self.nft_fingerprint.is_none() {
+                        self.nft_fingerprint = match (hash, self.dp.nft_fingerprint().await) {
+                            (Some(h), Ok(Some(f))) => Some((h, f)),
+                            _ => None,
+                        };
+                    }
+                }
                 Err(e) => {
                     self.last_nft = None;
+                    self.nft_fingerprint = None;
                     report.errors.push(format!("nftables: {e}"));
                 }
             }
@@ -598,6 +655,8 @@ mod tests {
         /// Interface prefixes `ensure_host` was called with.
         host_checks: Mutex<Vec<String>>,
         host_fails: Mutex<bool>,
+        /// What `nft_fingerprint` reports; `None`: cannot read back.
+        fingerprint: Mutex<Option<u64>>,
     }
 
     impl Dataplane for FakeDp {
@@ -639,6 +698,9 @@ mod tests {
         }
         async fn apply_bird(&self, _conf: &str) -> Result<(), StepError> {
             Ok(())
+        }
+        async fn nft_fingerprint(&self) -> Result<Option<u64>, StepError> {
+            Ok(*self.fingerprint.lock().unwrap())
         }
         async fn ensure_host(&self, prefix: &str) -> Result<(), StepError> {
             self.host_checks.lock().unwrap().push(prefix.to_string());
@@ -714,6 +776,47 @@ mod tests {
 
     fn state_of(changed: &[(String, Option<ContainerStatus>)], name: &str) -> Option<ContainerStatus> {
         changed.iter().find(|(n, _)| n == name).and_then(|(_, s)| s.clone())
+    }
+
+    #[tokio::test]
+    async fn a_resync_that_finds_the_table_as_loaded_sends_nothing() {
+        let mut r = rec();
+        *r.dp.fingerprint.lock().unwrap() = Some(1);
+        let c = cache(&[container("x", Some("10.65.0.9"))]);
+        let (report, _) = r.reconcile(&c).await;
+        assert_eq!((report.nft_loads, *r.dp.nft_loads.lock().unwrap()), (1, 1));
+        // Resyncs with the kernel's table as it was after the load: nothing sent.
+        for _ in 0..3 {
+            r.forget_plumbing();
+            let (report, _) = r.reconcile(&c).await;
+            assert_eq!(report.nft_loads, 0);
+        }
+        assert_eq!(*r.dp.nft_loads.lock().unwrap(), 1);
+        // Someone changed our table: the next check loads it whole, once.
+        *r.dp.fingerprint.lock().unwrap() = Some(2);
+        r.reconcile(&c).await;
+        assert_eq!(*r.dp.nft_loads.lock().unwrap(), 1, "only the periodic check reads back");
+        r.forget_plumbing();
+        r.reconcile(&c).await;
+        assert_eq!(*r.dp.nft_loads.lock().unwrap(), 2);
+        r.forget_plumbing();
+        r.reconcile(&c).await;
+        assert_eq!(*r.dp.nft_loads.lock().unwrap(), 2);
+        // A changed ruleset is loaded at once; the next check loads it once more and
+        // reads it back, and later checks send nothing.
+        let c2 = cache(&[container("x", Some("10.65.0.9")), container("y", Some("10.65.0.8"))]);
+        r.reconcile(&c2).await;
+        assert_eq!(*r.dp.nft_loads.lock().unwrap(), 3);
+        for want in [4, 4] {
+            r.forget_plumbing();
+            r.reconcile(&c2).await;
+            assert_eq!(*r.dp.nft_loads.lock().unwrap(), want);
+        }
+        // Without read-back (the table cannot be listed), every check loads.
+        *r.dp.fingerprint.lock().unwrap() = None;
+        r.forget_plumbing();
+        r.reconcile(&c2).await;
+        assert_eq!(*r.dp.nft_loads.lock().unwrap(), 5);
     }
 
     #[tokio::test]

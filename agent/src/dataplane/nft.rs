@@ -191,3 +191,60 @@ mod tests {
         }
     }
 }
+
+/// A fingerprint of `nft -j list table` output that ignores what changes while a table
+/// is in use (rule and object handles, counter values, nft's metainfo) and keeps
+/// everything that says what the table does. Two listings of an untouched table give
+/// the same fingerprint; any added, removed or changed chain, rule or element does not.
+pub fn fingerprint(listing: &str) -> Result<u64, serde_json::Error> {
+    use std::hash::{Hash, Hasher};
+    fn scrub(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                map.remove("handle");
+                if let Some(serde_json::Value::Object(c)) = map.get_mut("counter") {
+                    c.remove("packets");
+                    c.remove("bytes");
+                }
+                map.values_mut().for_each(scrub);
+            }
+            serde_json::Value::Array(items) => {
+                items.retain(|i| i.get("metainfo").is_none());
+                items.iter_mut().for_each(scrub);
+            }
+            _ => {}
+        }
+    }
+    let mut v: serde_json::Value = serde_json::from_str(listing)?;
+    scrub(&mut v);
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    v.to_string().hash(&mut h);
+    Ok(h.finish())
+}
+
+#[cfg(test)]
+mod fingerprint_tests {
+    use super::fingerprint;
+
+    const A: &str = r#"{"nftables":[{"metainfo":{"version":"1.0.6","json_schema_version":1}},
+        {"table":{"family":"inet","name":"calico","handle":7}},
+        {"chain":{"family":"inet","table":"calico","name":"forward","handle":1}},
+        {"rule":{"family":"inet","table":"calico","chain":"forward","handle":4,
+          "expr":[{"counter":{"packets":12,"bytes":900}},{"drop":null}]}}]}"#;
+
+    #[test]
+    fn handles_counters_and_metainfo_do_not_count() {
+        let b = A
+            .replace("\"handle\":7", "\"handle\":9")
+            .replace("\"packets\":12,\"bytes\":900", "\"packets\":0,\"bytes\":0")
+            .replace("1.0.6", "1.0.9");
+        assert_eq!(fingerprint(A).unwrap(), fingerprint(&b).unwrap());
+    }
+
+    #[test]
+    fn a_changed_rule_counts() {
+        let b = A.replace("{\"drop\":null}", "{\"accept\":null}");
+        assert_ne!(fingerprint(A).unwrap(), fingerprint(&b).unwrap());
+        assert!(fingerprint("not json").is_err());
+    }
+}
