@@ -51,12 +51,7 @@ impl AgentConfig {
 
 pub use calico_schema::AgentStatus;
 
-pub fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub use calico_schema::now_secs;
 
 /// Returns free heap memory to the kernel (glibc keeps it otherwise).
 fn trim_heap() {

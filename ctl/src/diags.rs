@@ -21,10 +21,9 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use calico_store::PREFIX;
 use clap::Args;
-use etcd_client::{DeleteOptions, GetOptions};
 use serde_json::Value;
 
 use crate::cli::GlobalOpts;
@@ -64,15 +63,7 @@ pub struct DiagsArgs {
 
 pub async fn reset(g: &GlobalOpts, args: &ResetArgs) -> Result<()> {
     let ctx = Ctx::connect(g).await?;
-    let mut kv = ctx.store.client().kv_client();
-    let count = tokio::time::timeout(
-        ctx.cfg.timeout,
-        kv.get(PREFIX, Some(GetOptions::new().with_prefix().with_count_only())),
-    )
-    .await
-    .map_err(|_| anyhow!("etcd did not answer within {:?}", ctx.cfg.timeout))?
-    .context("count keys")?
-    .count();
+    let count = ctx.store.count_prefix(PREFIX).await.context("count keys")?;
     if !args.yes {
         if !std::io::stdin().is_terminal() {
             bail!("reset deletes all {count} keys under {PREFIX}; standard input is not a terminal, so pass --yes");
@@ -87,14 +78,8 @@ pub async fn reset(g: &GlobalOpts, args: &ResetArgs) -> Result<()> {
             bail!("not confirmed; nothing deleted");
         }
     }
-    let resp = tokio::time::timeout(
-        ctx.cfg.timeout,
-        kv.delete(PREFIX, Some(DeleteOptions::new().with_prefix())),
-    )
-    .await
-    .map_err(|_| anyhow!("etcd did not answer within {:?}", ctx.cfg.timeout))?
-    .context("delete keys")?;
-    println!("Deleted {} keys under {PREFIX}", resp.deleted());
+    let deleted = ctx.store.delete_prefix(PREFIX).await.context("delete keys")?;
+    println!("Deleted {deleted} keys under {PREFIX}");
     if args.datastore_only {
         return Ok(());
     }
@@ -190,33 +175,24 @@ pub fn redact(v: &mut Value) {
 
 /// Every key under /calico/v1/: JSON values as JSON (redacted), anything else as text.
 async fn datastore_dump(g: &GlobalOpts) -> Result<Value> {
-    let ctx = Ctx::connect(g).await?;
-    let mut kv = ctx.store.client().kv_client();
-    let mut resp = tokio::time::timeout(
-        ctx.cfg.timeout * 4,
-        kv.get(PREFIX, Some(GetOptions::new().with_prefix())),
-    )
-    .await
-    .map_err(|_| anyhow!("etcd did not answer within {:?}", ctx.cfg.timeout * 4))?
-    .context("read /calico/v1/")?;
-    let revision = resp.take_header().map(|h| h.revision()).unwrap_or(0);
+    // A whole dump may be large: four times the usual bound for its one read.
+    let mut cfg = crate::conn::store_config(g)?;
+    cfg.timeout *= 4;
+    let store = calico_store::Store::connect(&cfg).await?;
+    let (kvs, revision) = store.dump(PREFIX).await.context("read /calico/v1/")?;
     let mut items = serde_json::Map::new();
-    for kv in resp.kvs() {
-        let key = String::from_utf8_lossy(kv.key()).into_owned();
-        let value = match serde_json::from_slice::<Value>(kv.value()) {
+    for (key, raw, mod_revision) in kvs {
+        let value = match serde_json::from_slice::<Value>(&raw) {
             Ok(mut v) => {
                 redact(&mut v);
                 v
             }
-            Err(_) => Value::String(String::from_utf8_lossy(kv.value()).into_owned()),
+            Err(_) => Value::String(String::from_utf8_lossy(&raw).into_owned()),
         };
-        items.insert(
-            key,
-            serde_json::json!({ "modRevision": kv.mod_revision(), "value": value }),
-        );
+        items.insert(key, serde_json::json!({ "modRevision": mod_revision, "value": value }));
     }
     Ok(serde_json::json!({
-        "endpoints": ctx.cfg.endpoints,
+        "endpoints": cfg.endpoints,
         "revision": revision,
         "keys": items,
     }))

@@ -84,3 +84,13 @@ pub fn run_cmd_input(netns: Option<&str>, argv: &[&str], stdin: Option<&str>) ->
 pub fn have(program: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
 }
+
+/// The machine's hostname (the default Node name).
+pub fn hostname() -> Result<String> {
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname").context("read the hostname")?;
+    let h = h.trim().to_string();
+    if h.is_empty() {
+        bail!("the hostname is empty; give --name");
+    }
+    Ok(h)
+}

@@ -265,15 +265,7 @@ fn terminate(pid: i32, what: &str, wait: Duration) -> Result<String> {
     }
 }
 
-/// The machine's hostname, as the default Node name.
-pub fn hostname() -> Result<String> {
-    let h = std::fs::read_to_string("/proc/sys/kernel/hostname").context("read the hostname")?;
-    let h = h.trim().to_string();
-    if h.is_empty() {
-        bail!("the hostname is empty; give --name");
-    }
-    Ok(h)
-}
+pub use crate::hostcmd::hostname;
 
 /// The Node a command about this host's agent means: --name, else the name the agent of
 /// the run directory was started with, else the hostname.
@@ -287,12 +279,7 @@ pub fn node_name(given: Option<&str>, run: &RunDir) -> Result<String> {
     hostname()
 }
 
-pub fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub use calico_schema::now_secs;
 
 /// `GET path` over plain HTTP/1.0; the status code and body.
 pub fn http_get(addr: &str, path: &str, timeout: Duration) -> Result<(u16, String)> {

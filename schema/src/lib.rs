@@ -21,3 +21,12 @@ pub use net::{Cidr, IfaceAddr, Port, Protocol};
 pub use resource::*;
 pub use schema_doc::{schema_text, schema_value};
 pub use selector::{LabelSet, Selector};
+
+/// Seconds since the Unix epoch: the unit of every timestamp in statuses and records
+/// (0 if the clock is before 1970).
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -232,6 +232,34 @@ impl Store {
         self.call(|| f(self.kv())).await
     }
 
+    /// How many keys there are under `prefix`.
+    pub async fn count_prefix(&self, prefix: &str) -> Result<i64, StoreError> {
+        let resp = self
+            .kv_call(|mut kv| async move {
+                kv.get(prefix, Some(GetOptions::new().with_prefix().with_count_only()))
+                    .await
+            })
+            .await?;
+        Ok(resp.count())
+    }
+
+    /// Deletes every key under `prefix` in one range delete; how many were deleted.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<i64, StoreError> {
+        let resp = self
+            .kv_call(|mut kv| async move {
+                kv.delete(prefix, Some(etcd_client::DeleteOptions::new().with_prefix()))
+                    .await
+            })
+            .await?;
+        Ok(resp.deleted())
+    }
+
+    /// Every key under `prefix`, raw: (key, value, mod revision), and the read's
+    /// revision. For dumps; resources are read with [`Store::list`].
+    pub async fn dump(&self, prefix: &str) -> Result<(Vec<(String, Vec<u8>, i64)>, i64), StoreError> {
+        self.range(prefix).await
+    }
+
     /// Every key under `prefix` with value and mod revision, and the read's revision.
     pub(crate) async fn range(&self, prefix: &str) -> Result<(Vec<(String, Vec<u8>, i64)>, i64), StoreError> {
         let mut resp = self

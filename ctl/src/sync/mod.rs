@@ -180,10 +180,9 @@ pub fn init_logging(level: &str) {
         .try_init();
 }
 
+/// The hostname, or empty when it cannot be read (it only labels the runner).
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default()
+    crate::hostcmd::hostname().unwrap_or_default()
 }
 
 fn diag_line(d: &Diagnostic) -> String {

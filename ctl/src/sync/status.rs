@@ -1,8 +1,6 @@
 //! A sync's last result, stored as JSON at `/calico/v1/sync/<id>/status`, and
 //! `calicoctl sync status`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
@@ -11,12 +9,7 @@ pub fn status_key(id: &str) -> String {
     format!("sync/{id}/status")
 }
 
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub use calico_schema::now_secs;
 
 /// A directory revision: the git commit when the directory is a git work tree, and
 /// always the content hash (which also tells uncommitted edits apart).
