@@ -137,7 +137,11 @@ impl Cache {
             if issues.is_empty() {
                 Ok(r)
             } else {
-                Err(issues.iter().map(|i| i.to_string()).collect::<Vec<_>>().join("; "))
+                Err(issues
+                    .iter()
+                    .map(std::string::ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "))
             }
         });
         let entry = self.resources.entry(key.clone()).or_default();
@@ -278,7 +282,7 @@ mod tests {
             r#"{"ips":["10.65.0.1"],"node":"h"}"#,
             2,
         ));
-        assert_eq!(c.handle_ips("container/a").map(|v| v.len()), Some(1));
+        assert_eq!(c.handle_ips("container/a").map(std::vec::Vec::len), Some(1));
         c.apply(WatchEvent::Delete {
             key: "/calico/v1/ipam/handles/container%2Fa".into(),
             revision: 3,

@@ -143,7 +143,7 @@ impl LinuxDataplane {
     }
 
     fn monitor_handle(&self) -> std::sync::MutexGuard<'_, Option<tokio::task::JoinHandle<()>>> {
-        self.monitor.lock().unwrap_or_else(|e| e.into_inner())
+        self.monitor.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Watches an adopted BIRD; when its socket stops answering, starts a supervised

@@ -1,6 +1,9 @@
 //! `calico-node`: the per-host agent. Usually started by `calicoctl node`; run it
 //! directly (in the foreground) under a service manager.
 
+// Product code handles every failure; panics are for tests (and test support).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -107,9 +110,8 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return,
+            let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+                return;
             };
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}

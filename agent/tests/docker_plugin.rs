@@ -913,7 +913,7 @@ impl Dockerd {
     }
 
     fn pid(&self) -> u32 {
-        self.child.as_ref().map(|c| c.id()).unwrap()
+        self.child.as_ref().map(std::process::Child::id).unwrap()
     }
 
     fn netns(&self) -> PathBuf {

@@ -77,7 +77,7 @@ pub async fn run(g: &GlobalOpts, args: &GetArgs) -> Result<()> {
                 .copied()
                 .filter(|k| kind.is_none_or(|x| x == *k))
                 .collect();
-            kinds.sort_by_key(|k| k.rank());
+            kinds.sort_by_key(calico_schema::Kind::rank);
             for k in kinds {
                 let of_kind: Vec<Resource> = rs.iter().filter(|r| r.kind() == k).cloned().collect();
                 if of_kind.is_empty() {

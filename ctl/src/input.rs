@@ -72,7 +72,7 @@ pub fn load_sources(sources: &[String]) -> Result<Vec<Loaded>, InputErrors> {
                 if l.is_empty() && Path::new(src).is_dir() {
                     diags.push(whole_file(src, "no *.yaml or *.yml documents in this directory".into()));
                 }
-                out.append(&mut l)
+                out.append(&mut l);
             }
             Err(d) => diags.extend(d.0),
         }

@@ -200,7 +200,11 @@ async fn show(ctx: &Ctx, ipam: &Ipam, ip: Option<IpAddr>, output: IpamFormat) ->
                 vec![
                     h.clone(),
                     info.node.clone(),
-                    info.ips.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(","),
+                    info.ips
+                        .iter()
+                        .map(std::string::ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(","),
                     holder_text(h, &w),
                 ]
             })

@@ -3,6 +3,9 @@
 //! Exit codes: 0 success; 1 an error (each on its own line on stderr); 2 a usage error
 //! (clap). `diff` alone differs: 0 no changes, 1 changes, 2 an error.
 
+// Product code handles every failure; panics are for tests (and test support).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 mod apply;
 mod cli;
 mod conn;

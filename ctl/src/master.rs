@@ -97,10 +97,10 @@ impl Fence {
         Fence(Arc::new(Mutex::new(until)))
     }
     fn set(&self, until: Instant) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = until;
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = until;
     }
     fn until(&self) -> Instant {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
     fn valid(&self) -> bool {
         Instant::now() < self.until()
@@ -409,7 +409,7 @@ async fn lead(store: &Store, a: &MasterArgs, me: &LeaderInfo, lease: &Lease) -> 
                 };
                 let runner = format!("master {} ({}, pid {} on {})", me.name, me.ip, me.pid, me.host);
                 let s = Syncer::new(store.clone(), dir.clone(), id, a.prune, a.adopt, runner).await;
-                s.run(a.sync_interval, Duration::from_millis(200)).await
+                s.run(a.sync_interval, Duration::from_millis(200)).await;
             }
             None => std::future::pending().await,
         }

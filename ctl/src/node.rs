@@ -188,9 +188,8 @@ impl ProcState {
 }
 
 fn proc_state(pid_file: &Path, comm: &str) -> ProcState {
-    let text = match std::fs::read_to_string(pid_file) {
-        Ok(t) => t,
-        Err(_) => return ProcState::NoPidFile,
+    let Ok(text) = std::fs::read_to_string(pid_file) else {
+        return ProcState::NoPidFile;
     };
     let Ok(pid) = text.trim().parse::<i32>() else {
         return ProcState::BadPidFile(text.trim().chars().take(40).collect());
@@ -691,7 +690,7 @@ async fn stop(g: &GlobalOpts, args: &NodeStopArgs) -> Result<()> {
             eprintln!(
                 "warning: stopping with Containers still on node {name}: {}",
                 names.join(", ")
-            )
+            );
         }
         Ok(_) => {}
         Err(e) if !args.force => {

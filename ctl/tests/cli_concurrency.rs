@@ -103,7 +103,7 @@ fn eight_parallel_addtogroup_all_land() {
 
 /// Every command that needs etcd, with valid arguments.
 fn etcd_commands(file: &str) -> Vec<Vec<String>> {
-    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let s = |v: &[&str]| v.iter().map(std::string::ToString::to_string).collect::<Vec<_>>();
     vec![
         s(&["apply", "-f", file]),
         s(&["create", "-f", file]),

@@ -99,9 +99,8 @@ pub fn render_bird(view: &NodeView) -> Result<String, BirdError> {
         .this_node
         .as_ref()
         .ok_or_else(|| BirdError::NoNode(view.node.clone()))?;
-    let router_id = match me.spec.ipv4.map(|a| a.addr()) {
-        Some(IpAddr::V4(a)) => a,
-        _ => return Err(BirdError::NoRouterId(view.node.clone())),
+    let Some(IpAddr::V4(router_id)) = me.spec.ipv4.map(|a| a.addr()) else {
+        return Err(BirdError::NoRouterId(view.node.clone()));
     };
     let cluster_as = view.config.as_number.unwrap_or(DEFAULT_AS_NUMBER);
     let my_as = node_as(me, cluster_as);

@@ -11,6 +11,9 @@
 //! and tests compare them byte for byte. Same input, same bytes: every collection that
 //! reaches the output is ordered (BTreeMap/BTreeSet or sorted vectors).
 
+// Product code handles every failure; panics are for tests (and test support).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod bird;
 pub mod iptables;
 pub mod names;

@@ -352,7 +352,7 @@ impl NodeView {
             }
         }
 
-        let mut local_blocks = local_blocks.iter().map(|b| b.trunc()).collect::<Vec<_>>();
+        let mut local_blocks = local_blocks.iter().map(ipnet::IpNet::trunc).collect::<Vec<_>>();
         local_blocks.sort();
         local_blocks.dedup();
 
@@ -408,7 +408,7 @@ mod tests {
                 node: node.into(),
                 netns: Some(format!("/var/run/netns/{name}")),
                 ips: Some(vec![ip.parse().unwrap()]),
-                groups: groups.iter().map(|g| g.to_string()).collect(),
+                groups: groups.iter().map(std::string::ToString::to_string).collect(),
                 ..Default::default()
             },
         ))

@@ -732,7 +732,7 @@ fn run_seed(seed: u64) -> (usize, Vec<String>) {
         let dump = std::env::temp_dir().join(format!("calico-differential-seed{seed}"));
         let _ = std::fs::create_dir_all(&dump);
         let _ = std::fs::write(dump.join("nft.json"), &json);
-        let res: Vec<_> = rs.iter().map(|r| r.to_json()).collect();
+        let res: Vec<_> = rs.iter().map(calico_schema::Resource::to_json).collect();
         let _ = std::fs::write(
             dump.join("resources.json"),
             serde_json::to_string_pretty(&res).unwrap_or_default(),

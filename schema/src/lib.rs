@@ -4,6 +4,9 @@
 //! Everything a user writes passes through here before it reaches etcd, and everything
 //! the agent reads from etcd is decoded with these same types and checks.
 
+// Product code handles every failure; panics are for tests (and test support).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod birdc;
 pub mod error;
 pub mod limits;

@@ -94,7 +94,7 @@ fn load_doc(file: &str, doc: yaml::YamlDoc) -> Result<Loaded, Vec<Diagnostic>> {
         None => return Err(vec![issue("", At::Value, "missing field 'kind'".into())]),
     };
     let Some(kind) = Kind::ALL.iter().copied().find(|k| k.as_str() == kind_text) else {
-        let names: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+        let names: Vec<&str> = Kind::ALL.iter().map(super::resource::Kind::as_str).collect();
         return Err(vec![issue(
             "kind",
             At::Value,

@@ -599,7 +599,7 @@ impl Resource {
                 "kind".to_string(),
                 format!(
                     "unknown kind '{kind}' (expected one of {})",
-                    Kind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+                    Kind::ALL.iter().map(Kind::as_str).collect::<Vec<_>>().join(", ")
                 ),
             )
         })?;

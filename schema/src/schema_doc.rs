@@ -60,7 +60,7 @@ pub fn schema_value() -> Value {
             "then": {"$ref": format!("#/$defs/{}", kind.as_str())}
         }));
     }
-    let kinds: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+    let kinds: Vec<&str> = Kind::ALL.iter().map(super::resource::Kind::as_str).collect();
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://calico-docker.invalid/schema/calico-v1.schema.json",

@@ -671,7 +671,7 @@ mod tests {
     fn labels(pairs: &[(&str, &[&str])]) -> LabelSet {
         pairs
             .iter()
-            .map(|(k, vs)| (k.to_string(), vs.iter().map(|v| v.to_string()).collect()))
+            .map(|(k, vs)| (k.to_string(), vs.iter().map(std::string::ToString::to_string).collect()))
             .collect()
     }
 

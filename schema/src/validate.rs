@@ -205,7 +205,7 @@ fn check_container(out: &mut Vec<Issue>, c: &Container) {
             "one of container (a Docker name or ID) or netns (a namespace path) is required",
         )),
         (None, Some(ns)) if !ns.starts_with('/') => {
-            out.push(Issue::new("spec.netns", format!("'{ns}' must be an absolute path")))
+            out.push(Issue::new("spec.netns", format!("'{ns}' must be an absolute path")));
         }
         (Some(d), None) if d.is_empty() => out.push(Issue::new("spec.container", "must not be empty")),
         _ => {}
@@ -418,7 +418,7 @@ pub fn check_set(set: &[&Resource], existing: &Existing<'_>) -> Vec<(usize, Issu
                     let pool = pools.iter().find(|pl| pl.spec.cidr.net().contains(ip));
                     match pool {
                         None if !pools.is_empty() || existing.complete => {
-                            out.push((i, Issue::new(p.clone(), format!("{ip} is not in any IPPool"))))
+                            out.push((i, Issue::new(p.clone(), format!("{ip} is not in any IPPool"))));
                         }
                         Some(pl) if pl.spec.disabled => out.push((
                             i,

@@ -305,7 +305,7 @@ impl Builder<'_> {
             }
             Event::SequenceStart(anchor, _) => self.open(pos, anchor, FrameKind::Seq(Vec::new()))?,
             Event::MappingStart(anchor, _) => {
-                self.open(pos, anchor, FrameKind::Map(Map::new(), None, HashMap::new()))?
+                self.open(pos, anchor, FrameKind::Map(Map::new(), None, HashMap::new()))?;
             }
             Event::SequenceEnd | Event::MappingEnd => {
                 if let Some(f) = self.stack.pop() {

@@ -40,7 +40,7 @@ fn examples() -> Vec<String> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let mut out: Vec<String> = std::fs::read_dir(dir)
         .expect("examples/")
-        .filter_map(|e| e.ok())
+        .filter_map(std::result::Result::ok)
         .filter(|e| e.path().extension().is_some_and(|x| x == "yaml"))
         .filter_map(|e| std::fs::read_to_string(e.path()).ok())
         .collect();

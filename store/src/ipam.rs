@@ -195,7 +195,7 @@ impl Block {
                 return Err(invalid(format!("allocation offset {off} is outside the block")));
             }
         }
-        if b.doc.allocations.values().any(|h| h.is_empty()) {
+        if b.doc.allocations.values().any(std::string::String::is_empty) {
             return Err(invalid("an allocation has an empty handle".into()));
         }
         Ok(b)
@@ -612,7 +612,7 @@ impl Ipam {
     }
 
     fn node_turn(&self, node: &str) -> Arc<AsyncMutex<()>> {
-        let mut turns = self.turns.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut turns = self.turns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         turns.entry(node.to_string()).or_default().clone()
     }
 
@@ -774,7 +774,7 @@ impl Ipam {
                     .await?
                 }
             };
-            let read_revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+            let read_revision = resp.header().map(etcd_client::ResponseHeader::revision).unwrap_or(0);
             let mut got = gets(&resp).into_iter();
             let existing = got.next().unwrap_or_default();
             let affinities = got.next().unwrap_or_default();

@@ -13,6 +13,9 @@
 //! Writes of several resources are one etcd transaction, guarded so that what was
 //! validated is still what is stored when the write lands.
 
+// Product code handles every failure; panics are for tests (and test support).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 mod config;
 mod error;
 pub mod ipam;

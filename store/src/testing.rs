@@ -1,6 +1,9 @@
 //! A throwaway etcd for tests: its own data directory and free loopback ports,
 //! stopped (and its directory removed) when dropped, even when the test panics.
 
+// Test support: a failure to set up is a test failure, so it panics.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

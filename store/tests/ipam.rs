@@ -39,7 +39,7 @@ fn net(s: &str) -> IpNet {
 }
 
 fn live(handles: &[&str]) -> BTreeSet<String> {
-    handles.iter().map(|h| h.to_string()).collect()
+    handles.iter().map(std::string::ToString::to_string).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -514,7 +514,7 @@ async fn etcd_down_is_unavailable_within_the_timeout() {
         match ipam.auto_assign("container/a", "n1", &pools, false).await {
             Ok(v) => break v,
             Err(IpamError::Unavailable(_)) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(other) => panic!("{other:?}"),
         }

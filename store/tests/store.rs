@@ -595,14 +595,14 @@ async fn watch_sees_changes_in_order_and_resumes_across_a_restart() {
         match store.write(&[group("c")], WriteMode::Create, None, false).await {
             Ok(o) => break o[0].revision,
             Err(StoreError::Unavailable { .. }) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(200)).await
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(e) => panic!("store did not recover: {e}"),
         }
     };
     match next_event(&mut w).await {
         WatchEvent::Put { key, mod_revision, .. } => {
-            assert_eq!((key, mod_revision), (resource_key(Kind::Group, "c"), c))
+            assert_eq!((key, mod_revision), (resource_key(Kind::Group, "c"), c));
         }
         other => panic!("expected the put of c after the restart, got {other:?}"),
     }
@@ -618,7 +618,7 @@ async fn watch_sees_changes_in_order_and_resumes_across_a_restart() {
         {
             Ok(r) => break r,
             Err(_) if Instant::now() < deadline + Duration::from_secs(10) => {
-                tokio::time::sleep(Duration::from_millis(200)).await
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(e) => panic!("{e}"),
         }

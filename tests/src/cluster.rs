@@ -100,7 +100,7 @@ impl Agent {
 
     /// Whether the agent process is still running (it has not crashed).
     pub fn alive(&mut self) -> bool {
-        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+        matches!(self.child.as_mut().map(std::process::Child::try_wait), Some(Ok(None)))
     }
 
     /// BIRD's pid from `<run_dir>/bird.pid`, if that process is alive.

@@ -36,5 +36,5 @@ pub fn sh(args: &[&str]) -> anyhow::Result<String> {
 /// Serializes tests that change shared kernel state in one test binary.
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -48,7 +48,7 @@ impl RulesetWatch {
             let ns = Netns { name };
             while !stop2.load(Ordering::Relaxed) {
                 let r = ns.exec(&["nft", "-j", "list", "table", "inet", "calico"]);
-                let mut s = seen2.lock().unwrap_or_else(|e| e.into_inner());
+                let mut s = seen2.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 s.listings += 1;
                 match r {
                     Ok(json) => {
@@ -74,7 +74,10 @@ impl RulesetWatch {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 

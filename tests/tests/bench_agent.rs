@@ -239,8 +239,8 @@ spec:
         "BENCH apply-to-enforced ({RUNS} runs, {} build): median {:.1} ms until all three hosts enforce (min {:.1}, max {:.1}); per host median {:.1} / {:.1} / {:.1} ms; `calicoctl apply` itself median {:.1} ms",
         PROFILE,
         median(&mut all.clone()),
-        all.iter().cloned().fold(f64::INFINITY, f64::min),
-        all.iter().cloned().fold(0.0, f64::max),
+        all.iter().copied().fold(f64::INFINITY, f64::min),
+        all.iter().copied().fold(0.0, f64::max),
         median(&mut per_host[0]),
         median(&mut per_host[1]),
         median(&mut per_host[2]),
@@ -313,7 +313,7 @@ fn bench_agent_memory_1k_endpoints() {
         );
     }
     let a = &c.agents["host1"];
-    let steady_max = samples.iter().cloned().fold(0.0, f64::max);
+    let steady_max = samples.iter().copied().fold(0.0, f64::max);
     let (rss, hwm) = (median(&mut samples) as u64, proc_kb(pid, "VmHWM:"));
     println!(
         "BENCH memory: agent RssAnon {} KiB, RssFile {} KiB, threads {}",

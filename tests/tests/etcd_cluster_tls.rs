@@ -147,7 +147,7 @@ fn agents_and_calicoctl_ride_out_member_and_leader_loss() {
     await_programmed(&c, "a", Duration::from_secs(20));
     await_programmed(&c, "b", Duration::from_secs(20));
     await_ping(&c, "a", ip("10.65.1.10"), Duration::from_secs(30));
-    let pids: Vec<Option<u32>> = c.agents.values().map(|a| a.pid()).collect();
+    let pids: Vec<Option<u32>> = c.agents.values().map(calico_e2e::cluster::Agent::pid).collect();
     let pinger = Pinger::start(&c, "a", ip("10.65.1.10"));
     let mut figures = Vec::new();
 
@@ -192,7 +192,7 @@ fn agents_and_calicoctl_ride_out_member_and_leader_loss() {
     figures.push(("after quorum came back", apply, calls, reach));
 
     let (sent, got) = pinger.finish();
-    let now: Vec<Option<u32>> = c.agents.values().map(|a| a.pid()).collect();
+    let now: Vec<Option<u32>> = c.agents.values().map(calico_e2e::cluster::Agent::pid).collect();
     assert_eq!(pids, now, "an agent restarted");
     for a in c.agents.values_mut() {
         assert!(a.alive(), "agent {} exited", a.name);

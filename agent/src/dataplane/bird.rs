@@ -241,7 +241,7 @@ enum StopMode {
 fn lock(state: &Mutex<SupervisorState>) -> MutexGuard<'_, SupervisorState> {
     // The state is plain data, consistent after every statement: a panic
     // elsewhere cannot leave it half-written, so poisoning is ignored.
-    state.lock().unwrap_or_else(|p| p.into_inner())
+    state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl BirdSupervisor {

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -310,7 +310,7 @@ impl Backend for CalicoBackend {
                 }
             }
             None => {
-                warn!(container = %ep.name, "the reconcile has not taken in the new Container yet; making its veth anyway")
+                warn!(container = %ep.name, "the reconcile has not taken in the new Container yet; making its veth anyway");
             }
         }
         let plumber = self.ctx.plumber().await?;
@@ -373,7 +373,7 @@ impl Backend for CalicoBackend {
                 Ok(true) => debug!(container = %ep.name, "gateway neighbour added"),
                 Ok(false) => debug!(container = %ep.name, "no interface with the container's address in its sandbox"),
                 Err(e) => {
-                    debug!(container = %ep.name, error = %format!("{e:#}"), "could not add the gateway neighbour yet")
+                    debug!(container = %ep.name, error = %format!("{e:#}"), "could not add the gateway neighbour yet");
                 }
             }
         });
@@ -392,7 +392,7 @@ impl Backend for CalicoBackend {
                 }
                 Ok(PoolInfo {
                     pool_id: ANY_POOL_V4.into(),
-                    pool: IpNet::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0).expect("a /0 is valid"),
+                    pool: IpNet::V4(ipnet::Ipv4Net::default()),
                 })
             }
             Some(subnet) => {

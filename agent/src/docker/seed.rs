@@ -46,9 +46,9 @@ pub async fn run(ctx: Arc<Ctx>, mut follower: EventFollower) {
             }
             _ = tick.tick(), if !retry.is_empty() => {
                 let ids: Vec<String> = retry.drain().collect();
-                let client = match ctx.client().await {
-                    Ok(c) => c,
-                    Err(_) => { retry.extend(ids); continue; }
+                let Ok(client) = ctx.client().await else {
+                    retry.extend(ids);
+                    continue;
                 };
                 for id in ids {
                     match client.inspect_container(&id).await {

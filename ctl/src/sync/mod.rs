@@ -405,7 +405,7 @@ impl Syncer {
             // The last good revision no longer validates against etcd (someone changed
             // what it depends on): keep what is there, say so once per pass.
             Ok(Err(d)) => {
-                debug!(errors = ?d.iter().map(diag_line).collect::<Vec<_>>(), "the last good revision cannot be re-applied")
+                debug!(errors = ?d.iter().map(diag_line).collect::<Vec<_>>(), "the last good revision cannot be re-applied");
             }
             Err(e) => debug!(error = %e, "cannot re-check the last good revision"),
         }

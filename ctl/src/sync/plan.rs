@@ -316,7 +316,7 @@ mod tests {
         )
         .unwrap();
         let e = plan(&docs, &listing, &opts(true), &BTreeSet::new()).unwrap_err();
-        let text: Vec<String> = e.iter().map(|d| d.to_string()).collect();
+        let text: Vec<String> = e.iter().map(std::string::ToString::to_string).collect();
         assert_eq!(text.len(), 3, "{text:#?}");
         assert!(
             text[0].starts_with("a.yaml:5:9: metadata.name: Group/imp already exists and was created outside"),

@@ -293,7 +293,7 @@ impl DirWatch {
                     self.target = Some(t);
                 }
                 Err(e) => {
-                    warn!(dir = %t.display(), error = %e, "cannot watch the sync directory; relying on the interval")
+                    warn!(dir = %t.display(), error = %e, "cannot watch the sync directory; relying on the interval");
                 }
             }
         }

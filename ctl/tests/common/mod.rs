@@ -143,7 +143,7 @@ pub fn dump(endpoint: &str) -> Dump {
 pub fn put(endpoint: &str, suffix: &str, value: &serde_json::Value) {
     rt().block_on(async {
         store(endpoint).await.put_json(suffix, value).await.expect("put");
-    })
+    });
 }
 
 /// Writes `text` to `dir/name` and returns the path as a string.

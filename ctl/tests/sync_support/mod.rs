@@ -72,7 +72,7 @@ impl Proc {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+        self.child.as_ref().map(std::process::Child::id).unwrap_or(0)
     }
 
     pub fn log(&self) -> String {

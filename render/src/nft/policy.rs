@@ -226,7 +226,7 @@ impl<'v> Renderer<'v> {
             let fam_nets = |nets: &[calico_schema::Cidr]| -> Vec<E> {
                 let mut v: Vec<IpNet> = nets
                     .iter()
-                    .map(|c| c.net())
+                    .map(calico_schema::Cidr::net)
                     .filter(|n| (n.addr().is_ipv4()) == (f == 4))
                     .collect();
                 v.sort();
