@@ -20,15 +20,15 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+
 use std::time::Duration;
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use calico_schema::{Kind, Resource};
+use calico_store::election::{self, margin, Fence, Lease};
 use calico_store::ipam::{container_handle, Ipam};
 use calico_store::Store;
 use clap::Args;
-use etcd_client::{Client, Compare, CompareOp, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -85,166 +85,6 @@ pub struct LeaderInfo {
     pub pid: u32,
     /// Unix seconds when it took the lead.
     pub since: u64,
-}
-
-/// Until when the leader may act: a lease renewed at `t` with TTL `ttl` lives at least
-/// until `t + ttl`; a margin keeps clocks and scheduling delays on the safe side.
-#[derive(Clone)]
-struct Fence(Arc<Mutex<Instant>>);
-
-impl Fence {
-    fn new(until: Instant) -> Fence {
-        Fence(Arc::new(Mutex::new(until)))
-    }
-    fn set(&self, until: Instant) {
-        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = until;
-    }
-    fn until(&self) -> Instant {
-        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-    fn valid(&self) -> bool {
-        Instant::now() < self.until()
-    }
-}
-
-struct Lease {
-    id: i64,
-    ttl: Duration,
-    /// When the grant was requested: the lease lives at least until this + ttl.
-    granted: Instant,
-}
-
-fn margin(ttl: Duration) -> Duration {
-    (ttl / 5).clamp(Duration::from_millis(200), Duration::from_secs(2))
-}
-
-fn poll(ttl: Duration) -> Duration {
-    (ttl / 8).clamp(Duration::from_millis(100), Duration::from_millis(500))
-}
-
-async fn within<T>(d: Duration, f: impl std::future::Future<Output = Result<T, etcd_client::Error>>) -> Result<T> {
-    match tokio::time::timeout(d, f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(anyhow!("{e}")),
-        Err(_) => Err(anyhow!("no answer from etcd within {d:?}")),
-    }
-}
-
-/// Waits until this master holds the leader key. Never gives up (etcd outages are waited
-/// out); cancelled by dropping it.
-async fn campaign(client: &Client, me: &LeaderInfo, ttl_secs: u64, call: Duration) -> Lease {
-    let ttl = Duration::from_secs(ttl_secs);
-    let mut kv = client.kv_client();
-    let mut leases = client.lease_client();
-    let mut waiting_for: Option<String> = None;
-    loop {
-        let attempt: Result<Option<Lease>> = async {
-            let cur = within(call, kv.get(LEADER_KEY, None)).await?;
-            if let Some(kv0) = cur.kvs().first() {
-                let who = serde_json::from_slice::<LeaderInfo>(kv0.value())
-                    .map(|l| format!("{} ({}, pid {} on {})", l.name, l.ip, l.pid, l.host))
-                    .unwrap_or_else(|_| "an unknown master".into());
-                if waiting_for.as_deref() != Some(who.as_str()) {
-                    info!(leader = %who, "waiting: another master leads");
-                    waiting_for = Some(who);
-                }
-                return Ok(None);
-            }
-            let granted = Instant::now();
-            let g = within(call, leases.grant(ttl_secs as i64, None)).await?;
-            let mut info = me.clone();
-            info.since = sync::status::now_secs();
-            let value = serde_json::to_vec(&info)?;
-            let txn = Txn::new()
-                .when(vec![Compare::version(LEADER_KEY, CompareOp::Equal, 0)])
-                .and_then(vec![TxnOp::put(
-                    LEADER_KEY,
-                    value,
-                    Some(PutOptions::new().with_lease(g.id())),
-                )]);
-            let won = within(call, kv.txn(txn)).await?.succeeded();
-            if won {
-                let real = Duration::from_secs(g.ttl().max(1) as u64);
-                return Ok(Some(Lease {
-                    id: g.id(),
-                    ttl: real,
-                    granted,
-                }));
-            }
-            let _ = within(call, leases.revoke(g.id())).await;
-            Ok(None)
-        }
-        .await;
-        match attempt {
-            Ok(Some(l)) => return l,
-            Ok(None) => {}
-            Err(e) => warn!(error = %e, "cannot take part in the leader election; retrying"),
-        }
-        tokio::time::sleep(poll(ttl)).await;
-    }
-}
-
-/// Keeps the lease alive and the fence up to date; returns why leadership ended.
-async fn keep_leading(client: &Client, lease: &Lease, fence: &Fence, call: Duration) -> String {
-    let mut leases = client.lease_client();
-    let mut kv = client.kv_client();
-    let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
-    let every = (lease.ttl / 3).max(Duration::from_millis(200));
-    loop {
-        let until = fence.until();
-        // Wake for the next renewal, and never sleep past the fence.
-        tokio::time::sleep_until((Instant::now() + every).min(until)).await;
-        if !fence.valid() {
-            return format!("the lease could not be renewed within its {:?} TTL", lease.ttl);
-        }
-        let sent = Instant::now();
-        let deadline = (sent + call).min(fence.until());
-        let renewed: Result<i64> = async {
-            if stream.is_none() {
-                // Opening the stream sends a first keep-alive and reads its answer (an
-                // error when the lease is gone): a renewal to the full TTL.
-                let (k, s) = tokio::time::timeout_at(deadline, leases.keep_alive(lease.id))
-                    .await
-                    .map_err(|_| anyhow!("no answer from etcd"))?
-                    .map_err(|e| anyhow!("{e}"))?;
-                stream = Some((k, s));
-                return Ok(lease.ttl.as_secs().max(1) as i64);
-            } else if let Some((k, _)) = stream.as_mut() {
-                tokio::time::timeout_at(deadline, k.keep_alive())
-                    .await
-                    .map_err(|_| anyhow!("no answer from etcd"))?
-                    .map_err(|e| anyhow!("{e}"))?;
-            }
-            let (_, s) = stream.as_mut().ok_or_else(|| anyhow!("no keep-alive stream"))?;
-            match tokio::time::timeout_at(deadline, s.message()).await {
-                Err(_) => Err(anyhow!("no keep-alive answer from etcd")),
-                Ok(Err(e)) => Err(anyhow!("{e}")),
-                Ok(Ok(None)) => Err(anyhow!("etcd closed the keep-alive stream")),
-                Ok(Ok(Some(r))) => Ok(r.ttl()),
-            }
-        }
-        .await;
-        match renewed {
-            Ok(ttl) if ttl <= 0 => return "the lease expired".into(),
-            Ok(ttl) => {
-                fence.set(sent + Duration::from_secs(ttl as u64) - margin(lease.ttl));
-            }
-            Err(e) => {
-                debug!(error = %e, "lease renewal failed; retrying");
-                stream = None;
-                continue;
-            }
-        }
-        // The key must still be ours (someone may have deleted it by hand).
-        match tokio::time::timeout_at((Instant::now() + call).min(fence.until()), kv.get(LEADER_KEY, None)).await {
-            Ok(Ok(r)) => match r.kvs().first() {
-                Some(k) if k.lease() == lease.id => {}
-                Some(_) => return "another master holds the leader key".into(),
-                None => return "the leader key was deleted".into(),
-            },
-            _ => debug!("cannot read the leader key; relying on the lease"),
-        }
-    }
 }
 
 /// Garbage-collection memory: when each candidate was first seen orphaned.
@@ -415,7 +255,7 @@ async fn lead(store: &Store, a: &MasterArgs, me: &LeaderInfo, lease: &Lease) -> 
         }
     };
     tokio::select! {
-        why = keep_leading(&client, lease, &fence, call) => why,
+        why = election::keep_leading(&client, LEADER_KEY, lease, &fence, call) => why,
         _ = sync_task => "the sync stopped".into(),
         _ = gc_loop(store.clone(), a.gc_grace, a.gc_interval, fence.clone()) => "the garbage collector stopped".into(),
     }
@@ -448,7 +288,7 @@ pub async fn run(g: &GlobalOpts, a: &MasterArgs) -> Result<()> {
     tokio::pin!(stop);
     loop {
         let lease = tokio::select! {
-            l = campaign(&client, &me, a.lease_ttl, ctx.cfg.timeout) => l,
+            l = election::campaign(&client, LEADER_KEY, || leader_value(&me), describe_leader, a.lease_ttl, ctx.cfg.timeout) => l,
             _ = &mut stop => return Ok(()),
         };
         info!(name = %me.name, ip = %me.ip, lease = lease.id, "leading: this master now runs the sync and IPAM garbage collection");
@@ -456,14 +296,25 @@ pub async fn run(g: &GlobalOpts, a: &MasterArgs) -> Result<()> {
             why = lead(&store, a, &me, &lease) => why,
             _ = &mut stop => {
                 // Hand over at once rather than after the TTL.
-                let mut l = client.lease_client();
-                let _ = within(ctx.cfg.timeout, l.revoke(lease.id)).await;
+                election::revoke(&client, &lease, ctx.cfg.timeout).await;
                 info!("stopped; leadership released");
                 return Ok(());
             }
         };
         warn!(reason = %why, "no longer leading; stopped the sync and garbage collection, waiting to lead again");
-        let mut l = client.lease_client();
-        let _ = within(ctx.cfg.timeout, l.revoke(lease.id)).await;
+        election::revoke(&client, &lease, ctx.cfg.timeout).await;
     }
+}
+
+/// The leader key's value: who leads, since now.
+fn leader_value(me: &LeaderInfo) -> Vec<u8> {
+    let mut info = me.clone();
+    info.since = sync::status::now_secs();
+    serde_json::to_vec(&info).unwrap_or_default()
+}
+
+fn describe_leader(value: &[u8]) -> String {
+    serde_json::from_slice::<LeaderInfo>(value)
+        .map(|l| format!("{} ({}, pid {} on {})", l.name, l.ip, l.pid, l.host))
+        .unwrap_or_else(|_| "an unknown master".into())
 }
