@@ -231,6 +231,24 @@ impl Cluster {
         out
     }
 
+    /// The handle of `table inet calico` in host `i` (0 if absent): a table loaded
+    /// whole again gets a new one.
+    pub fn table_handle(&self, i: usize) -> u64 {
+        let out = self
+            .host_ns(i)
+            .exec(&["nft", "-j", "list", "tables"])
+            .unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        v["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o.get("table"))
+            .find(|t| t["name"] == "calico")
+            .and_then(|t| t["handle"].as_u64())
+            .unwrap_or(0)
+    }
+
     pub fn host_ns(&self, i: usize) -> &Netns {
         &self.fabric.hosts[i].ns
     }

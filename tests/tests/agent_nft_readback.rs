@@ -9,19 +9,9 @@ use calico_e2e::scenario::{await_ping, await_programmed, cluster, ip};
 use calico_e2e::{can_ping, serial};
 
 fn table_handle(c: &Cluster) -> u64 {
-    let out = c
-        .host_ns(0)
-        .exec(&["nft", "-j", "list", "tables"])
-        .expect("nft list tables");
-    let v: serde_json::Value = serde_json::from_str(&out).expect("nft JSON");
-    v["nftables"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|o| o.get("table"))
-        .find(|t| t["name"] == "calico")
-        .and_then(|t| t["handle"].as_u64())
-        .expect("table inet calico")
+    let h = c.table_handle(0);
+    assert!(h != 0, "no table inet calico");
+    h
 }
 
 #[test]

@@ -117,7 +117,11 @@ fn new_container(c: &mut Cluster, name: &str, node: &str, addr: &str, from: &str
     let (apply, calls, _failed, applied_at) = apply_allowing_one_retry(c, &yaml);
     let ok = Cluster::wait_for(Duration::from_secs(10), || pings(c, from, ip(addr)));
     let reach = applied_at.elapsed();
-    assert!(ok, "{name} ({addr}) never became reachable from {from}\n{}", c.dump_logs());
+    assert!(
+        ok,
+        "{name} ({addr}) never became reachable from {from}\n{}",
+        c.dump_logs()
+    );
     (apply, calls, reach)
 }
 

@@ -82,19 +82,7 @@ fn counted_in(c: &Cluster, host: usize, chain: &str, comment: &str) -> (u64, u64
         .flat_map(|r| r["expr"].as_array().cloned().unwrap_or_default())
         .filter_map(|e| e.get("counter").and_then(|c| c["packets"].as_u64()))
         .sum();
-    let table = c
-        .host_ns(host)
-        .exec(&["nft", "-j", "list", "tables"])
-        .unwrap_or_default();
-    let t: serde_json::Value = serde_json::from_str(&table).unwrap_or_default();
-    let handle = t["nftables"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|o| o.get("table"))
-        .find(|t| t["name"] == "calico")
-        .and_then(|t| t["handle"].as_u64())
-        .unwrap_or(0);
+    let handle = c.table_handle(host);
     (packets, handle)
 }
 
