@@ -30,9 +30,10 @@ fi
 
 sysroot=$(rustc --print sysroot)
 cargo_home=${CARGO_HOME:-$HOME/.cargo}
-[ -d "$cargo_home/registry" ] || { echo "fresh-check: no cargo registry at $cargo_home/registry: run 'cargo fetch --locked' first" >&2; exit 1; }
 # The registry must hold every crate of Cargo.lock: the build in the root is offline.
+# On a fresh machine this fills it from crates.io (the only download this script makes).
 (cd "$repo" && cargo fetch --locked -q)
+[ -d "$cargo_home/registry" ] || { echo "fresh-check: cargo fetch left no registry at $cargo_home/registry" >&2; exit 1; }
 
 . /etc/os-release
 suite=${VERSION_CODENAME:?no VERSION_CODENAME in /etc/os-release}
