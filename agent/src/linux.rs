@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use calico_render::routes::{RouteKind as RKind, RouteSpec};
-use nftables::schema::Nftables;
 use tokio::sync::Mutex;
 use tracing::{error, info, warn};
 
@@ -22,6 +21,8 @@ pub struct LinuxDataplane {
     plumber: Plumber,
     routes: droutes::NetlinkRoutes,
     nft: NftCommand,
+    /// Where the whole ruleset as last committed is kept (`nft.json` beside bird.conf).
+    nft_file: Option<PathBuf>,
     iptables: Iptables,
     host_netns: Option<PathBuf>,
     bird_opts: BirdOptions,
@@ -45,6 +46,9 @@ enum Bird {
     Adopted { pid: Option<u32>, earlier_restarts: u64 },
 }
 
+/// The whole nftables ruleset as last committed, in the run directory beside bird.conf.
+pub const NFT_FILE: &str = "nft.json";
+
 /// How often an adopted BIRD's control socket is checked.
 const ADOPTED_CHECK: Duration = Duration::from_millis(500);
 
@@ -62,6 +66,7 @@ impl LinuxDataplane {
             plumber,
             routes,
             nft,
+            nft_file: Some(bird_opts.config.with_file_name(NFT_FILE)),
             iptables: Iptables::new(host_netns.clone()),
             host_netns,
             bird_opts,
@@ -244,19 +249,32 @@ impl Dataplane for LinuxDataplane {
         Ok(l.into_iter().map(|i| i.name).collect())
     }
 
-    async fn apply_nft(&self, ruleset: &Nftables<'static>) -> Result<(), StepError> {
+    async fn apply_nft(&self, json: &[u8]) -> Result<(), StepError> {
         let result = if tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
         {
-            // In place: no copy of a ruleset that can be large (thousands of rules).
-            tokio::task::block_in_place(|| self.nft.apply(ruleset))
+            // In place: no copy of a batch that can be large (a whole table at 10k
+            // endpoints is about 19 MiB of JSON).
+            tokio::task::block_in_place(|| self.nft.load(json))
         } else {
             let nft = self.nft.clone();
-            let ruleset = ruleset.clone();
-            tokio::task::spawn_blocking(move || nft.apply(&ruleset))
+            let json = json.to_vec();
+            tokio::task::spawn_blocking(move || nft.load(&json))
                 .await
                 .map_err(|e| StepError::wrap("nft task", e))?
         };
-        result.map_err(|e| StepError::wrap("load table inet calico", e))
+        result.map_err(|e| StepError::wrap("commit to table inet calico", e))
+    }
+
+    async fn write_nft_file(&self, json: &[u8]) -> Result<(), StepError> {
+        let Some(path) = &self.nft_file else {
+            return Ok(());
+        };
+        crate::dataplane::nft::write_file_atomic(path, json).map_err(|e| {
+            StepError::wrap(
+                "write the nftables file",
+                std::io::Error::new(e.kind(), format!("{}: {e}", path.display())),
+            )
+        })
     }
 
     async fn nft_fingerprint(&self) -> Result<Option<u64>, StepError> {

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use calico_render::{NodeView, RouteSpec};
+use calico_render::{Delta, NftTable, NodeView, RouteSpec};
 use calico_schema::{Container, ContainerStatus, EndpointState, IpPool, Resource};
 use futures::StreamExt;
 use tracing::{debug, info, warn};
@@ -49,10 +49,13 @@ pub trait Dataplane: Send + Sync {
     fn teardown_workload(&self, host_ifname: &str) -> impl Future<Output = Result<(), StepError>> + Send;
     /// Host-side interfaces with our prefix that exist now.
     fn list_workloads(&self, prefix: &str) -> impl Future<Output = Result<Vec<String>, StepError>> + Send;
-    fn apply_nft(
-        &self,
-        ruleset: &nftables::schema::Nftables<'static>,
-    ) -> impl Future<Output = Result<(), StepError>> + Send;
+    /// Commits one nftables batch (nft's JSON) as one transaction.
+    fn apply_nft(&self, json: &[u8]) -> impl Future<Output = Result<(), StepError>> + Send;
+    /// Keeps the whole ruleset as last committed where people and `calicoctl diags` read
+    /// it (replaced by rename). A fake dataplane keeps nothing.
+    fn write_nft_file(&self, _json: &[u8]) -> impl Future<Output = Result<(), StepError>> + Send {
+        async { Ok(()) }
+    }
     fn apply_routes(&self, routes: &[RouteSpec]) -> impl Future<Output = Result<(), StepError>> + Send;
     /// Checks, installs and activates bird.conf.
     fn apply_bird(&self, conf: &str) -> impl Future<Output = Result<(), StepError>> + Send;
@@ -132,8 +135,11 @@ pub struct Report {
     pub ipam_duration: Duration,
     pub plumb_duration: Duration,
     pub nft_duration: Duration,
-    /// Whole-table loads sent to the kernel by this reconcile (0 or 1).
+    /// nftables transactions sent to the kernel by this reconcile (0, 1, or 2 when a
+    /// delta failed and the table was then loaded whole).
     pub nft_loads: usize,
+    /// Of those, whole-table loads (the rest were deltas).
+    pub nft_whole_loads: usize,
 }
 
 /// How many workload setups run at once.
@@ -153,13 +159,16 @@ pub struct Reconciler<D, A, R> {
     /// What was set up, per host interface, so unchanged workloads are not re-plumbed.
     plumbed: BTreeMap<String, PlannedWorkload>,
     last_bird: Option<String>,
-    /// Hash of the ruleset last loaded, so an unchanged one is not loaded again (a full
-    /// resync forgets it and loads anyway).
-    last_nft: Option<u64>,
+    /// The table as last committed to the kernel, which the next delta starts from;
+    /// `None` before the first load and after a failed transaction (the next load is
+    /// then whole).
+    committed: Option<NftTable>,
+    /// Counts commits, so a read-back fingerprint names the table it was taken of.
+    nft_generation: u64,
     /// The periodic check is due: read our table back and compare.
     nft_verify: bool,
-    /// (hash of a ruleset, fingerprint of the kernel's table read back right after that
-    /// ruleset was loaded): what the periodic check compares against.
+    /// (generation, fingerprint of the kernel's table read back right after that
+    /// generation was loaded whole): what the periodic check compares against.
     nft_fingerprint: Option<(u64, u64)>,
     last_statuses: BTreeMap<String, ContainerStatus>,
     /// The host-wide settings ([`Dataplane::ensure_host`]) were checked since the last
@@ -178,7 +187,8 @@ impl<D: Dataplane, A: AddressManager, R: WorkloadResolver> Reconciler<D, A, R> {
             assigned: BTreeMap::new(),
             plumbed: BTreeMap::new(),
             last_bird: None,
-            last_nft: None,
+            committed: None,
+            nft_generation: 0,
             nft_verify: false,
             nft_fingerprint: None,
             last_statuses: BTreeMap::new(),
@@ -199,6 +209,106 @@ impl<D: Dataplane, A: AddressManager, R: WorkloadResolver> Reconciler<D, A, R> {
         self.last_bird = None;
         self.nft_verify = true;
         self.host_checked = false;
+    }
+
+    /// Renders the table and makes the kernel's equal to it with the smallest
+    /// transaction: nothing when it is unchanged, the delta from the table last
+    /// committed, or a whole load at start, after a failed transaction, and when the
+    /// periodic check cannot show that the kernel still holds what was committed.
+    async fn nft_step(&mut self, view: &NodeView, report: &mut Report) {
+        let table = calico_render::render_nft(view);
+        report.nft_rules = table.counts().rules;
+        let verifying = std::mem::take(&mut self.nft_verify);
+        let t = Instant::now();
+        let delta = match &self.committed {
+            Some(old) => table.delta(old),
+            None => Delta::Whole("no table committed yet"),
+        };
+        // Whether a whole load is needed (and why); whether a delta was committed.
+        let mut patched = false;
+        let whole = match delta {
+            Delta::Unchanged if !verifying => None,
+            // The periodic check: an unchanged table is sent again only when the
+            // kernel's is not provably what was committed (changed behind our back,
+            // gone, or changed by deltas since the last read-back), so counters and the
+            // table survive a resync that finds nothing to do.
+            Delta::Unchanged => {
+                let now = self.dp.nft_fingerprint().await;
+                match (self.nft_fingerprint, now) {
+                    (Some((g, want)), Ok(Some(now))) if g == self.nft_generation && want == now => None,
+                    (Some((g, _)), Ok(Some(_))) if g == self.nft_generation => {
+                        Some("our nftables table was changed behind the agent's back")
+                    }
+                    (Some(_), Ok(None)) => Some("our nftables table is gone"),
+                    (_, Err(e)) => {
+                        warn!(error = %e, "could not read our nftables table back");
+                        Some("the table could not be read back")
+                    }
+                    _ => Some("the table was changed by deltas since it was last read back"),
+                }
+            }
+            Delta::Patch(batch) => {
+                let json = batch.to_json_bytes();
+                report.nft_loads += 1;
+                match self.dp.apply_nft(&json).await {
+                    Ok(()) => {
+                        debug!(
+                            commands = batch.items.len(),
+                            bytes = json.len(),
+                            "nftables delta committed"
+                        );
+                        patched = true;
+                        None
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "nftables delta failed; loading the table whole");
+                        Some("a delta failed")
+                    }
+                }
+            }
+            Delta::Whole(why) => Some(why),
+        };
+        let committed = match whole {
+            None => patched,
+            Some(why) => {
+                info!(reason = why, "loading the nftables table whole");
+                let json = table.to_batch().to_json_bytes();
+                report.nft_loads += 1;
+                report.nft_whole_loads += 1;
+                match self.dp.apply_nft(&json).await {
+                    Ok(()) => {
+                        self.nft_generation += 1;
+                        // Read back after a check's load only: at scale a listing costs
+                        // about what a load does, and a change-driven load is read back
+                        // at the next check (which then loads once more).
+                        if verifying || self.nft_fingerprint.is_none() {
+                            self.nft_fingerprint = match self.dp.nft_fingerprint().await {
+                                Ok(Some(f)) => Some((self.nft_generation, f)),
+                                _ => None,
+                            };
+                        }
+                        true
+                    }
+                    Err(e) => {
+                        self.committed = None;
+                        self.nft_fingerprint = None;
+                        report.errors.push(format!("nftables: {e}"));
+                        report.nft_duration = t.elapsed();
+                        return;
+                    }
+                }
+            }
+        };
+        if committed {
+            if whole.is_none() {
+                self.nft_generation += 1;
+            }
+            if let Err(e) = self.dp.write_nft_file(&table.to_batch().to_json_bytes()).await {
+                warn!(error = %e, "could not write the nftables file");
+            }
+            self.committed = Some(table);
+        }
+        report.nft_duration = t.elapsed();
     }
 
     /// Makes the dataplane match the cache. Returns the report and the Container
@@ -460,63 +570,7 @@ impl<D: Dataplane, A: AddressManager, R: WorkloadResolver> Reconciler<D, A, R> {
         };
         let blocks = cache.node_blocks(&self.node);
         let view = NodeView::build(&self.node, &resources, &programmed, &blocks);
-        let ruleset = calico_render::render_nft(&view);
-        report.nft_rules = count_rules(&ruleset);
-        let hash = ruleset_hash(&ruleset);
-        let unchanged = hash.is_some() && hash == self.last_nft;
-        // The periodic check: an unchanged ruleset is sent again only when the kernel's
-        // table is not what we last loaded (changed behind our back, or never read back
-        // since its load), so counters and the table survive a resync that finds
-        // nothing to do.
-        let verifying = unchanged && self.nft_verify;
-        let load = if !unchanged {
-            true
-        } else if verifying {
-            match (self.nft_fingerprint, self.dp.nft_fingerprint().await) {
-                (Some((h, want)), Ok(Some(now))) if Some(h) == hash && want == now => false,
-                (Some((h, _)), Ok(Some(_))) if Some(h) == hash => {
-                    warn!("our nftables table was changed behind the agent's back; loading it whole");
-                    true
-                }
-                (Some(_), Ok(None)) => {
-                    warn!("our nftables table is gone; loading it whole");
-                    true
-                }
-                (_, Err(e)) => {
-                    warn!(error = %e, "could not read our nftables table back; loading it whole");
-                    true
-                }
-                _ => true,
-            }
-        } else {
-            false
-        };
-        self.nft_verify = false;
-        if load {
-            let t = Instant::now();
-            match self.dp.apply_nft(&ruleset).await {
-                Ok(()) => {
-                    self.last_nft = hash;
-                    report.nft_loads = 1;
-                    // Read back after a check's load only: at scale a listing costs about
-                    // what a load does, and a change-driven load is read back at the
-                    // next check (which then loads once more).
-                    if verifying || self.nft_fingerprint.is_none() {
-                        self.nft_fingerprint = match (hash, self.dp.nft_fingerprint().await) {
-                            (Some(h), Ok(Some(f))) => Some((h, f)),
-                            _ => None,
-                        };
-                    }
-                }
-                Err(e) => {
-                    self.last_nft = None;
-                    self.nft_fingerprint = None;
-                    report.errors.push(format!("nftables: {e}"));
-                }
-            }
-            report.nft_duration = t.elapsed();
-        }
-        drop(ruleset);
+        self.nft_step(&view, &mut report).await;
         let routes = calico_render::render_routes(&view);
         if let Err(e) = self.dp.apply_routes(&routes).await {
             report.errors.push(format!("routes: {e}"));
@@ -609,28 +663,6 @@ pub fn cluster_config(resources: &[Resource]) -> calico_schema::ClusterConfigSpe
         .unwrap_or_default()
 }
 
-fn ruleset_hash(ruleset: &nftables::schema::Nftables<'_>) -> Option<u64> {
-    use std::hash::{Hash, Hasher};
-    let json = serde_json::to_vec(ruleset).ok()?;
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    json.hash(&mut h);
-    Some(h.finish())
-}
-
-fn count_rules(ruleset: &nftables::schema::Nftables<'_>) -> usize {
-    use nftables::schema::{NfCmd, NfListObject, NfObject};
-    ruleset
-        .objects
-        .iter()
-        .filter(|o| {
-            matches!(
-                o,
-                NfObject::ListObject(NfListObject::Rule(_)) | NfObject::CmdObject(NfCmd::Add(NfListObject::Rule(_)))
-            )
-        })
-        .count()
-}
-
 #[cfg(test)]
 mod tests {
     //! The reconcile against fakes: what is marked programmed, what is reported, what
@@ -687,8 +719,8 @@ mod tests {
                 .cloned()
                 .collect())
         }
-        async fn apply_nft(&self, ruleset: &nftables::schema::Nftables<'static>) -> Result<(), StepError> {
-            *self.nft.lock().unwrap() = serde_json::to_string(ruleset).unwrap();
+        async fn apply_nft(&self, json: &[u8]) -> Result<(), StepError> {
+            *self.nft.lock().unwrap() = String::from_utf8(json.to_vec()).unwrap();
             *self.nft_loads.lock().unwrap() += 1;
             Ok(())
         }

@@ -122,7 +122,7 @@ pub fn render_output(
         ));
     }
     let to_json = |v: serde_json::Value| serde_json::to_string_pretty(&v).map_err(|e| e.to_string());
-    let nft = || serde_json::to_value(render_nft(&view)).map_err(|e| e.to_string());
+    let nft = || serde_json::to_value(render_nft(&view).to_batch()).map_err(|e| e.to_string());
     let routes = render_routes(&view);
     let routes_text = || routes.iter().map(|r| format!("{r}\n")).collect::<String>();
     match (what, json) {

@@ -20,7 +20,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use calico_render::{nft_json_bytes, render_bird, render_nft, render_routes, NodeView};
+use calico_render::{render_bird, render_nft, render_routes, NodeView};
 use calico_schema::{
     object, Action, ContainerSpec, EntityRule, GroupSpec, IpPoolSpec, Kind, NodeSpec, PolicySpec, Port, Protocol,
     Resource, Rule,
@@ -242,13 +242,16 @@ fn measure(rs: &[Resource], sized: bool) -> Measured {
     stage("view build");
     let (nft, t_nft) = timed(|| render_nft(&view));
     stage("nft render");
+    let batch = nft.to_batch();
     let (json, t_json) = timed(|| {
         if sized {
-            nft_json_bytes(&nft)
+            batch.to_json_bytes()
         } else {
-            serde_json::to_vec(&nft).expect("json")
+            serde_json::to_vec(&batch).expect("json")
         }
     });
+    let objects = batch.items.len();
+    drop(batch);
     stage("nft to JSON");
     let (routes, t_routes) = timed(|| render_routes(&view));
     stage("routes");
@@ -266,7 +269,7 @@ fn measure(rs: &[Resource], sized: bool) -> Measured {
         stages,
         peak,
         json,
-        objects: nft.objects.len(),
+        objects,
         routes: routes.len(),
         bird: bird.len(),
     }
@@ -300,13 +303,13 @@ fn run(endpoints: usize, policies: usize, groups: usize) {
             mib(*held)
         );
     }
-    // The same render with the JSON in an exactly sized buffer (nft_json_bytes).
+    // The same render with the JSON in an exactly sized buffer (Batch::to_json_bytes).
     drop(m.stages);
     let s = measure(&rs, true);
-    assert_eq!(s.json, json, "nft_json_bytes differs from serde_json::to_vec");
+    assert_eq!(s.json, json, "Batch::to_json_bytes differs from serde_json::to_vec");
     let total: Duration = s.t.iter().map(|x| x.1).sum();
     println!(
-        "  with nft_json_bytes: JSON {:.2?}, total render {total:.2?}, peak heap {:.1} MiB",
+        "  with to_json_bytes: JSON {:.2?}, total render {total:.2?}, peak heap {:.1} MiB",
         s.t[2].1,
         mib(s.peak)
     );

@@ -2,7 +2,8 @@
 //! artefacts that node programs out.
 //!
 //! - [`NodeView::build`] resolves the resources into what one node needs to know.
-//! - [`render_nft`] gives the `table inet calico` batch (nftables JSON, replaced whole).
+//! - [`render_nft`] gives the `table inet calico` ([`NftTable`]: the batch that loads it
+//!   whole, or the delta from the table last committed).
 //! - [`render_routes`] gives the routes the node owns (workload /32 and /128, block blackholes).
 //! - [`render_bird`] gives bird.conf for BIRD 2.
 //! - [`iptables`] keeps the one chain outside our table (FORWARD accept for workloads).
@@ -23,6 +24,6 @@ pub mod view;
 
 pub use bird::{render_bird, BirdError};
 pub use names::{host_iface_name, short_name};
-pub use nft::{nft_json_bytes, render_nft, render_nft_json, TABLE_NAME};
+pub use nft::{render_nft, render_nft_json, Batch, Delta, NftTable, TABLE_NAME};
 pub use routes::{render_routes, RouteKind, RouteSpec, RTPROT_CALICO};
 pub use view::{Endpoint, NodeView, SelectorSet};

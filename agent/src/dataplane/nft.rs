@@ -1,10 +1,10 @@
 //! Applying our nftables table.
 //!
-//! The ruleset is loaded with `nft -j -f -` as one batch, which the kernel
-//! commits as one transaction: with [`replace_table`]'s `add table; delete
-//! table; add table; ...` prefix the old table is swapped for the new one
-//! whole, or, on any error, left exactly as it was. Only our table is ever
-//! listed or changed; Docker's and anyone else's tables are not read.
+//! Every batch is loaded with `nft -j -f -`, which the kernel commits as one
+//! transaction, or, on any error, leaves the table exactly as it was. A whole load
+//! starts `add table; delete table; add table` and swaps the old table for the new
+//! one; a delta (`calico_render::Delta`) changes only what differs. Only our table
+//! is ever listed or changed; Docker's and anyone else's tables are not read.
 //!
 //! The `nftables` crate's own helpers lose nft's error text, which is the one
 //! thing an operator needs, so the process is run here with stderr captured.
@@ -15,7 +15,7 @@ use std::process::Output;
 
 use nftables::schema::{NfCmd, NfListObject, NfObject, Nftables, Table};
 use nftables::types::NfFamily;
-use tracing::{debug, info};
+use tracing::debug;
 
 use super::command::{run_piped, CommandError};
 
@@ -36,7 +36,12 @@ pub enum NftError {
 /// Blocking: call from `spawn_blocking` in async code.
 pub trait NftApplier: Send + Sync {
     /// Loads `ruleset` as one transaction.
-    fn apply(&self, ruleset: &Nftables) -> Result<(), NftError>;
+    fn apply(&self, ruleset: &Nftables) -> Result<(), NftError> {
+        self.load(&serde_json::to_vec(ruleset)?)
+    }
+    /// Loads a batch already in nft's JSON (`calico_render::Batch::to_json_bytes`) as
+    /// one transaction.
+    fn load(&self, json: &[u8]) -> Result<(), NftError>;
     /// Checks `ruleset` against the kernel without committing (`nft -c`).
     fn check(&self, ruleset: &Nftables) -> Result<(), NftError>;
     /// `nft -j list table FAMILY NAME`; `None` if the table does not exist.
@@ -83,21 +88,14 @@ impl NftCommand {
 }
 
 impl NftApplier for NftCommand {
-    fn apply(&self, ruleset: &Nftables) -> Result<(), NftError> {
-        // Sized exactly in one pass: a growing Vec would double past the JSON's size,
-        // which at 10k endpoints is tens of megabytes of slack.
-        let json = calico_render::nft_json_bytes(ruleset);
-        self.run(&["-j", "-f", "-"], Some(&json))?;
-        info!(
-            objects = ruleset.objects.len(),
-            bytes = json.len(),
-            "nftables ruleset applied"
-        );
+    fn load(&self, json: &[u8]) -> Result<(), NftError> {
+        self.run(&["-j", "-f", "-"], Some(json))?;
+        debug!(bytes = json.len(), "nftables batch committed");
         Ok(())
     }
 
     fn check(&self, ruleset: &Nftables) -> Result<(), NftError> {
-        let json = calico_render::nft_json_bytes(ruleset);
+        let json = serde_json::to_vec(ruleset)?;
         self.run(&["-c", "-j", "-f", "-"], Some(&json))?;
         debug!(objects = ruleset.objects.len(), "nftables ruleset checked");
         Ok(())
@@ -146,6 +144,17 @@ pub fn replace_table<'a>(family: NfFamily, name: &str, body: Vec<NfObject<'a>>) 
     Nftables {
         objects: Cow::Owned(objects),
     }
+}
+
+/// Writes `bytes` to `path` whole: a temporary file beside it, then a rename, so a
+/// reader sees the old file or the new one, never a part.
+pub fn write_file_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or_else(|| std::path::Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut tmp, bytes)?;
+    tmp.as_file().sync_data()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 /// A batch that removes the table if it exists (`add` then `delete`).

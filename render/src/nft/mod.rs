@@ -1,12 +1,13 @@
-//! The nftables artefact: one `table inet calico`, replaced whole in one transaction.
+//! The nftables artefact: one `table inet calico`, loaded whole at start and changed by
+//! deltas ([`NftTable::delta`]), each one transaction.
 //!
 //! Shape (docs/render.md has the long form):
 //!
 //! ```text
 //! forward (hook forward)  ct established/related accept
-//!                         unknown <prefix>* interface: counted drop
-//!                         iifname vmap { caliX: jump from-caliX, ... }
-//!                         oifname vmap { caliX: jump to-caliX, ... }
+//!                         unknown <prefix>* interface (not in @ifaces): counted drop
+//!                         iifname vmap @from-ep    (caliX : jump from-caliX, ...)
+//!                         oifname vmap @to-ep      (caliX : jump to-caliX, ...)
 //! input   (hook input)    the same dispatch, then endpointToHostAction
 //! nat-postrouting         masquerade pool -> outside every pool (natOutgoing pools only)
 //!
@@ -29,17 +30,27 @@ use nftables::expr::Expression;
 use nftables::stmt::Statement;
 use nftables::types::NfFamily;
 
+mod batch;
 mod builder;
+mod delta;
 mod expr;
 mod policy;
 mod table;
 
-use builder::*;
+pub use batch::{Batch, Item};
+pub use builder::{NftTable, TableCounts};
+pub use delta::Delta;
 use expr::*;
 use policy::*;
-pub use table::{nft_json_bytes, render_nft, render_nft_json};
+pub use table::{render_nft, render_nft_json};
 
 pub const TABLE_NAME: &str = "calico";
+/// The named set of every local workload interface.
+pub const IFACES: &str = "ifaces";
+/// Verdict map: workload interface to its `from-` chain (packets the workload sends).
+pub const FROM_MAP: &str = "from-ep";
+/// Verdict map: workload interface to its `to-` chain (packets sent to the workload).
+pub const TO_MAP: &str = "to-ep";
 /// Mark bit a policy or group chain sets when an Allow rule matched.
 pub const MARK_ACCEPT: u32 = 0x1_0000;
 /// Mark bit a policy chain sets when a Pass rule matched: skip the remaining policies.

@@ -124,7 +124,7 @@ pub(super) type EvalCache<'v> = HashMap<(Dir, *const [String], &'v [String]), St
 
 pub(super) struct Renderer<'v> {
     pub(super) view: &'v NodeView,
-    pub(super) b: Builder,
+    pub(super) b: NftTable,
     pub(super) evals: EvalCache<'v>,
 }
 
