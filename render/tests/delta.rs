@@ -466,7 +466,7 @@ fn listing(ns: &Netns) -> Vec<String> {
                     c.remove("bytes");
                 }
                 if let Some(Value::Array(e)) = m.get_mut("elem") {
-                    e.sort_by_key(|x| x.to_string());
+                    e.sort_by_key(std::string::ToString::to_string);
                 }
                 m.values_mut().for_each(scrub);
             }
