@@ -20,7 +20,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use calico_render::{render_bird, render_nft, render_routes, NodeView};
+use calico_render::{render_bird, render_nft, render_routes, Delta, NodeView};
 use calico_schema::{
     object, Action, ContainerSpec, EntityRule, GroupSpec, IpPoolSpec, Kind, NodeSpec, PolicySpec, Port, Protocol,
     Resource, Rule,
@@ -335,6 +335,7 @@ fn run(endpoints: usize, policies: usize, groups: usize) {
         Ok(d) => println!("  nft -j -f load    {d:>10.2?}"),
         Err(e) => println!("  nft -j -f load    FAILED: {}", e.lines().next().unwrap_or("")),
     }
+    deltas(&ns, &dir, &rs, endpoints, policies, groups);
     // The same table as nft text, loaded into a fresh namespace: the floor JSON is
     // measured against.
     let text = Command::new("ip")
@@ -352,6 +353,51 @@ fn run(endpoints: usize, policies: usize, groups: usize) {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One endpoint more, then one fewer, sent as deltas to the table loaded in `ns`, next
+/// to a whole load of the same table in the same run (the baseline, as a ratio); then
+/// what the agent computes per change (render, delta, the whole nft.json file) and what
+/// listing the table back costs (the periodic check).
+fn deltas(ns: &Netns, dir: &std::path::Path, rs: &[Resource], endpoints: usize, policies: usize, groups: usize) {
+    let blocks = vec!["10.65.0.0/16".parse().expect("net")];
+    let addrs = BTreeMap::new();
+    let before = render_nft(&NodeView::build("host1", rs, &addrs, &blocks));
+    let plus = cluster(endpoints + 1, policies, groups);
+    let (after, t_render) = timed(|| render_nft(&NodeView::build("host1", &plus, &addrs, &blocks)));
+    let patch = |new: &calico_render::NftTable, old: &calico_render::NftTable| match new.delta(old) {
+        Delta::Patch(b) => b.to_json_bytes(),
+        other => panic!("not a delta: {other:?}"),
+    };
+    let (add, t_delta) = timed(|| patch(&after, &before));
+    let remove = patch(&before, &after);
+    let (whole, t_file) = timed(|| after.to_batch().to_json_bytes());
+    let files = [("add.json", &add), ("remove.json", &remove), ("whole.json", &whole)];
+    for (name, bytes) in files {
+        if std::fs::write(dir.join(name), bytes).is_err() {
+            println!("  deltas            skipped (cannot write {name})");
+            return;
+        }
+    }
+    let load = |name: &str| ns.nft(&["-j", "-f", &dir.join(name).display().to_string()]);
+    let (Ok(t_add), Ok(t_remove), Ok(t_whole)) = (load("add.json"), load("remove.json"), load("whole.json")) else {
+        println!("  deltas            FAILED (nft refused a batch)");
+        return;
+    };
+    let t_list = ns.nft(&["-j", "list", "table", "inet", "calico"]).unwrap_or_default();
+    let ratio = |d: Duration| t_whole.as_secs_f64() / d.as_secs_f64().max(1e-9);
+    println!(
+        "  delta +1 endpoint {t_add:>10.2?}  ({} bytes; {:.0}x faster than the whole load of the same table, {t_whole:.2?})",
+        add.len(),
+        ratio(t_add)
+    );
+    println!(
+        "  delta -1 endpoint {t_remove:>10.2?}  ({} bytes; {:.0}x)",
+        remove.len(),
+        ratio(t_remove)
+    );
+    println!("  per change, agent render {t_render:.2?} + delta {t_delta:.2?} + nft.json {t_file:.2?}");
+    println!("  nft -j list table {t_list:>10.2?}  (the periodic check's read-back)");
 }
 
 fn main() {
