@@ -22,15 +22,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
+use calico_schema::now_secs;
 use calico_store::PREFIX;
 use clap::Args;
 use serde_json::Value;
 
+use crate::agent_proc::{agent_log, DEFAULT_LOG_DIR};
+use crate::birdc::birdc;
 use crate::cli::GlobalOpts;
 use crate::conn::Ctx;
 use crate::hostcmd::{run_cmd, run_cmd_input};
-use crate::node::{now_secs, RunDir, RunDirArg, DEFAULT_LOG_DIR};
-use crate::status::birdc;
+use crate::run_dir::{AgentRecord, RunDir, RunDirArg};
 
 #[derive(Debug, Clone, Args)]
 pub struct ResetArgs {
@@ -253,7 +255,7 @@ async fn collect_and_pack(
     g: &GlobalOpts,
     args: &DiagsArgs,
     run: &RunDir,
-    record: Option<crate::node::AgentRecord>,
+    record: Option<AgentRecord>,
     stage: &Path,
     top: &str,
     dir: &Path,
@@ -266,9 +268,9 @@ async fn collect_and_pack(
     };
     // Files of the agent and BIRD.
     let log = match (&args.log_dir, record.as_ref().and_then(|r| r.log_file.clone())) {
-        (Some(d), _) => d.join("calico-node.log"),
+        (Some(d), _) => agent_log(d),
         (None, Some(f)) => PathBuf::from(f),
-        (None, None) => Path::new(DEFAULT_LOG_DIR).join("calico-node.log"),
+        (None, None) => agent_log(Path::new(DEFAULT_LOG_DIR)),
     };
     c.copy("calico-node.log", &log);
     c.copy("calico-node.args", &run.record());

@@ -6,7 +6,10 @@
 // Product code handles every failure; panics are for tests (and test support).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod agent_http;
+mod agent_proc;
 mod apply;
+mod birdc;
 mod cli;
 mod conn;
 mod delete;
@@ -22,6 +25,7 @@ mod node;
 mod output;
 mod render_cmd;
 mod resolve;
+mod run_dir;
 mod status;
 mod sync;
 mod textdiff;
