@@ -14,17 +14,18 @@
 //!   fields named like passwords, secrets, tokens or private keys are replaced);
 //! - `status.txt`: this calicoctl's etcd settings (TLS files by path, never contents).
 //!
-//! The archive is written by the system's `tar czf` (GNU tar and gzip are on every host
-//! that runs BIRD and nft; it keeps calicoctl free of archive code).
+//! The members are staged in a temporary directory `calico-diags-<time>/`, which is
+//! archived whole (the tar and flate2 crates: no `tar` program needed on the host).
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 use calico_schema::now_secs;
 use calico_store::PREFIX;
 use clap::Args;
+use flate2::write::GzEncoder;
+use flate2::Compression;
 use serde_json::Value;
 
 use crate::agent_proc::{agent_log, DEFAULT_LOG_DIR};
@@ -245,18 +246,16 @@ pub async fn diags(g: &GlobalOpts, args: &DiagsArgs) -> Result<()> {
     let stage = std::env::temp_dir().join(format!("calicoctl-diags-{}-{stamp}", std::process::id()));
     let dir = stage.join(&top);
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-    let result = collect_and_pack(g, args, &run, record, &stage, &top, &dir, &output).await;
+    let result = collect_and_pack(g, args, &run, record, &top, &dir, &output).await;
     let _ = std::fs::remove_dir_all(&stage);
     result
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn collect_and_pack(
     g: &GlobalOpts,
     args: &DiagsArgs,
     run: &RunDir,
     record: Option<AgentRecord>,
-    stage: &Path,
     top: &str,
     dir: &Path,
     output: &Path,
@@ -330,26 +329,21 @@ async fn collect_and_pack(
     };
     c.put("errors.txt", &errors);
 
-    let out = Command::new("tar")
-        .arg("czf")
-        .arg(output)
-        .arg("-C")
-        .arg(stage)
-        .arg(top)
-        .stdin(Stdio::null())
-        .output()
-        .context("run tar")?;
-    if !out.status.success() {
-        bail!(
-            "tar czf {} failed: {}",
-            output.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    pack(output, top, dir).with_context(|| format!("write {}", output.display()))?;
     println!("Wrote {} ({} files)", output.display(), c.members.len());
     for e in &c.errors {
         eprintln!("not collected: {e}");
     }
+    Ok(())
+}
+
+/// Writes `dir` as `top/...` into a gzip-compressed tar at `output`: what
+/// `tar czf output -C <parent> top` writes.
+fn pack(output: &Path, top: &str, dir: &Path) -> Result<()> {
+    let file = std::fs::File::create(output)?;
+    let mut archive = tar::Builder::new(GzEncoder::new(file, Compression::default()));
+    archive.append_dir_all(top, dir)?;
+    archive.into_inner()?.finish()?.sync_all()?;
     Ok(())
 }
 
