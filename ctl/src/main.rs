@@ -2,6 +2,17 @@
 //!
 //! Exit codes: 0 success; 1 an error (each on its own line on stderr); 2 a usage error
 //! (clap). `diff` alone differs: 0 no changes, 1 changes, 2 an error.
+//!
+//! Modules are of two sorts. Command modules run one command or a family of them:
+//! `apply`, `delete`, `get`, `groups`, `ipam_cmd`, `node`, `status`, `diags`,
+//! `render_cmd`, `sync`, `master`. Shared modules serve them: `cli`, `args`, `conn`,
+//! `input`, `output`, `observed`, `resolve`, `docker_lookup`, `hostcmd`, `run_dir`,
+//! `agent_proc`, `agent_http`, `birdc`, `textdiff`. A command module uses shared
+//! modules only, never another command module: a helper two commands need moves to a
+//! shared module. Shared modules never use command modules. Known exceptions, until
+//! `Store::transact` replaces them: the read-check-commit retry loops (in `delete`,
+//! `groups`, `node`, `sync`) take `apply`'s retry helpers; and `sync/` (its plan's use
+//! of `apply::check_against`, `master`'s use of `sync`'s engine and `parse_duration`).
 
 // Product code handles every failure; panics are for tests (and test support).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -9,6 +20,7 @@
 mod agent_http;
 mod agent_proc;
 mod apply;
+mod args;
 mod birdc;
 mod cli;
 mod conn;
@@ -22,6 +34,7 @@ mod input;
 mod ipam_cmd;
 mod master;
 mod node;
+mod observed;
 mod output;
 mod render_cmd;
 mod resolve;

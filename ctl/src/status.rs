@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use calico_schema::now_secs;
-use calico_schema::{ContainerStatus, EndpointState, Resource};
+use calico_schema::{AgentStatus, ContainerStatus, EndpointState, Resource};
 use clap::Args;
 
 use crate::agent_http;
@@ -21,6 +21,7 @@ use crate::agent_proc::{ProcState, AGENT_BINARY};
 use crate::birdc::birdc;
 use crate::cli::GlobalOpts;
 use crate::conn::Ctx;
+use crate::observed::{agent_status, agent_status_key, container_status};
 use crate::output::table;
 use crate::run_dir::{node_name, RunDir, RunDirArg};
 
@@ -32,9 +33,6 @@ pub struct StatusArgs {
     #[command(flatten)]
     pub dirs: RunDirArg,
 }
-
-/// What the agent writes at `status/nodes/<name>` (shared with the agent).
-pub use calico_schema::AgentStatus as AgentReport;
 
 /// One protocol of `birdc show protocols all`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -114,7 +112,7 @@ fn indent(text: &str) -> String {
 
 /// What etcd knows, or why it could not be asked.
 struct FromEtcd {
-    report: Result<Option<AgentReport>, String>,
+    report: Result<Option<AgentStatus>, String>,
     containers: Vec<String>,
     statuses: BTreeMap<String, ContainerStatus>,
     /// BGPPeer name -> whether it is node-specific.
@@ -123,16 +121,7 @@ struct FromEtcd {
 
 async fn from_etcd(g: &GlobalOpts, name: &str) -> Result<FromEtcd> {
     let ctx = Ctx::connect(g).await?;
-    let report = match ctx
-        .call(
-            "read agent status",
-            ctx.store.get_json::<AgentReport>(&format!("status/nodes/{name}")),
-        )
-        .await
-    {
-        Ok(r) => Ok(r),
-        Err(e) => Err(format!("{e:#}")),
-    };
+    let report = agent_status(&ctx, name).await.map_err(|e| format!("{e:#}"));
     let listing = ctx.call("list", ctx.store.list(None)).await?;
     let mut containers = Vec::new();
     let mut peers = BTreeMap::new();
@@ -148,19 +137,7 @@ async fn from_etcd(g: &GlobalOpts, name: &str) -> Result<FromEtcd> {
             _ => {}
         }
     }
-    let mut statuses = BTreeMap::new();
-    let listed = ctx
-        .call(
-            "read container status",
-            ctx.store.list_json::<ContainerStatus>("status/containers/"),
-        )
-        .await?;
-    for (key, st) in listed {
-        if let Ok(st) = st {
-            let cname = key.rsplit('/').next().unwrap_or(&key).to_string();
-            statuses.insert(cname, st);
-        }
-    }
+    let statuses = container_status(&ctx).await?;
     Ok(FromEtcd {
         report,
         containers,
@@ -260,7 +237,10 @@ pub async fn run(g: &GlobalOpts, args: &StatusArgs) -> Result<()> {
                 },
             ));
         }
-        Ok(None) => rows.push(("reported", format!("nothing yet (no status/nodes/{name} in etcd)"))),
+        Ok(None) => rows.push((
+            "reported",
+            format!("nothing yet (no {} in etcd)", agent_status_key(&name)),
+        )),
         Err(e) => rows.push(("reported", format!("unknown: {e}"))),
     }
     for (k, v) in &rows {
