@@ -5,7 +5,7 @@
 //!
 //! Modules are of two sorts. Command modules run one command or a family of them:
 //! `apply`, `delete`, `get`, `groups`, `ipam_cmd`, `node`, `status`, `diags`,
-//! `render_cmd`, `sync`, `master`. Shared modules serve them: `cli`, `args`, `conn`,
+//! `reset`, `render_cmd`, `sync`, `master`. Shared modules serve them: `cli`, `args`, `conn`,
 //! `input`, `output`, `observed`, `resolve`, `docker_lookup`, `hostcmd`, `run_dir`,
 //! `agent_proc`, `agent_http`, `birdc`, `textdiff`. A command module uses shared
 //! modules only, never another command module: a helper two commands need moves to a
@@ -37,6 +37,7 @@ mod node;
 mod observed;
 mod output;
 mod render_cmd;
+mod reset;
 mod resolve;
 mod run_dir;
 mod status;
@@ -78,7 +79,7 @@ enum TopCommand {
     /// Show, check and repair IP address management
     Ipam(ipam_cmd::IpamArgs),
     /// Delete everything calico-docker keeps in etcd (/calico/v1/)
-    Reset(diags::ResetArgs),
+    Reset(reset::ResetArgs),
     /// Write a .tar.gz of logs, ruleset, routes, BIRD state and a datastore dump
     Diags(diags::DiagsArgs),
     /// Keep a directory of YAML files applied (GitOps); `sync status` shows its last result
@@ -161,7 +162,7 @@ async fn run(cli: Cli) -> Result<()> {
         TopCommand::Node(a) => node::run(g, &a).await,
         TopCommand::Status(a) => status::run(g, &a).await,
         TopCommand::Ipam(a) => ipam_cmd::run(g, &a).await,
-        TopCommand::Reset(a) => diags::reset(g, &a).await,
+        TopCommand::Reset(a) => reset::run(g, &a).await,
         TopCommand::Diags(a) => diags::diags(g, &a).await,
         TopCommand::Sync(a) => sync::run(g, &a).await,
         TopCommand::Master(a) => master::run(g, &a).await,
