@@ -1,5 +1,7 @@
-//! Connecting to etcd from the global options, with a hard deadline on every call so
-//! that no command can hang when etcd is away.
+//! Connecting to etcd from the global options, and store errors in the words a user
+//! needs. Every store call is already bounded by `--timeout` inside calico-store (a
+//! timed-out call is `Unavailable`: "etcd at ... is unreachable: no answer within ..."),
+//! so nothing here adds a deadline of its own.
 
 use std::future::Future;
 use std::time::Duration;
@@ -10,8 +12,6 @@ use calico_store::{Store, StoreConfig, StoreError, TlsFiles};
 use crate::cli::GlobalOpts;
 
 pub const DEFAULT_ENDPOINTS: &str = "127.0.0.1:2379";
-/// How much longer than the store's own timeout a call may take before we give up on it.
-const SLACK: Duration = Duration::from_millis(1000);
 
 /// The endpoint list: --etcd / ETCD_ENDPOINTS, else the seed's ETCD_AUTHORITY, else the default.
 pub fn endpoints(g: &GlobalOpts) -> String {
@@ -58,25 +58,17 @@ pub struct Ctx {
 impl Ctx {
     pub async fn connect(g: &GlobalOpts) -> Result<Ctx> {
         let cfg = store_config(g)?;
-        let store = deadline(&cfg, "connect", Store::connect(&cfg)).await?;
+        let store = Store::connect(&cfg).await.map_err(|e| store_error(&cfg, e))?;
         Ok(Ctx { store, cfg })
     }
 
-    /// Runs one store call with the deadline, turning store errors into user messages.
+    /// Awaits one store call, turning store errors into user messages; `what` names the
+    /// call in the debug log.
     pub async fn call<T>(&self, what: &str, fut: impl Future<Output = Result<T, StoreError>>) -> Result<T> {
-        deadline(&self.cfg, what, fut).await
-    }
-}
-
-async fn deadline<T>(cfg: &StoreConfig, what: &str, fut: impl Future<Output = Result<T, StoreError>>) -> Result<T> {
-    match tokio::time::timeout(cfg.timeout + SLACK, fut).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(store_error(cfg, e)),
-        Err(_) => Err(anyhow::anyhow!(
-            "etcd at {} did not answer within {:.1}s ({what})",
-            cfg.endpoints.join(","),
-            cfg.timeout.as_secs_f64()
-        )),
+        fut.await.map_err(|e| {
+            tracing::debug!(call = what, error = %e, "store call failed");
+            store_error(&self.cfg, e)
+        })
     }
 }
 

@@ -7,25 +7,12 @@ use calico_schema::validate::check_delete;
 use calico_schema::{Kind, Resource};
 
 use crate::apply::{is_stale, stale_give_up, MAX_ATTEMPTS};
+use crate::args::parse_kind;
 use crate::cli::{DeleteArgs, GlobalOpts};
 use crate::conn::Ctx;
 use crate::input::load_sources;
 use crate::output::sync_owner;
 use crate::Lines;
-
-/// Parses a kind as typed on the command line, with the accepted forms in the error.
-pub fn parse_kind(s: &str) -> Result<Kind> {
-    Kind::parse_cli(s).ok_or_else(|| {
-        anyhow::anyhow!(
-            "unknown kind '{s}' (expected one of: {})",
-            Kind::ALL
-                .iter()
-                .map(|k| k.as_str().to_ascii_lowercase())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    })
-}
 
 type Item = (Kind, String, Option<String>);
 

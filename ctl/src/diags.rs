@@ -1,7 +1,6 @@
-//! Whole-installation commands: `calicoctl diags` (a .tar.gz to attach to a bug
-//! report) and `calicoctl reset` (delete everything under /calico/v1/).
+//! `calicoctl diags`: a .tar.gz to attach to a bug report.
 //!
-//! diags collects, each on its own so that one failure does not stop the rest (failures
+//! It collects, each on its own so that one failure does not stop the rest (failures
 //! are listed in `errors.txt`):
 //! - `calico-node.log` (the agent's log, from `calico-node.args` or `--log-dir`),
 //!   `bird.conf`, `bird.log`, `calico-node.args`;
@@ -12,40 +11,26 @@
 //!   agent's network namespace when it was started with `--netns` (`nsenter --net=`);
 //! - `datastore.json`: every key under /calico/v1/ with secrets left out (values of
 //!   fields named like passwords, secrets, tokens or private keys are replaced);
-//! - `status.txt`: this calicoctl's etcd settings (TLS files by path, never contents).
+//! - `diags.txt`: this calicoctl's etcd settings (TLS files by path, never contents).
 //!
-//! The archive is written by the system's `tar czf` (GNU tar and gzip are on every host
-//! that runs BIRD and nft; it keeps calicoctl free of archive code).
+//! The members are staged in a temporary directory `calico-diags-<time>/`, which is
+//! archived whole (the tar and flate2 crates: no `tar` program needed on the host).
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use calico_schema::now_secs;
 use calico_store::PREFIX;
 use clap::Args;
+use flate2::write::GzEncoder;
+use flate2::Compression;
 use serde_json::Value;
 
+use crate::agent_proc::{agent_log, DEFAULT_LOG_DIR};
+use crate::birdc::birdc;
 use crate::cli::GlobalOpts;
-use crate::conn::Ctx;
-use crate::hostcmd::{run_cmd, run_cmd_input};
-use crate::node::{now_secs, RunDir, RunDirArg, DEFAULT_LOG_DIR};
-use crate::status::birdc;
-
-#[derive(Debug, Clone, Args)]
-pub struct ResetArgs {
-    /// Do not ask; required when standard input is not a terminal
-    #[arg(long)]
-    pub yes: bool,
-    /// The run directory of this host's agent: its record says which network namespace
-    /// holds the dataplane to clean
-    #[command(flatten)]
-    pub dirs: RunDirArg,
-    /// Only delete the keys in etcd; leave this host's nftables table and iptables
-    /// chain in place
-    #[arg(long)]
-    pub datastore_only: bool,
-}
+use crate::hostcmd::run_cmd;
+use crate::run_dir::{AgentRecord, RunDir, RunDirArg};
 
 #[derive(Debug, Clone, Args)]
 pub struct DiagsArgs {
@@ -58,87 +43,6 @@ pub struct DiagsArgs {
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
 }
-
-// ------------------------------------------------------------------ reset
-
-pub async fn reset(g: &GlobalOpts, args: &ResetArgs) -> Result<()> {
-    let ctx = Ctx::connect(g).await?;
-    let count = ctx.store.count_prefix(PREFIX).await.context("count keys")?;
-    if !args.yes {
-        if !std::io::stdin().is_terminal() {
-            bail!("reset deletes all {count} keys under {PREFIX}; standard input is not a terminal, so pass --yes");
-        }
-        eprint!(
-            "This deletes every resource, IPAM allocation and status under {PREFIX} in etcd at {} ({count} keys). Type 'yes' to go on: ",
-            ctx.cfg.endpoints.join(",")
-        );
-        let mut answer = String::new();
-        std::io::stdin().read_line(&mut answer)?;
-        if answer.trim() != "yes" {
-            bail!("not confirmed; nothing deleted");
-        }
-    }
-    let deleted = ctx.store.delete_prefix(PREFIX).await.context("delete keys")?;
-    println!("Deleted {deleted} keys under {PREFIX}");
-    if args.datastore_only {
-        return Ok(());
-    }
-    clean_host(&RunDir(args.dirs.run_dir.clone()))
-}
-
-/// Removes what calico-docker put on this host outside etcd: the nftables table
-/// `inet calico` and the iptables FORWARD accept chain (IPv4 and IPv6), in the agent's
-/// network namespace. Not while an agent runs there: it keeps its dataplane (fail
-/// static) and would put both back.
-fn clean_host(run: &RunDir) -> Result<()> {
-    if let Some(pid) = run.agent().running() {
-        println!(
-            "The agent for {} is running (pid {pid}) and keeps this host's dataplane; \
-             stop it with `calicoctl node stop --run-dir {}` and run reset again to remove it",
-            run.0.display(),
-            run.0.display()
-        );
-        return Ok(());
-    }
-    let netns = run.read_record().and_then(|r| r.netns);
-    let ns = netns.as_deref();
-    let mut errors = Vec::new();
-    if run_cmd(ns, &["nft", "list", "table", "inet", calico_render::TABLE_NAME]).is_ok() {
-        match run_cmd(ns, &["nft", "delete", "table", "inet", calico_render::TABLE_NAME]) {
-            Ok(_) => println!("Removed nftables table inet {}", calico_render::TABLE_NAME),
-            Err(e) => errors.push(format!("{e:#}")),
-        }
-    }
-    for (save, restore) in [
-        ("iptables-save", "iptables-restore"),
-        ("ip6tables-save", "ip6tables-restore"),
-    ] {
-        let listed = match run_cmd(ns, &[save, "-t", "filter"]) {
-            Ok(text) => text,
-            // No iptables on this host: nothing of ours can be there.
-            Err(_) if !crate::hostcmd::have(save) => continue,
-            Err(e) => {
-                errors.push(format!("{e:#}"));
-                continue;
-            }
-        };
-        if let Some(input) = calico_render::iptables::remove_forward(&listed) {
-            match run_cmd_input(ns, &[restore, "-w", "--noflush"], Some(&input)) {
-                Ok(_) => println!(
-                    "Removed the iptables chain {} ({save})",
-                    calico_render::iptables::FORWARD_CHAIN
-                ),
-                Err(e) => errors.push(format!("{e:#}")),
-            }
-        }
-    }
-    if !errors.is_empty() {
-        bail!("could not clean this host: {}", errors.join("; "));
-    }
-    Ok(())
-}
-
-// ------------------------------------------------------------------ diags
 
 /// Field names whose values are never copied into a dump.
 fn is_secret_field(name: &str) -> bool {
@@ -243,18 +147,16 @@ pub async fn diags(g: &GlobalOpts, args: &DiagsArgs) -> Result<()> {
     let stage = std::env::temp_dir().join(format!("calicoctl-diags-{}-{stamp}", std::process::id()));
     let dir = stage.join(&top);
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-    let result = collect_and_pack(g, args, &run, record, &stage, &top, &dir, &output).await;
+    let result = collect_and_pack(g, args, &run, record, &top, &dir, &output).await;
     let _ = std::fs::remove_dir_all(&stage);
     result
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn collect_and_pack(
     g: &GlobalOpts,
     args: &DiagsArgs,
     run: &RunDir,
-    record: Option<crate::node::AgentRecord>,
-    stage: &Path,
+    record: Option<AgentRecord>,
     top: &str,
     dir: &Path,
     output: &Path,
@@ -266,9 +168,9 @@ async fn collect_and_pack(
     };
     // Files of the agent and BIRD.
     let log = match (&args.log_dir, record.as_ref().and_then(|r| r.log_file.clone())) {
-        (Some(d), _) => d.join("calico-node.log"),
+        (Some(d), _) => agent_log(d),
         (None, Some(f)) => PathBuf::from(f),
-        (None, None) => Path::new(DEFAULT_LOG_DIR).join("calico-node.log"),
+        (None, None) => agent_log(Path::new(DEFAULT_LOG_DIR)),
     };
     c.copy("calico-node.log", &log);
     c.copy("calico-node.args", &run.record());
@@ -328,26 +230,21 @@ async fn collect_and_pack(
     };
     c.put("errors.txt", &errors);
 
-    let out = Command::new("tar")
-        .arg("czf")
-        .arg(output)
-        .arg("-C")
-        .arg(stage)
-        .arg(top)
-        .stdin(Stdio::null())
-        .output()
-        .context("run tar")?;
-    if !out.status.success() {
-        bail!(
-            "tar czf {} failed: {}",
-            output.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    pack(output, top, dir).with_context(|| format!("write {}", output.display()))?;
     println!("Wrote {} ({} files)", output.display(), c.members.len());
     for e in &c.errors {
         eprintln!("not collected: {e}");
     }
+    Ok(())
+}
+
+/// Writes `dir` as `top/...` into a gzip-compressed tar at `output`: what
+/// `tar czf output -C <parent> top` writes.
+fn pack(output: &Path, top: &str, dir: &Path) -> Result<()> {
+    let file = std::fs::File::create(output)?;
+    let mut archive = tar::Builder::new(GzEncoder::new(file, Compression::default()));
+    archive.append_dir_all(top, dir)?;
+    archive.into_inner()?.finish()?.sync_all()?;
     Ok(())
 }
 

@@ -3,33 +3,18 @@
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
-use calico_schema::{ContainerStatus, Kind, Resource};
+use calico_schema::{Kind, Resource};
 
+use crate::args::parse_kind;
 use crate::cli::{GetArgs, GlobalOpts, OutputFormat};
 use crate::conn::Ctx;
-use crate::delete::parse_kind;
+use crate::observed::container_status;
 use crate::output;
 use crate::Lines;
-
-pub const STATUS_CONTAINERS: &str = "status/containers/";
 
 /// Resources in a stable order: referenced kinds first, then by name.
 pub fn sort(rs: &mut [Resource]) {
     rs.sort_by(|a, b| (a.kind().rank(), a.name()).cmp(&(b.kind().rank(), b.name())));
-}
-
-/// The observed state of Containers, by Container name. Undecodable entries are skipped.
-pub async fn container_status(ctx: &Ctx) -> Result<BTreeMap<String, ContainerStatus>> {
-    let entries = ctx
-        .call("read status", ctx.store.list_json::<ContainerStatus>(STATUS_CONTAINERS))
-        .await?;
-    Ok(entries
-        .into_iter()
-        .filter_map(|(key, st)| {
-            let name = key.rsplit('/').next().unwrap_or(&key).to_string();
-            st.ok().map(|s| (name, s))
-        })
-        .collect())
 }
 
 pub async fn run(g: &GlobalOpts, args: &GetArgs) -> Result<()> {

@@ -2,11 +2,26 @@
 //!
 //! Exit codes: 0 success; 1 an error (each on its own line on stderr); 2 a usage error
 //! (clap). `diff` alone differs: 0 no changes, 1 changes, 2 an error.
+//!
+//! Modules are of two sorts. Command modules run one command or a family of them:
+//! `apply`, `delete`, `get`, `groups`, `ipam_cmd`, `node`, `status`, `diags`,
+//! `reset`, `render_cmd`, `sync`, `master`. Shared modules serve them: `cli`, `args`, `conn`,
+//! `input`, `output`, `observed`, `resolve`, `docker_lookup`, `hostcmd`, `run_dir`,
+//! `agent_proc`, `agent_http`, `birdc`, `textdiff`. A command module uses shared
+//! modules only, never another command module: a helper two commands need moves to a
+//! shared module. Shared modules never use command modules. Known exceptions, until
+//! `Store::transact` replaces them: the read-check-commit retry loops (in `delete`,
+//! `groups`, `node`, `sync`) take `apply`'s retry helpers; and `sync/` (its plan's use
+//! of `apply::check_against`, `master`'s use of `sync`'s engine and `parse_duration`).
 
 // Product code handles every failure; panics are for tests (and test support).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod agent_http;
+mod agent_proc;
 mod apply;
+mod args;
+mod birdc;
 mod cli;
 mod conn;
 mod delete;
@@ -19,9 +34,12 @@ mod input;
 mod ipam_cmd;
 mod master;
 mod node;
+mod observed;
 mod output;
 mod render_cmd;
+mod reset;
 mod resolve;
+mod run_dir;
 mod status;
 mod sync;
 mod textdiff;
@@ -61,7 +79,7 @@ enum TopCommand {
     /// Show, check and repair IP address management
     Ipam(ipam_cmd::IpamArgs),
     /// Delete everything calico-docker keeps in etcd (/calico/v1/)
-    Reset(diags::ResetArgs),
+    Reset(reset::ResetArgs),
     /// Write a .tar.gz of logs, ruleset, routes, BIRD state and a datastore dump
     Diags(diags::DiagsArgs),
     /// Keep a directory of YAML files applied (GitOps); `sync status` shows its last result
@@ -144,7 +162,7 @@ async fn run(cli: Cli) -> Result<()> {
         TopCommand::Node(a) => node::run(g, &a).await,
         TopCommand::Status(a) => status::run(g, &a).await,
         TopCommand::Ipam(a) => ipam_cmd::run(g, &a).await,
-        TopCommand::Reset(a) => diags::reset(g, &a).await,
+        TopCommand::Reset(a) => reset::run(g, &a).await,
         TopCommand::Diags(a) => diags::diags(g, &a).await,
         TopCommand::Sync(a) => sync::run(g, &a).await,
         TopCommand::Master(a) => master::run(g, &a).await,

@@ -1,19 +1,12 @@
 //! `calicoctl node --ip IP ...` (register the Node, start the `calico-node` agent) and
 //! `calicoctl node stop` (stop the agent and its BIRD).
 //!
-//! Runtime files, all in the run directory (default /var/run/calico), so several agents
-//! on one machine (test hosts) stay apart:
-//! - `calico-node.pid`: the agent's pid, written by `calicoctl node`;
-//! - `calico-node.args`: JSON [`AgentRecord`]: how the agent was started (node name,
-//!   netns, HTTP address, log file). `status` and `diags` read it; it is how they know
-//!   which namespace the dataplane lives in. `node stop` leaves it, so they still know
-//!   after the agent is gone;
-//! - `bird.pid`, `bird.ctl`, `bird.conf`, `bird.log`: written by the agent and BIRD.
-//!
-//! The agent's log is `<log-dir>/calico-node.log` (default /var/log/calico).
+//! The run directory's files are `run_dir`'s, the processes `agent_proc`'s; this module
+//! decides what to start and stop. The agent's log is `<log-dir>/calico-node.log`
+//! (default /var/log/calico).
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -23,20 +16,16 @@ use calico_schema::validate::{check_resource, check_set, Existing};
 use calico_schema::{object, IfaceAddr, Kind, NodeSpec, Resource};
 use calico_store::{Change, WriteMode};
 use clap::{Args, Subcommand};
-use serde::{Deserialize, Serialize};
 
+use crate::agent_http::{self, DEFAULT_HTTP};
+use crate::agent_proc::{agent_log, find_agent_binary, tail, terminate, ProcState, AGENT_BINARY, DEFAULT_LOG_DIR};
 use crate::apply::{is_stale, stale_give_up, MAX_ATTEMPTS};
 use crate::cli::GlobalOpts;
 use crate::conn::{self, Ctx};
+use crate::hostcmd::hostname;
 use crate::output::sync_owner;
+use crate::run_dir::{node_name, AgentRecord, RunDir, RunDirArg};
 
-pub const DEFAULT_RUN_DIR: &str = "/var/run/calico";
-pub const DEFAULT_LOG_DIR: &str = "/var/log/calico";
-/// The agent's own default (`calico-node --http`).
-pub const DEFAULT_HTTP: &str = "127.0.0.1:9099";
-pub const AGENT_BINARY: &str = "calico-node";
-/// Overrides where `calicoctl node` finds the agent binary.
-pub const AGENT_BINARY_ENV: &str = "CALICO_NODE_BINARY";
 /// How long `node` waits for a daemonised agent's /healthz.
 const HEALTH_WAIT: Duration = Duration::from_secs(10);
 /// How long `node stop` waits for the agent (which stops BIRD itself, up to 5 s) and
@@ -82,13 +71,6 @@ pub struct NodeArgs {
     pub foreground: bool,
 }
 
-#[derive(Debug, Clone, Args)]
-pub struct RunDirArg {
-    /// The agent's runtime directory (pid files, BIRD's config and control socket)
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_RUN_DIR)]
-    pub run_dir: PathBuf,
-}
-
 #[derive(Debug, Clone, Subcommand)]
 pub enum NodeCommand {
     /// Stop this host's agent and its BIRD
@@ -108,242 +90,7 @@ pub struct NodeStopArgs {
     pub force: bool,
 }
 
-// ------------------------------------------------------------------ runtime files
-
-/// How the agent of a run directory was started: `<run-dir>/calico-node.args`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", default)]
-pub struct AgentRecord {
-    pub name: String,
-    pub pid: u32,
-    pub binary: String,
-    pub args: Vec<String>,
-    pub netns: Option<String>,
-    pub run_dir: String,
-    pub log_file: Option<String>,
-    pub http: Option<String>,
-    pub etcd: String,
-    /// Seconds since the Unix epoch.
-    pub started: u64,
-}
-
-/// The paths of one run directory.
-#[derive(Debug, Clone)]
-pub struct RunDir(pub PathBuf);
-
-impl RunDir {
-    pub fn agent_pid(&self) -> PathBuf {
-        self.0.join("calico-node.pid")
-    }
-    pub fn record(&self) -> PathBuf {
-        self.0.join("calico-node.args")
-    }
-    pub fn bird_pid(&self) -> PathBuf {
-        self.0.join("bird.pid")
-    }
-    pub fn bird_ctl(&self) -> PathBuf {
-        self.0.join("bird.ctl")
-    }
-    pub fn bird_conf(&self) -> PathBuf {
-        self.0.join("bird.conf")
-    }
-    pub fn bird_log(&self) -> PathBuf {
-        self.0.join("bird.log")
-    }
-
-    /// The record of the last `calicoctl node` for this directory, if readable.
-    pub fn read_record(&self) -> Option<AgentRecord> {
-        let text = std::fs::read_to_string(self.record()).ok()?;
-        serde_json::from_str(&text).ok()
-    }
-
-    /// The agent's pid and whether it is a live `calico-node`.
-    pub fn agent(&self) -> ProcState {
-        proc_state(&self.agent_pid(), AGENT_BINARY)
-    }
-
-    pub fn bird(&self) -> ProcState {
-        proc_state(&self.bird_pid(), "bird")
-    }
-}
-
-/// What a pid file says about its process.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ProcState {
-    NoPidFile,
-    /// The file does not hold a pid.
-    BadPidFile(String),
-    /// The pid is not running, or is now another program.
-    Stale(i32),
-    Running(i32),
-}
-
-impl ProcState {
-    pub fn running(&self) -> Option<i32> {
-        match self {
-            ProcState::Running(p) => Some(*p),
-            _ => None,
-        }
-    }
-}
-
-fn proc_state(pid_file: &Path, comm: &str) -> ProcState {
-    let Ok(text) = std::fs::read_to_string(pid_file) else {
-        return ProcState::NoPidFile;
-    };
-    let Ok(pid) = text.trim().parse::<i32>() else {
-        return ProcState::BadPidFile(text.trim().chars().take(40).collect());
-    };
-    if pid > 0 && pid_alive(pid) && proc_comm(pid).is_some_and(|c| c == comm) {
-        ProcState::Running(pid)
-    } else {
-        ProcState::Stale(pid)
-    }
-}
-
-/// The kernel's short name of a process (`/proc/PID/comm`).
-pub fn proc_comm(pid: i32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .ok()
-        .map(|s| s.trim().to_string())
-}
-
-/// Whether `pid` is a running process. A zombie counts as gone: whoever reaps it (init,
-/// which may be slow or absent in containers) does not matter to us.
-pub fn pid_alive(pid: i32) -> bool {
-    if pid <= 0 {
-        return false;
-    }
-    use nix::errno::Errno;
-    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
-        Ok(()) | Err(Errno::EPERM) => {}
-        Err(_) => return false,
-    }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // `pid (comm) S ...`: the state follows the last ')'.
-        Ok(stat) => !matches!(
-            stat.rsplit_once(')')
-                .and_then(|(_, rest)| rest.trim_start().chars().next()),
-            Some('Z') | Some('X')
-        ),
-        Err(_) => false,
-    }
-}
-
-fn signal(pid: i32, sig: nix::sys::signal::Signal) -> Result<()> {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).with_context(|| format!("send {sig} to pid {pid}"))
-}
-
-/// Waits until `pid` is gone; false on timeout.
-pub fn wait_gone(pid: i32, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if !pid_alive(pid) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    !pid_alive(pid)
-}
-
-/// SIGTERM, wait, SIGKILL. Returns a line describing what happened.
-fn terminate(pid: i32, what: &str, wait: Duration) -> Result<String> {
-    use nix::sys::signal::Signal;
-    signal(pid, Signal::SIGTERM)?;
-    if wait_gone(pid, wait) {
-        return Ok(format!("Stopped {what} (pid {pid})"));
-    }
-    signal(pid, Signal::SIGKILL)?;
-    if wait_gone(pid, Duration::from_secs(2)) {
-        Ok(format!(
-            "Killed {what} (pid {pid}): it ignored SIGTERM for {}s",
-            wait.as_secs()
-        ))
-    } else {
-        bail!("{what} (pid {pid}) survived SIGKILL")
-    }
-}
-
-pub use crate::hostcmd::hostname;
-
-/// The Node a command about this host's agent means: --name, else the name the agent of
-/// the run directory was started with, else the hostname.
-pub fn node_name(given: Option<&str>, run: &RunDir) -> Result<String> {
-    if let Some(n) = given {
-        return Ok(n.to_string());
-    }
-    if let Some(r) = run.read_record().filter(|r| !r.name.is_empty()) {
-        return Ok(r.name);
-    }
-    hostname()
-}
-
-pub use calico_schema::now_secs;
-
-/// `GET path` over plain HTTP/1.0; the status code and body.
-pub fn http_get(addr: &str, path: &str, timeout: Duration) -> Result<(u16, String)> {
-    let sa: SocketAddr = addr
-        .to_socket_addrs()
-        .with_context(|| format!("resolve {addr}"))?
-        .next()
-        .ok_or_else(|| anyhow!("{addr} names no address"))?;
-    let mut s = TcpStream::connect_timeout(&sa, timeout)?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf);
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| anyhow!("not an HTTP answer from {addr}"))?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((code, body))
-}
-
-/// The last `n` lines of a file (for error messages about the agent).
-pub fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
 // ------------------------------------------------------------------ node
-
-/// Where the agent binary is: $CALICO_NODE_BINARY, else next to this calicoctl, else
-/// on PATH.
-pub fn find_agent_binary() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os(AGENT_BINARY_ENV).filter(|p| !p.is_empty()) {
-        let p = PathBuf::from(p);
-        if !p.is_file() {
-            bail!("{AGENT_BINARY_ENV}={} is not a file", p.display());
-        }
-        return Ok(p);
-    }
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(Path::to_path_buf))
-    {
-        let p = dir.join(AGENT_BINARY);
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let p = dir.join(AGENT_BINARY);
-            if p.is_file() {
-                return Ok(p);
-            }
-        }
-    }
-    bail!("cannot find the {AGENT_BINARY} binary next to calicoctl or on PATH (or set {AGENT_BINARY_ENV})")
-}
 
 fn parse_addr(flag: &str, text: &str, v4: bool) -> Result<IfaceAddr> {
     let a: IfaceAddr = text.parse().map_err(|e: String| anyhow!("{flag}: {e}"))?;
@@ -551,7 +298,7 @@ async fn start(g: &GlobalOpts, args: &NodeArgs) -> Result<()> {
         agent_args.push(ns.display().to_string());
     }
     agent_args.extend(handed_on(g, args)?);
-    let log_file = args.log_dir.join("calico-node.log");
+    let log_file = agent_log(&args.log_dir);
     let mut record = AgentRecord {
         name: name.clone(),
         pid: 0,
@@ -562,7 +309,7 @@ async fn start(g: &GlobalOpts, args: &NodeArgs) -> Result<()> {
         log_file: (!args.foreground).then(|| log_file.display().to_string()),
         http: (!args.http.is_empty()).then(|| args.http.clone()),
         etcd,
-        started: now_secs(),
+        started: calico_schema::now_secs(),
     };
 
     let mut cmd = Command::new(&binary);
@@ -570,7 +317,7 @@ async fn start(g: &GlobalOpts, args: &NodeArgs) -> Result<()> {
 
     if args.foreground {
         record.pid = std::process::id();
-        write_runtime(&run, &record)?;
+        run.write_runtime(&record)?;
         eprintln!("Running {} in the foreground (pid {})", binary.display(), record.pid);
         use std::os::unix::process::CommandExt;
         let err = cmd.exec();
@@ -604,7 +351,7 @@ async fn start(g: &GlobalOpts, args: &NodeArgs) -> Result<()> {
     }
     let mut child = cmd.spawn().with_context(|| format!("start {}", binary.display()))?;
     record.pid = child.id();
-    write_runtime(&run, &record)?;
+    run.write_runtime(&record)?;
 
     // Wait for /healthz, or for the agent to die trying.
     let spawned = Instant::now();
@@ -623,7 +370,7 @@ async fn start(g: &GlobalOpts, args: &NodeArgs) -> Result<()> {
             spawned.elapsed() >= Duration::from_secs(1)
         } else {
             matches!(
-                http_get(&args.http, "/healthz", Duration::from_millis(500)),
+                agent_http::get(&args.http, "/healthz", Duration::from_millis(500)).await,
                 Ok((200, _))
             )
         };
@@ -640,22 +387,13 @@ async fn start(g: &GlobalOpts, args: &NodeArgs) -> Result<()> {
                 run.0.display()
             );
         }
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!("Started {AGENT_BINARY} for node {name} (pid {})", record.pid);
     if !args.http.is_empty() {
         println!("Health: http://{}/healthz", args.http);
     }
     println!("Log: {}", log_file.display());
-    Ok(())
-}
-
-fn write_runtime(run: &RunDir, record: &AgentRecord) -> Result<()> {
-    let pid_file = run.agent_pid();
-    std::fs::write(&pid_file, format!("{}\n", record.pid)).with_context(|| format!("write {}", pid_file.display()))?;
-    let rec = run.record();
-    let text = serde_json::to_string_pretty(record)?;
-    std::fs::write(&rec, text + "\n").with_context(|| format!("write {}", rec.display()))?;
     Ok(())
 }
 
@@ -750,21 +488,5 @@ mod tests {
             "fd00::1/128"
         );
         assert!(parse_addr("--ip6", "10.0.0.1", false).is_err());
-    }
-
-    #[test]
-    fn own_process_is_alive_and_pid_files_are_judged() {
-        assert!(pid_alive(std::process::id() as i32));
-        assert!(!pid_alive(0));
-        let dir = std::env::temp_dir().join(format!("calicoctl-node-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let run = RunDir(dir.clone());
-        assert_eq!(run.agent(), ProcState::NoPidFile);
-        std::fs::write(run.agent_pid(), "x").unwrap();
-        assert!(matches!(run.agent(), ProcState::BadPidFile(_)));
-        // Our own pid is alive but not a calico-node.
-        std::fs::write(run.agent_pid(), std::process::id().to_string()).unwrap();
-        assert_eq!(run.agent(), ProcState::Stale(std::process::id() as i32));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

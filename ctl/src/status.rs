@@ -3,23 +3,27 @@
 //!
 //! Each part is gathered on its own, so a part that cannot be had (agent down, BIRD
 //! down, etcd away) is reported as such and the others are still shown. BIRD is asked
-//! through its control socket (`birdc -s <run-dir>/bird.ctl`), a file, so this works
-//! when the agent runs its dataplane in another network namespace.
+//! through its control socket (`birdc`), so this works when the agent runs its
+//! dataplane in another network namespace.
 //!
 //! Exit status: 0 when the agent is running, 1 when it is not (after printing the rest).
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Result};
-use calico_schema::{ContainerStatus, EndpointState, Resource};
+use anyhow::{bail, Result};
+use calico_schema::now_secs;
+use calico_schema::{AgentStatus, ContainerStatus, EndpointState, Resource};
 use clap::Args;
 
+use crate::agent_http;
+use crate::agent_proc::{ProcState, AGENT_BINARY};
+use crate::birdc::birdc;
 use crate::cli::GlobalOpts;
 use crate::conn::Ctx;
-use crate::node::{http_get, node_name, now_secs, ProcState, RunDir, RunDirArg, AGENT_BINARY};
+use crate::observed::{agent_status, agent_status_key, container_status};
 use crate::output::table;
+use crate::run_dir::{node_name, RunDir, RunDirArg};
 
 #[derive(Debug, Clone, Args)]
 pub struct StatusArgs {
@@ -29,9 +33,6 @@ pub struct StatusArgs {
     #[command(flatten)]
     pub dirs: RunDirArg,
 }
-
-/// What the agent writes at `status/nodes/<name>` (shared with the agent).
-pub use calico_schema::AgentStatus as AgentReport;
 
 /// One protocol of `birdc show protocols all`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -70,27 +71,6 @@ pub fn parse_protocols(text: &str) -> Vec<Protocol> {
             }
         })
         .collect()
-}
-
-/// Runs `birdc -s SOCKET ARGS...` with a deadline; its standard output.
-pub async fn birdc(socket: &Path, args: &[&str]) -> Result<String> {
-    let run = tokio::process::Command::new("birdc")
-        .arg("-s")
-        .arg(socket)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(5), run)
-        .await
-        .map_err(|_| anyhow!("birdc did not answer within 5s"))?
-        .map_err(|e| anyhow!("run birdc: {e}"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        let msg = format!("{}{}", String::from_utf8_lossy(&out.stderr), stdout);
-        bail!("birdc -s {} {}: {}", socket.display(), args.join(" "), msg.trim());
-    }
-    Ok(stdout)
 }
 
 /// The kind of a BGP session, from the protocol names bird.conf uses (calico-render:
@@ -132,7 +112,7 @@ fn indent(text: &str) -> String {
 
 /// What etcd knows, or why it could not be asked.
 struct FromEtcd {
-    report: Result<Option<AgentReport>, String>,
+    report: Result<Option<AgentStatus>, String>,
     containers: Vec<String>,
     statuses: BTreeMap<String, ContainerStatus>,
     /// BGPPeer name -> whether it is node-specific.
@@ -141,16 +121,7 @@ struct FromEtcd {
 
 async fn from_etcd(g: &GlobalOpts, name: &str) -> Result<FromEtcd> {
     let ctx = Ctx::connect(g).await?;
-    let report = match ctx
-        .call(
-            "read agent status",
-            ctx.store.get_json::<AgentReport>(&format!("status/nodes/{name}")),
-        )
-        .await
-    {
-        Ok(r) => Ok(r),
-        Err(e) => Err(format!("{e:#}")),
-    };
+    let report = agent_status(&ctx, name).await.map_err(|e| format!("{e:#}"));
     let listing = ctx.call("list", ctx.store.list(None)).await?;
     let mut containers = Vec::new();
     let mut peers = BTreeMap::new();
@@ -166,19 +137,7 @@ async fn from_etcd(g: &GlobalOpts, name: &str) -> Result<FromEtcd> {
             _ => {}
         }
     }
-    let mut statuses = BTreeMap::new();
-    let listed = ctx
-        .call(
-            "read container status",
-            ctx.store.list_json::<ContainerStatus>("status/containers/"),
-        )
-        .await?;
-    for (key, st) in listed {
-        if let Ok(st) = st {
-            let cname = key.rsplit('/').next().unwrap_or(&key).to_string();
-            statuses.insert(cname, st);
-        }
-    }
+    let statuses = container_status(&ctx).await?;
     Ok(FromEtcd {
         report,
         containers,
@@ -220,14 +179,16 @@ pub async fn run(g: &GlobalOpts, args: &StatusArgs) -> Result<()> {
             match &http {
                 None => "unknown (no HTTP endpoint)".into(),
                 Some(h) => {
-                    let probe = |path: &str| match http_get(h, path, Duration::from_secs(2)) {
-                        Ok((code, body)) => format!("{code} {}", body.trim()),
-                        Err(e) => format!("no answer ({e})"),
+                    let probe = |path: &'static str| async move {
+                        match agent_http::get(h, path, Duration::from_secs(2)).await {
+                            Ok((code, body)) => format!("{code} {}", body.trim()),
+                            Err(e) => format!("no answer ({e})"),
+                        }
                     };
                     format!(
                         "http://{h}/healthz: {}; /readyz: {}",
-                        probe("/healthz"),
-                        probe("/readyz")
+                        probe("/healthz").await,
+                        probe("/readyz").await
                     )
                 }
             },
@@ -276,7 +237,10 @@ pub async fn run(g: &GlobalOpts, args: &StatusArgs) -> Result<()> {
                 },
             ));
         }
-        Ok(None) => rows.push(("reported", format!("nothing yet (no status/nodes/{name} in etcd)"))),
+        Ok(None) => rows.push((
+            "reported",
+            format!("nothing yet (no {} in etcd)", agent_status_key(&name)),
+        )),
         Err(e) => rows.push(("reported", format!("unknown: {e}"))),
     }
     for (k, v) in &rows {

@@ -1,0 +1,128 @@
+//! The agent's run directory (default /var/run/calico): the names of its files and the
+//! record of how the agent was started. One directory per agent, so several agents on
+//! one machine (test hosts) stay apart.
+//!
+//! - `calico-node.pid`: the agent's pid, written by `calicoctl node`;
+//! - `calico-node.args`: JSON [`AgentRecord`]: how the agent was started (node name,
+//!   netns, HTTP address, log file). `status` and `diags` read it; it is how they know
+//!   which namespace the dataplane lives in. `node stop` leaves it, so they still know
+//!   after the agent is gone;
+//! - `bird.pid`, `bird.ctl`, `bird.conf`, `bird.log`: written by the agent and BIRD.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use crate::agent_proc::{proc_state, ProcState, AGENT_BINARY};
+use crate::hostcmd::hostname;
+
+pub const DEFAULT_RUN_DIR: &str = "/var/run/calico";
+
+/// `--run-dir`, for every command about this host's agent.
+#[derive(Debug, Clone, Args)]
+pub struct RunDirArg {
+    /// The agent's runtime directory (pid files, BIRD's config and control socket)
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_RUN_DIR)]
+    pub run_dir: PathBuf,
+}
+
+/// How the agent of a run directory was started: `<run-dir>/calico-node.args`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct AgentRecord {
+    pub name: String,
+    pub pid: u32,
+    pub binary: String,
+    pub args: Vec<String>,
+    pub netns: Option<String>,
+    pub run_dir: String,
+    pub log_file: Option<String>,
+    pub http: Option<String>,
+    pub etcd: String,
+    /// Seconds since the Unix epoch.
+    pub started: u64,
+}
+
+/// The paths of one run directory.
+#[derive(Debug, Clone)]
+pub struct RunDir(pub PathBuf);
+
+impl RunDir {
+    pub fn agent_pid(&self) -> PathBuf {
+        self.0.join("calico-node.pid")
+    }
+    pub fn record(&self) -> PathBuf {
+        self.0.join("calico-node.args")
+    }
+    pub fn bird_pid(&self) -> PathBuf {
+        self.0.join("bird.pid")
+    }
+    pub fn bird_ctl(&self) -> PathBuf {
+        self.0.join("bird.ctl")
+    }
+    pub fn bird_conf(&self) -> PathBuf {
+        self.0.join("bird.conf")
+    }
+    pub fn bird_log(&self) -> PathBuf {
+        self.0.join("bird.log")
+    }
+
+    /// The record of the last `calicoctl node` for this directory, if readable.
+    pub fn read_record(&self) -> Option<AgentRecord> {
+        let text = std::fs::read_to_string(self.record()).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Writes the agent's pid file and its record.
+    pub fn write_runtime(&self, record: &AgentRecord) -> Result<()> {
+        let pid_file = self.agent_pid();
+        std::fs::write(&pid_file, format!("{}\n", record.pid))
+            .with_context(|| format!("write {}", pid_file.display()))?;
+        let rec = self.record();
+        let text = serde_json::to_string_pretty(record)?;
+        std::fs::write(&rec, text + "\n").with_context(|| format!("write {}", rec.display()))?;
+        Ok(())
+    }
+
+    /// The agent's pid and whether it is a live `calico-node`.
+    pub fn agent(&self) -> ProcState {
+        proc_state(&self.agent_pid(), AGENT_BINARY)
+    }
+
+    pub fn bird(&self) -> ProcState {
+        proc_state(&self.bird_pid(), "bird")
+    }
+}
+
+/// The Node a command about this host's agent means: --name, else the name the agent of
+/// the run directory was started with, else the hostname.
+pub fn node_name(given: Option<&str>, run: &RunDir) -> Result<String> {
+    if let Some(n) = given {
+        return Ok(n.to_string());
+    }
+    if let Some(r) = run.read_record().filter(|r| !r.name.is_empty()) {
+        return Ok(r.name);
+    }
+    hostname()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_files_are_judged() {
+        let dir = std::env::temp_dir().join(format!("calicoctl-node-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let run = RunDir(dir.clone());
+        assert_eq!(run.agent(), ProcState::NoPidFile);
+        std::fs::write(run.agent_pid(), "x").unwrap();
+        assert!(matches!(run.agent(), ProcState::BadPidFile(_)));
+        // Our own pid is alive but not a calico-node.
+        std::fs::write(run.agent_pid(), std::process::id().to_string()).unwrap();
+        assert_eq!(run.agent(), ProcState::Stale(std::process::id() as i32));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
