@@ -3,7 +3,8 @@
 //! It collects, each on its own so that one failure does not stop the rest (failures
 //! are listed in `errors.txt`):
 //! - `calico-node.log` (the agent's log, from `calico-node.args` or `--log-dir`),
-//!   `bird.conf`, `bird.log`, `calico-node.args`;
+//!   `bird.conf`, `bird.log`, `calico-node.args`, `nft-rendered.json` (the ruleset the
+//!   agent last committed, its `nft.json`: compare with `nft-calico.json`, the kernel's);
 //! - `birdc-protocols.txt` (`birdc show protocols all`), `birdc-routes.txt`
 //!   (`birdc show route`), through BIRD's control socket;
 //! - `nft-calico.json` (`nft -j list table inet calico`: only our table),
@@ -175,6 +176,7 @@ async fn collect_and_pack(
     c.copy("calico-node.log", &log);
     c.copy("calico-node.args", &run.record());
     c.copy("bird.conf", &run.bird_conf());
+    c.copy("nft-rendered.json", &run.nft_file());
     c.copy("bird.log", &run.bird_log());
 
     // BIRD's view.

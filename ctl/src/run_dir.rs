@@ -65,6 +65,10 @@ impl RunDir {
     pub fn bird_conf(&self) -> PathBuf {
         self.0.join("bird.conf")
     }
+    /// The whole nftables ruleset the agent last committed (the agent's `NFT_FILE`).
+    pub fn nft_file(&self) -> PathBuf {
+        self.0.join("nft.json")
+    }
     pub fn bird_log(&self) -> PathBuf {
         self.0.join("bird.log")
     }

@@ -314,6 +314,7 @@ fn node_status_diags_stop_on_a_namespace_host() {
         "birdc-protocols.txt",
         "birdc-routes.txt",
         "nft-calico.json",
+        "nft-rendered.json",
         "routes-v4.json",
         "datastore.json",
         "diags.txt",
@@ -335,6 +336,10 @@ fn node_status_diags_stop_on_a_namespace_host() {
     let nft: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(top.join("nft-calico.json")).unwrap()).unwrap();
     assert!(nft.to_string().contains("\"calico\""), "{nft}");
+    // The agent's own copy of what it committed: the whole batch, dispatch maps included.
+    let rendered: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(top.join("nft-rendered.json")).unwrap()).unwrap();
+    assert!(rendered.to_string().contains("\"from-ep\""), "{rendered}");
     let routes = std::fs::read_to_string(top.join("routes-v4.json")).unwrap();
     assert!(routes.contains("10.66."), "{routes}");
     let protocols = std::fs::read_to_string(top.join("birdc-protocols.txt")).unwrap();
