@@ -31,8 +31,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex as AsyncMutex;
 use tracing::{debug, info, warn};
 
-/// Everything IPAM stores lives under this prefix.
-pub const IPAM_ROOT: &str = "/calico/v1/ipam/";
+use crate::error::{EtcdFailure, Failure};
+use crate::retry::{MAX_DECODE, READ_CHUNK};
+
+/// Everything IPAM stores lives under this prefix (the store's `IPAM_PREFIX`).
+pub const IPAM_ROOT: &str = crate::IPAM_PREFIX;
 pub const BLOCKS_PREFIX: &str = "/calico/v1/ipam/blocks/";
 pub const HANDLES_PREFIX: &str = "/calico/v1/ipam/handles/";
 pub const AFFINITY_PREFIX: &str = "/calico/v1/ipam/affinity/";
@@ -43,13 +46,11 @@ const MAX_ATTEMPTS: u32 = 1000;
 /// Blocks larger than this many host bits are refused as invalid data (pools allow at
 /// most 12: blockSize 20 for IPv4, 116 for IPv6).
 const MAX_BLOCK_HOST_BITS: u8 = 16;
-/// etcd refuses transactions of more than 128 operations by default: reads of many
-/// blocks are split.
-const READ_CHUNK: usize = 100;
 /// How many candidate blocks past the existing ones a search for a free block looks at.
 const SCAN_SLACK: usize = 65536;
-/// A full listing of a large cluster's blocks exceeds tonic's default 4 MiB.
-const MAX_DECODE: usize = 256 * 1024 * 1024;
+/// The longest pause between two attempts that lost a race: short, because IPAM retries
+/// up to `MAX_ATTEMPTS` times and a Container waits on it.
+const BACKOFF_CAP: Duration = Duration::from_millis(32);
 
 /// The one IPAM handle of a Container resource.
 pub fn container_handle(container_name: &str) -> String {
@@ -73,7 +74,7 @@ pub enum IpamError {
     #[error("gave up after {attempts} attempts that all lost a race with other IPAM writers")]
     Contended { attempts: u32 },
     #[error("etcd: {0}")]
-    Etcd(String),
+    Etcd(EtcdFailure),
 }
 
 /// A block as `all_blocks` (and `calicoctl ipam show`) reports it.
@@ -563,40 +564,8 @@ impl Plan {
     }
 }
 
-/// Jittered exponential backoff after a lost race: up to 1, 2, 4 ... 32 ms.
 async fn backoff(attempt: u32) {
-    let cap_us: u64 = 1000 << attempt.min(5);
-    let us = rand::random_range(0..=cap_us);
-    tokio::time::sleep(Duration::from_micros(us)).await;
-}
-
-/// A call that failed on a dead connection (etcd killed or restarted under an open
-/// channel) comes back as gRPC UNKNOWN with the transport's I/O error as its source.
-fn broken_connection(status: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = status.source();
-    while let Some(e) = cur {
-        if e.downcast_ref::<std::io::Error>().is_some() {
-            return true;
-        }
-        cur = e.source();
-    }
-    status.to_string().contains("transport error")
-}
-
-fn map_etcd_error(what: &str, e: etcd_client::Error) -> IpamError {
-    use etcd_client::Error as E;
-    // gRPC codes CANCELLED (1), DEADLINE_EXCEEDED (4) and UNAVAILABLE (14): etcd is not
-    // reachable (or has no leader), as opposed to refusing the request.
-    let unavailable = match &e {
-        E::TransportError(_) | E::IoError(_) => true,
-        E::GRpcStatus(s) => matches!(i32::from(s.code()), 1 | 4 | 14) || broken_connection(s),
-        _ => false,
-    };
-    if unavailable {
-        IpamError::Unavailable(format!("{what}: {e}"))
-    } else {
-        IpamError::Etcd(format!("{what}: {e}"))
-    }
+    crate::retry::backoff(attempt, BACKOFF_CAP).await;
 }
 
 impl Ipam {
@@ -625,10 +594,13 @@ impl Ipam {
     {
         match crate::retry::call(self.timeout, attempt).await {
             None => Err(IpamError::Unavailable(format!(
-                "{what}: no answer from etcd within {:?}",
-                self.timeout
+                "{what}: no answer from etcd within {}",
+                crate::error::human(self.timeout)
             ))),
-            Some(Err(e)) => Err(map_etcd_error(what, e)),
+            Some(Err(e)) => Err(match crate::error::classify(e) {
+                Failure::Unavailable(detail) => IpamError::Unavailable(format!("{what}: {detail}")),
+                Failure::Refused(f) => IpamError::Etcd(f.during(what)),
+            }),
             Some(Ok(v)) => Ok(v),
         }
     }

@@ -30,10 +30,11 @@ use std::time::Duration;
 
 use calico_schema::{Kind, Resource};
 use etcd_client::{Client, Compare, CompareOp, GetOptions, KvClient, Txn, TxnOp, TxnOpResponse};
+use retry::{MAX_DECODE, READ_CHUNK};
 use tracing::{debug, warn};
 
 pub use config::{StoreConfig, TlsFiles, DEFAULT_TIMEOUT};
-pub use error::StoreError;
+pub use error::{EtcdFailure, StoreError};
 pub use watch::{WatchEvent, WatchStream};
 
 pub const PREFIX: &str = "/calico/v1/";
@@ -43,11 +44,6 @@ pub const IPAM_PREFIX: &str = "/calico/v1/ipam/";
 /// Written in the same transaction as every resource delete; see the module docs.
 pub const DELETE_MARKER_KEY: &str = "/calico/v1/meta/resources-deleted";
 
-/// Responses can be large (a full listing of a big cluster, a watch catching up), and
-/// tonic's default 4 MiB decode limit would turn them into errors.
-pub(crate) const MAX_DECODE: usize = 256 * 1024 * 1024;
-/// etcd's default --max-txn-ops is 128; reads are split to stay under it.
-const READ_CHUNK: usize = 100;
 /// How often `write`/`delete` re-read and retry when a concurrent writer changed a
 /// key they did not hold a precondition on.
 const WRITE_ATTEMPTS: u32 = 20;
@@ -339,11 +335,11 @@ impl Store {
             let resp = self.kv_call(|kv| kv_txn(kv, &txn)).await?;
             let responses = resp.op_responses();
             if responses.len() != chunk.len() {
-                return Err(StoreError::Etcd(format!(
+                return Err(StoreError::Etcd(EtcdFailure::new(format!(
                     "a read of {} keys returned {} answers",
                     chunk.len(),
                     responses.len()
-                )));
+                ))));
             }
             for r in responses {
                 let cur = match r {
@@ -351,7 +347,11 @@ impl Store {
                         let rev = kv.mod_revision();
                         (kv.into_key_value().1, rev)
                     }),
-                    _ => return Err(StoreError::Etcd("a read returned something other than a range".into())),
+                    _ => {
+                        return Err(StoreError::Etcd(EtcdFailure::new(
+                            "a read returned something other than a range",
+                        )))
+                    }
                 };
                 out.push(cur);
             }
@@ -722,12 +722,12 @@ fn check_duplicates<'a>(pairs: impl Iterator<Item = (&'a String, String)>) -> Re
 /// transaction per applied directory; say which setting to raise.
 fn txn_limit_hint(e: StoreError, items: usize) -> StoreError {
     match e {
-        StoreError::Etcd(msg) if msg.contains("too many operations") => StoreError::Etcd(format!(
-            "{msg} ({items} resources in one transaction; raise etcd's --max-txn-ops)"
-        )),
-        StoreError::Etcd(msg) if msg.contains("request is too large") => StoreError::Etcd(format!(
-            "{msg} ({items} resources in one transaction; raise etcd's --max-request-bytes)"
-        )),
+        StoreError::Etcd(f) if f.contains("too many operations") => StoreError::Etcd(f.noted(&format!(
+            "{items} resources in one transaction; raise etcd's --max-txn-ops"
+        ))),
+        StoreError::Etcd(f) if f.contains("request is too large") => StoreError::Etcd(f.noted(&format!(
+            "{items} resources in one transaction; raise etcd's --max-request-bytes"
+        ))),
         other => other,
     }
 }
@@ -760,13 +760,11 @@ fn kv_txn(
     async move { kv.txn(txn).await }
 }
 
-/// Jittered exponential backoff for retries after a lost race: 1-2 ms doubling up to
-/// 100-200 ms. The jitter keeps contending writers from retrying in lockstep.
+/// The longest pause between two attempts of a resource write that lost a race.
+const WRITE_BACKOFF_CAP: Duration = Duration::from_millis(200);
+
 async fn backoff(attempt: u32) {
-    use rand::Rng;
-    let base = Duration::from_millis(1u64 << attempt.min(7)).min(Duration::from_millis(100));
-    let jitter = rand::rng().random_range(0..=base.as_micros() as u64);
-    tokio::time::sleep(base + Duration::from_micros(jitter)).await;
+    retry::backoff(attempt, WRITE_BACKOFF_CAP).await;
 }
 
 /// Checks a TCP connection to some endpoint can be opened, trying all concurrently.

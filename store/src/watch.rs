@@ -9,7 +9,8 @@ use etcd_client::{EventType, WatchOptions, WatchResponse};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::{Store, MAX_DECODE};
+use crate::retry::MAX_DECODE;
+use crate::Store;
 
 /// One change under the watched prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
