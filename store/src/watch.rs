@@ -205,3 +205,12 @@ async fn forward(resp: WatchResponse, next: &mut i64, tx: &mpsc::Sender<WatchEve
     }
     Ok(())
 }
+
+impl Store {
+    /// Watches every key under `prefix` (a full key prefix such as `RESOURCES_PREFIX`)
+    /// from `from_revision` (0: start with a `Resync` of the current state). See
+    /// [`WatchStream`]. Must be called within a tokio runtime.
+    pub fn watch(&self, prefix: &str, from_revision: i64) -> WatchStream {
+        start(self.clone(), prefix.to_string(), from_revision)
+    }
+}
