@@ -15,7 +15,8 @@
 //!
 //! Where each part lives: [`Store`] and its connection in `client`; the resource codec
 //! in `codec`; reads (`get`, `list`, dumps) in `read`; guarded writes (`write`, `delete`,
-//! `commit`, `update`) in `commit`; JSON values beside the resources in `json`; the
+//! `commit`, `update`) in `commit`; the read, decide, commit loop ([`Store::transact`]) in
+//! `transact`; JSON values beside the resources in `json`; the
 //! watch in `watch`; the one etcd call wrapper, backoff and limits in `retry`; the
 //! mapping of etcd-client errors in `error`; address management in [`ipam`]; leader
 //! election in [`election`]; test etcd servers in [`testing`].
@@ -34,6 +35,7 @@ mod json;
 mod read;
 mod retry;
 pub mod testing;
+mod transact;
 mod watch;
 
 pub use client::Store;
@@ -42,6 +44,7 @@ pub use commit::{Change, Outcome, WriteMode};
 pub use config::{StoreConfig, TlsFiles, DEFAULT_TIMEOUT};
 pub use error::{EtcdFailure, StoreError};
 pub use read::Listing;
+pub use transact::{Changes, Step, Transacted, TRANSACT_ATTEMPTS};
 pub use watch::{WatchEvent, WatchStream};
 
 pub const PREFIX: &str = "/calico/v1/";
