@@ -20,14 +20,13 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
 use calico_schema::{Diagnostic, Loaded};
-use calico_store::Store;
+use calico_store::{Step, Store, StoreError};
 use clap::{Args, Subcommand, ValueEnum};
 use sha2::{Digest, Sha256};
 use tracing::{debug, error, info, warn};
 
-use crate::apply::{is_stale, MAX_ATTEMPTS};
 use crate::cli::GlobalOpts;
-use crate::conn::Ctx;
+use crate::conn::{store_error, Ctx};
 use crate::Lines;
 use plan::{id_of, Id, Plan, PlanOpts};
 use source::{DirWatch, Snapshot};
@@ -370,28 +369,33 @@ impl Syncer {
             .iter()
             .flat_map(|g| g.docs.iter().map(|l| id_of(&l.resource)))
             .collect();
-        for _ in 0..MAX_ATTEMPTS {
-            let listing = self.store.list(None).await.map_err(anyhow::Error::new)?;
-            let plan = match plan::plan(docs, &listing, &self.opts, &claimed) {
-                Ok(p) => p,
-                Err(d) => return Ok(Err(d)),
-            };
-            if plan.is_empty() {
-                return Ok(Ok(Applied {
-                    plan,
-                    revision: listing.revision,
-                }));
-            }
-            match plan::commit(&self.store, &plan, listing.revision).await {
-                Ok(revision) => return Ok(Ok(Applied { plan, revision })),
-                Err(e) if is_stale(&e) => {
-                    debug!("etcd changed while the revision was planned; planning again");
-                    continue;
+        // The step's value: the plan and the revision it was made at, or the refusal.
+        type Planned = Result<(Plan, i64), Vec<Diagnostic>>;
+        let done = self
+            .store
+            .transact("applying the directory", async || -> Result<Step<Planned>> {
+                let listing = self.store.list(None).await.map_err(anyhow::Error::new)?;
+                let plan = match plan::plan(docs, &listing, &self.opts, &claimed) {
+                    Ok(p) => p,
+                    Err(d) => return Ok(Step::Done(Err(d))),
+                };
+                if plan.is_empty() {
+                    return Ok(Step::Done(Ok((plan, listing.revision))));
                 }
-                Err(e) => return Err(e),
-            }
-        }
-        Err(crate::apply::stale_give_up("applying the directory"))
+                let changes = plan::changes(&plan, listing.revision);
+                Ok(Step::Commit(changes, Ok((plan, listing.revision))))
+            })
+            .await
+            .map_err(|e| match e {
+                e @ StoreError::KeptChanging { .. } => anyhow::Error::new(e),
+                e => store_error(self.store.config(), e).context("writing the revision"),
+            })??;
+        let (plan, read_at) = match done.value {
+            Ok(planned) => planned,
+            Err(d) => return Ok(Err(d)),
+        };
+        let revision = done.outcomes.iter().map(|o| o.revision).max().unwrap_or(read_at);
+        Ok(Ok(Applied { plan, revision }))
     }
 
     /// While the directory's current content is refused (or unreadable), the last good
