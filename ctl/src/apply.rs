@@ -6,24 +6,13 @@ use std::collections::HashMap;
 use anyhow::{bail, Result};
 use calico_schema::validate::{At, Existing, Issue};
 use calico_schema::{check_loaded_set, Kind, Loaded, Resource, OWNER_ANNOTATION, SOURCE_ANNOTATION};
-use calico_store::{Change, Listing, StoreError, WriteMode};
+use calico_store::{Change, Changes, Listing, Step, StoreError, WriteMode};
 
 use crate::cli::{FileArgs, GlobalOpts, WriteArgs};
-use crate::conn::Ctx;
+use crate::conn::{store_error, Ctx};
 use crate::input::{load_sources, InputErrors};
 use crate::output;
 use crate::textdiff;
-
-/// How often a write is re-validated and retried when etcd changed under it.
-pub const MAX_ATTEMPTS: usize = 5;
-
-pub fn is_stale(e: &anyhow::Error) -> bool {
-    matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Stale))
-}
-
-pub fn stale_give_up(what: &str) -> anyhow::Error {
-    anyhow::anyhow!("etcd kept changing while {what}: gave up after {MAX_ATTEMPTS} attempts; try again")
-}
 
 /// Cross-resource validation of the loaded set against the stored state, plus the
 /// mode's own precondition (create: must not exist; replace: must exist), all located
@@ -155,34 +144,27 @@ pub async fn write(g: &GlobalOpts, args: &WriteArgs, mode: WriteMode) -> Result<
     let loaded = load_sources(&args.files.files)?;
     let resources: Vec<Resource> = loaded.iter().map(|l| l.resource.clone()).collect();
     let ctx = Ctx::connect(g).await?;
-    for _ in 0..MAX_ATTEMPTS {
-        let listing = ctx.call("list", ctx.store.list(None)).await?;
-        check_against(&loaded, &listing, mode)?;
-        let resources = if args.force {
-            keep_sync_ownership(&resources, &listing)
-        } else {
-            check_sync_owned(&loaded, &listing)?;
-            resources.clone()
-        };
-        let result = ctx
-            .call(
-                "write",
-                ctx.store.write(&resources, mode, Some(listing.revision), args.dry_run),
-            )
-            .await;
-        match result {
-            Ok(outcomes) => {
-                let suffix = if args.dry_run { " (dry run)" } else { "" };
-                for o in outcomes {
-                    println!("{} {}{suffix}", o.id, change_word(&o.change, mode));
-                }
-                return Ok(());
-            }
-            Err(e) if is_stale(&e) => continue,
-            Err(e) => return Err(locate_conflict(&loaded, e)),
-        }
+    let done = ctx
+        .store
+        .transact("applying", async || -> Result<Step<()>> {
+            let listing = ctx.call("list", ctx.store.list(None)).await?;
+            check_against(&loaded, &listing, mode)?;
+            let resources = if args.force {
+                keep_sync_ownership(&resources, &listing)
+            } else {
+                check_sync_owned(&loaded, &listing)?;
+                resources.clone()
+            };
+            let changes = Changes::write(resources, mode, Some(listing.revision)).dry_run(args.dry_run);
+            Ok(Step::Commit(changes, ()))
+        })
+        .await
+        .map_err(|e| locate_conflict(&loaded, store_error(&ctx.cfg, e)))??;
+    let suffix = if args.dry_run { " (dry run)" } else { "" };
+    for o in done.outcomes {
+        println!("{} {}{suffix}", o.id, change_word(&o.change, mode));
     }
-    Err(stale_give_up("applying"))
+    Ok(())
 }
 
 /// `validate`: everything that can be checked without etcd.

@@ -5,11 +5,11 @@ use std::collections::{HashMap, HashSet};
 use anyhow::{bail, Result};
 use calico_schema::validate::check_delete;
 use calico_schema::{Kind, Resource};
+use calico_store::{Changes, Step};
 
-use crate::apply::{is_stale, stale_give_up, MAX_ATTEMPTS};
 use crate::args::parse_kind;
 use crate::cli::{DeleteArgs, GlobalOpts};
-use crate::conn::Ctx;
+use crate::conn::{store_error, Ctx};
 use crate::input::load_sources;
 use crate::output::sync_owner;
 use crate::Lines;
@@ -47,70 +47,63 @@ fn items(args: &DeleteArgs) -> Result<Vec<Item>> {
 pub async fn run(g: &GlobalOpts, args: &DeleteArgs) -> Result<()> {
     let items = items(args)?;
     let ctx = Ctx::connect(g).await?;
-    for _ in 0..MAX_ATTEMPTS {
-        let listing = ctx.call("list", ctx.store.list(None)).await?;
-        let stored: HashMap<(Kind, &str), &Resource> =
-            listing.resources.iter().map(|r| ((r.kind(), r.name()), r)).collect();
-        let mut problems = Vec::new();
-        let mut present = Vec::new();
-        for it in &items {
-            match stored.get(&(it.0, it.1.as_str())) {
-                Some(r) => {
-                    if !args.force {
-                        if let Some(file) = sync_owner(r) {
-                            problems.push(format!(
-                                "{} is owned by a sync directory (file {file}); change it there, or use --force",
-                                r.id()
-                            ));
+    let done = ctx
+        .store
+        .transact("deleting", async || -> Result<Step<()>> {
+            let listing = ctx.call("list", ctx.store.list(None)).await?;
+            let stored: HashMap<(Kind, &str), &Resource> =
+                listing.resources.iter().map(|r| ((r.kind(), r.name()), r)).collect();
+            let mut problems = Vec::new();
+            let mut present = Vec::new();
+            for it in &items {
+                match stored.get(&(it.0, it.1.as_str())) {
+                    Some(r) => {
+                        if !args.force {
+                            if let Some(file) = sync_owner(r) {
+                                problems.push(format!(
+                                    "{} is owned by a sync directory (file {file}); change it there, or use --force",
+                                    r.id()
+                                ));
+                            }
                         }
+                        present.push(it.clone());
                     }
-                    present.push(it.clone());
-                }
-                None if args.ignore_not_found => {}
-                None => problems.push(format!("{}/{} not found", it.0, it.1)),
-            }
-        }
-        let gone: HashSet<(Kind, &str)> = present.iter().map(|(k, n, _)| (*k, n.as_str())).collect();
-        let remaining: Vec<Resource> = listing
-            .resources
-            .iter()
-            .filter(|r| !gone.contains(&(r.kind(), r.name())))
-            .cloned()
-            .collect();
-        if !args.force {
-            for (kind, name, _) in &present {
-                let users = check_delete(*kind, name, &remaining);
-                if !users.is_empty() {
-                    problems.push(format!(
-                        "{kind}/{name} is still used by {}; delete or change those first, or use --force",
-                        users.join(", ")
-                    ));
+                    None if args.ignore_not_found => {}
+                    None => problems.push(format!("{}/{} not found", it.0, it.1)),
                 }
             }
-        }
-        if !problems.is_empty() {
-            return Err(Lines(problems).into());
-        }
-        if present.is_empty() {
-            return Ok(());
-        }
-        match ctx
-            .call(
-                "delete",
-                ctx.store.delete(&present, Some(listing.revision), args.dry_run),
-            )
-            .await
-        {
-            Ok(outcomes) => {
-                let suffix = if args.dry_run { " (dry run)" } else { "" };
-                for o in outcomes {
-                    println!("{} deleted{suffix}", o.id);
+            let gone: HashSet<(Kind, &str)> = present.iter().map(|(k, n, _)| (*k, n.as_str())).collect();
+            let remaining: Vec<Resource> = listing
+                .resources
+                .iter()
+                .filter(|r| !gone.contains(&(r.kind(), r.name())))
+                .cloned()
+                .collect();
+            if !args.force {
+                for (kind, name, _) in &present {
+                    let users = check_delete(*kind, name, &remaining);
+                    if !users.is_empty() {
+                        problems.push(format!(
+                            "{kind}/{name} is still used by {}; delete or change those first, or use --force",
+                            users.join(", ")
+                        ));
+                    }
                 }
-                return Ok(());
             }
-            Err(e) if is_stale(&e) => continue,
-            Err(e) => return Err(e),
-        }
+            if !problems.is_empty() {
+                return Err(Lines(problems).into());
+            }
+            if present.is_empty() {
+                return Ok(Step::Done(()));
+            }
+            let changes = Changes::delete(present, Some(listing.revision)).dry_run(args.dry_run);
+            Ok(Step::Commit(changes, ()))
+        })
+        .await
+        .map_err(|e| store_error(&ctx.cfg, e))??;
+    let suffix = if args.dry_run { " (dry run)" } else { "" };
+    for o in done.outcomes {
+        println!("{} deleted{suffix}", o.id);
     }
-    Err(stale_give_up("deleting"))
+    Ok(())
 }

@@ -8,11 +8,10 @@
 use anyhow::{bail, Result};
 use calico_schema::validate::{check_delete, is_valid_name};
 use calico_schema::{object, Container, Group, GroupSpec, Kind, Resource};
-use calico_store::{Change, StoreError, WriteMode};
+use calico_store::{Change, Changes, Step, WriteMode};
 
-use crate::apply::{is_stale, stale_give_up, MAX_ATTEMPTS};
 use crate::cli::GlobalOpts;
-use crate::conn::Ctx;
+use crate::conn::{store_error, Ctx};
 use crate::output::{self, sync_owner};
 use crate::resolve::Resolver;
 
@@ -37,42 +36,35 @@ fn containers(rs: &[Resource]) -> Vec<Container> {
         .collect()
 }
 
-fn is_conflict(e: &anyhow::Error) -> bool {
-    matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Conflict { .. }))
-}
-
 pub async fn addgroup(g: &GlobalOpts, group: &str) -> Result<()> {
     check_group_name(group)?;
     let ctx = Ctx::connect(g).await?;
     let want = default_group(group);
-    for _ in 0..MAX_ATTEMPTS {
-        if let Some(have) = ctx.call("get", ctx.store.get(Kind::Group, group)).await? {
-            if have.without_version() == want {
-                println!("Group {group} already exists");
-                return Ok(());
+    // The step's value: whether it creates the group (false: it exists as wanted).
+    let done = ctx
+        .store
+        .transact("creating the group", async || -> Result<Step<bool>> {
+            let listing = ctx.call("list", ctx.store.list(Some(Kind::Group))).await?;
+            if let Some(have) = listing.resources.iter().find(|r| r.name() == group) {
+                if have.without_version() == want {
+                    return Ok(Step::Done(false));
+                }
+                bail!(
+                    "Group '{group}' already exists with other rules, labels or annotations; see `calicoctl get group {group} -o yaml`"
+                );
             }
-            bail!(
-                "Group '{group}' already exists with other rules, labels or annotations; see `calicoctl get group {group} -o yaml`"
-            );
-        }
-        match ctx
-            .call(
-                "write",
-                ctx.store
-                    .write(std::slice::from_ref(&want), WriteMode::Create, None, false),
-            )
-            .await
-        {
-            Ok(_) => {
-                println!("Created group {group}");
-                return Ok(());
-            }
-            // Created by someone else in between: look again.
-            Err(e) if is_conflict(&e) || is_stale(&e) => continue,
-            Err(e) => return Err(e),
-        }
+            // Created by someone else in between: the guard fails, and the step looks again.
+            let changes = Changes::write(vec![want.clone()], WriteMode::Create, Some(listing.revision));
+            Ok(Step::Commit(changes, true))
+        })
+        .await
+        .map_err(|e| store_error(&ctx.cfg, e))??;
+    if done.value {
+        println!("Created group {group}");
+    } else {
+        println!("Group {group} already exists");
     }
-    Err(stale_give_up("creating the group"))
+    Ok(())
 }
 
 /// Removes a Group. Refused while Containers are in it, unless `force`, which first
@@ -80,52 +72,43 @@ pub async fn addgroup(g: &GlobalOpts, group: &str) -> Result<()> {
 /// group), then deletes it.
 pub async fn removegroup(g: &GlobalOpts, group: &str, force: bool) -> Result<()> {
     let ctx = Ctx::connect(g).await?;
-    for _ in 0..MAX_ATTEMPTS {
-        let listing = ctx.call("list", ctx.store.list(None)).await?;
-        let Some(stored) = listing
-            .resources
-            .iter()
-            .find(|r| r.kind() == Kind::Group && r.name() == group)
-        else {
-            bail!("Group '{group}' does not exist");
-        };
-        if let (false, Some(file)) = (force, sync_owner(stored)) {
-            bail!("Group/{group} is owned by a sync directory (file {file}); change it there, or use --force");
-        }
-        let users = check_delete(Kind::Group, group, &listing.resources);
-        if !users.is_empty() {
-            if !force {
-                bail!(
-                    "Group '{group}' still has members: {}; take them out with removefromgroup, or use --force",
-                    users.join(", ")
-                );
+    ctx.store
+        .transact("removing the group", async || -> Result<Step<()>> {
+            let listing = ctx.call("list", ctx.store.list(None)).await?;
+            let Some(stored) = listing
+                .resources
+                .iter()
+                .find(|r| r.kind() == Kind::Group && r.name() == group)
+            else {
+                bail!("Group '{group}' does not exist");
+            };
+            if let (false, Some(file)) = (force, sync_owner(stored)) {
+                bail!("Group/{group} is owned by a sync directory (file {file}); change it there, or use --force");
             }
-            for c in containers(&listing.resources) {
-                if c.spec.groups.iter().any(|x| x == group) {
-                    remove_member(&ctx, &c.metadata.name, group).await?;
-                    println!("Removed {} from group {group}", c.metadata.name);
+            let users = check_delete(Kind::Group, group, &listing.resources);
+            if !users.is_empty() {
+                if !force {
+                    bail!(
+                        "Group '{group}' still has members: {}; take them out with removefromgroup, or use --force",
+                        users.join(", ")
+                    );
                 }
+                for c in containers(&listing.resources) {
+                    if c.spec.groups.iter().any(|x| x == group) {
+                        remove_member(&ctx, &c.metadata.name, group).await?;
+                        println!("Removed {} from group {group}", c.metadata.name);
+                    }
+                }
+                // Re-list: someone may have added a member meanwhile.
+                return Ok(Step::Again);
             }
-            // Re-list: someone may have added a member meanwhile.
-            continue;
-        }
-        match ctx
-            .call(
-                "delete",
-                ctx.store
-                    .delete(&[(Kind::Group, group.to_string(), None)], Some(listing.revision), false),
-            )
-            .await
-        {
-            Ok(_) => {
-                println!("Removed group {group}");
-                return Ok(());
-            }
-            Err(e) if is_stale(&e) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(stale_give_up("removing the group"))
+            let changes = Changes::delete(vec![(Kind::Group, group.to_string(), None)], Some(listing.revision));
+            Ok(Step::Commit(changes, ()))
+        })
+        .await
+        .map_err(|e| store_error(&ctx.cfg, e))??;
+    println!("Removed group {group}");
+    Ok(())
 }
 
 pub async fn showgroups(g: &GlobalOpts, detailed: bool) -> Result<()> {

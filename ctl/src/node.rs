@@ -14,12 +14,11 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use calico_schema::validate::{check_resource, check_set, Existing};
 use calico_schema::{object, IfaceAddr, Kind, NodeSpec, Resource};
-use calico_store::{Change, WriteMode};
+use calico_store::{Change, Changes, Step, WriteMode};
 use clap::{Args, Subcommand};
 
 use crate::agent_http::{self, DEFAULT_HTTP};
 use crate::agent_proc::{agent_log, find_agent_binary, tail, terminate, ProcState, AGENT_BINARY, DEFAULT_LOG_DIR};
-use crate::apply::{is_stale, stale_give_up, MAX_ATTEMPTS};
 use crate::cli::GlobalOpts;
 use crate::conn::{self, Ctx};
 use crate::hostcmd::hostname;
@@ -119,68 +118,60 @@ async fn register(
     ipv6: Option<IfaceAddr>,
     as_number: Option<u32>,
 ) -> Result<Change> {
-    for _ in 0..MAX_ATTEMPTS {
-        let listing = ctx.call("list", ctx.store.list(None)).await?;
-        let stored = listing
-            .resources
-            .iter()
-            .find(|r| r.kind() == Kind::Node && r.name() == name);
-        let mut node = match stored {
-            Some(Resource::Node(n)) => n.clone(),
-            _ => object(Kind::Node, name, NodeSpec::default()),
-        };
-        node.spec.ipv4 = Some(ipv4);
-        if ipv6.is_some() {
-            node.spec.ipv6 = ipv6;
-        }
-        if as_number.is_some() {
-            node.spec.as_number = as_number;
-        }
-        let new = Resource::Node(node);
-        if let Some(old) = stored {
-            if old.without_version() == new.without_version() {
-                return Ok(Change::Unchanged);
+    let done = ctx
+        .store
+        .transact("registering the node", async || -> Result<Step<()>> {
+            let listing = ctx.call("list", ctx.store.list(None)).await?;
+            let stored = listing
+                .resources
+                .iter()
+                .find(|r| r.kind() == Kind::Node && r.name() == name);
+            let mut node = match stored {
+                Some(Resource::Node(n)) => n.clone(),
+                _ => object(Kind::Node, name, NodeSpec::default()),
+            };
+            node.spec.ipv4 = Some(ipv4);
+            if ipv6.is_some() {
+                node.spec.ipv6 = ipv6;
             }
-            if let Some(file) = sync_owner(old) {
-                bail!("Node/{name} is owned by a sync directory (file {file}); set its addresses there");
+            if as_number.is_some() {
+                node.spec.as_number = as_number;
             }
-        }
-        let mut issues: Vec<String> = check_resource(&new)
-            .iter()
-            .map(|i| format!("Node/{name}: {i}"))
-            .collect();
-        issues.extend(
-            check_set(
-                &[&new],
-                &Existing {
-                    resources: &listing.resources,
-                    complete: true,
-                },
-            )
-            .iter()
-            .map(|(_, i)| format!("Node/{name}: {i}")),
-        );
-        if !issues.is_empty() {
-            return Err(crate::Lines(issues).into());
-        }
-        match ctx
-            .call(
-                "write",
-                ctx.store.write(
-                    std::slice::from_ref(&new),
-                    WriteMode::Apply,
-                    Some(listing.revision),
-                    false,
-                ),
-            )
-            .await
-        {
-            Ok(outcomes) => return Ok(outcomes.first().map(|o| o.change).unwrap_or(Change::Unchanged)),
-            Err(e) if is_stale(&e) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(stale_give_up("registering the node"))
+            let new = Resource::Node(node);
+            if let Some(old) = stored {
+                if old.without_version() == new.without_version() {
+                    return Ok(Step::Done(()));
+                }
+                if let Some(file) = sync_owner(old) {
+                    bail!("Node/{name} is owned by a sync directory (file {file}); set its addresses there");
+                }
+            }
+            let mut issues: Vec<String> = check_resource(&new)
+                .iter()
+                .map(|i| format!("Node/{name}: {i}"))
+                .collect();
+            issues.extend(
+                check_set(
+                    &[&new],
+                    &Existing {
+                        resources: &listing.resources,
+                        complete: true,
+                    },
+                )
+                .iter()
+                .map(|(_, i)| format!("Node/{name}: {i}")),
+            );
+            if !issues.is_empty() {
+                return Err(crate::Lines(issues).into());
+            }
+            Ok(Step::Commit(
+                Changes::write(vec![new], WriteMode::Apply, Some(listing.revision)),
+                (),
+            ))
+        })
+        .await
+        .map_err(|e| conn::store_error(&ctx.cfg, e))??;
+    Ok(done.outcomes.first().map(|o| o.change).unwrap_or(Change::Unchanged))
 }
 
 /// The agent flags for what `calicoctl` itself was given: the etcd TLS files, the

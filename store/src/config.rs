@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
 
-use crate::StoreError;
+use crate::{EtcdFailure, StoreError};
 
 /// PEM files for TLS to etcd (`--etcd-ca`, `--etcd-cert`, `--etcd-key`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -122,9 +122,9 @@ impl StoreConfig {
             // A certificate without its key (or the reverse) cannot authenticate; say so
             // now rather than let etcd reject the handshake with a vaguer message.
             _ => {
-                return Err(StoreError::Etcd(
-                    "the TLS client certificate and key must be given together".into(),
-                ))
+                return Err(StoreError::Etcd(EtcdFailure::new(
+                    "the TLS client certificate and key must be given together",
+                )))
             }
         }
         Ok(t)
@@ -132,8 +132,12 @@ impl StoreConfig {
 }
 
 fn read_pem(what: &str, path: &std::path::Path) -> Result<Vec<u8>, StoreError> {
-    std::fs::read(path)
-        .map_err(|e| StoreError::Etcd(format!("cannot read the TLS {what} file {}: {e}", path.display())))
+    std::fs::read(path).map_err(|e| {
+        StoreError::Etcd(EtcdFailure::new(format!(
+            "cannot read the TLS {what} file {}: {e}",
+            path.display()
+        )))
+    })
 }
 
 /// `host:port` of an endpoint given with or without a scheme (and without any path).

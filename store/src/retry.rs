@@ -1,4 +1,5 @@
-//! One etcd call over several endpoints, bounded by the timeout.
+//! One etcd call over several endpoints, bounded by the timeout; the backoff after a
+//! lost race; and the limits every etcd request of the store and of IPAM shares.
 //!
 //! etcd-client balances requests over every endpoint through tonic's balanced channel,
 //! whose per-endpoint services report ready even while their endpoint is down and
@@ -16,6 +17,21 @@ use tracing::debug;
 
 /// Pause between attempts: short, since the failure was immediate and local.
 const PAUSE: Duration = Duration::from_millis(5);
+
+/// Responses can be large (a full listing of a big cluster's resources or IPAM blocks, a
+/// watch catching up), and tonic's default 4 MiB decode limit would turn them into errors.
+pub(crate) const MAX_DECODE: usize = 256 * 1024 * 1024;
+/// etcd's default --max-txn-ops is 128; reads of many keys are split to stay under it.
+pub(crate) const READ_CHUNK: usize = 100;
+
+/// Jittered exponential backoff after a transaction lost a race: a random pause of up to
+/// 1 ms, 2 ms, 4 ms ... doubling up to `cap`. The jitter keeps contending writers from
+/// retrying in lockstep.
+pub(crate) async fn backoff(attempt: u32, cap: Duration) {
+    let ceiling = Duration::from_millis(1u64 << attempt.min(16)).min(cap);
+    let micros = u64::try_from(ceiling.as_micros()).unwrap_or(u64::MAX);
+    tokio::time::sleep(Duration::from_micros(rand::random_range(0..=micros))).await;
+}
 
 /// The call failed before a connection existed: nothing was sent.
 pub(crate) fn never_sent(e: &etcd_client::Error) -> bool {

@@ -9,7 +9,8 @@ use etcd_client::{EventType, WatchOptions, WatchResponse};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::{Store, MAX_DECODE};
+use crate::retry::MAX_DECODE;
+use crate::Store;
 
 /// One change under the watched prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,4 +204,13 @@ async fn forward(resp: WatchResponse, next: &mut i64, tx: &mpsc::Sender<WatchEve
         *next = (*next).max(rev + 1);
     }
     Ok(())
+}
+
+impl Store {
+    /// Watches every key under `prefix` (a full key prefix such as `RESOURCES_PREFIX`)
+    /// from `from_revision` (0: start with a `Resync` of the current state). See
+    /// [`WatchStream`]. Must be called within a tokio runtime.
+    pub fn watch(&self, prefix: &str, from_revision: i64) -> WatchStream {
+        start(self.clone(), prefix.to_string(), from_revision)
+    }
 }

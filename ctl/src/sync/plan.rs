@@ -13,10 +13,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::Result;
 use calico_schema::validate::{check_delete, At, Issue};
 use calico_schema::{Diagnostic, Kind, Loaded, Resource, OWNER_ANNOTATION, OWNER_DOCKER, SOURCE_ANNOTATION};
-use calico_store::{Listing, Store, StoreError, WriteMode};
+use calico_store::{Changes, Listing, WriteMode};
 
 use crate::apply::check_against;
-use crate::conn::store_error;
 
 pub type Id = (Kind, String);
 
@@ -233,24 +232,20 @@ pub fn plan(
     Ok(out)
 }
 
-/// Writes a plan in one etcd transaction, guarded like `apply`: nothing under resources/
-/// changed, and nothing was deleted, since the listing at `guard`. Returns the revision
-/// written at, or `StoreError::Stale` when the guard failed (re-list, re-plan, retry).
-pub async fn commit(store: &Store, plan: &Plan, guard: i64) -> Result<i64> {
+/// A plan as one etcd transaction, guarded like `apply`: nothing under resources/
+/// changed, and nothing was deleted, since the listing at `guard` (else the transaction
+/// is stale: re-list, re-plan, retry).
+pub fn changes(plan: &Plan, guard: i64) -> Changes {
     let puts: Vec<Resource> = plan.puts.iter().map(|p| p.resource.clone()).collect();
     let deletes: Vec<(Kind, String, Option<String>)> = plan
         .deletes
         .iter()
         .map(|r| (r.kind(), r.name().to_string(), None))
         .collect();
-    let outcomes = store
-        .commit(&puts, &deletes, WriteMode::Apply, Some(guard), false)
-        .await
-        .map_err(|e| match e {
-            StoreError::Stale => anyhow::Error::new(e),
-            e => store_error(store.config(), e).context("writing the revision"),
-        })?;
-    Ok(outcomes.iter().map(|o| o.revision).max().unwrap_or(guard))
+    Changes {
+        deletes,
+        ..Changes::write(puts, WriteMode::Apply, Some(guard))
+    }
 }
 
 #[cfg(test)]
