@@ -1,8 +1,8 @@
-//! The agent's run loop, a controller in kube-runtime's shape: [`trigger`] (the etcd
+//! The agent's run loop, a controller in kube-runtime's shape: `trigger` (the etcd
 //! watches into the cache, the periodic resync, Docker's changes, and the debounce that
 //! collects a burst into one reconcile), the reconcile itself (`crate::reconcile`),
-//! [`requeue`] (the error policy and its backoff), and [`status`] (writing the
-//! statuses the reconcile returns, and the agent's own). [`last_good`] keeps invalid
+//! `requeue` (the error policy and its backoff), and `status` (writing the
+//! statuses the reconcile returns, and the agent's own). `last_good` keeps invalid
 //! keys' last good values across restarts.
 //!
 //! Fail static: when etcd is unreachable the watch simply goes quiet; the dataplane

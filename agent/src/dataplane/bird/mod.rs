@@ -1,5 +1,5 @@
-//! BIRD 2: writing its configuration safely ([`config`]), supervising the daemon
-//! ([`supervise`]), and asking it about its protocols ([`birdc`]; the answer is parsed
+//! BIRD 2: writing its configuration safely (`config`), supervising the daemon
+//! (`supervise`), and asking it about its protocols ([`birdc`]; the answer is parsed
 //! by `calico_schema::birdc`, the one parser, shared with `calicoctl status`).
 //!
 //! Every runtime path (config, control socket, pid file, log) is

@@ -115,7 +115,7 @@ impl BirdSupervisor {
     }
 
     /// `birdc configure`: BIRD re-reads its config file (write it first with
-    /// [`write_config`]). BIRD keeps the old config if the new one is bad.
+    /// [`write_config`](super::write_config)). BIRD keeps the old config if the new one is bad.
     pub async fn reconfigure(&self) -> Result<(), BirdError> {
         let out = birdc(&self.opts.birdc, &self.opts.socket, &["configure"]).await?;
         if out.contains("Reconfigured") || out.contains("Reconfiguration in progress") || out.contains("queueing") {
