@@ -1,4 +1,8 @@
 //! The agent's local HTTP endpoint: /healthz, /readyz, /metrics, /status.
+//!
+//! It serves what the run loop (`agent`) hands it, the metrics and the shared agent
+//! status, and imports neither the loop nor the reconcile: arrows go agent -> http ->
+//! metrics.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,10 +12,10 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use calico_schema::{now_secs, AgentStatus};
 use tokio::sync::Mutex;
 use tracing::warn;
 
-use crate::agent::{now_secs, AgentStatus};
 use crate::metrics::{Metrics, OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE};
 
 type Shared = (Arc<Metrics>, Arc<Mutex<AgentStatus>>);

@@ -1,6 +1,9 @@
 //! The agent's Prometheus metrics (prometheus-client): counters, gauges and duration
 //! histograms, served as text on /metrics. `promtool check metrics` passes on what
 //! [`Metrics::render`] prints (tested).
+//!
+//! It reads the reconcile's [`Report`] and nothing of the run loop (`agent`), which
+//! feeds it, nor of `http`, which serves it.
 
 use std::sync::atomic::AtomicU64;
 
@@ -167,7 +170,7 @@ impl Metrics {
             self.bird_restarts.inc_by(bird_restarts - seen);
         }
         self.datastore_up.set(i64::from(datastore_ok));
-        self.last_reconcile_unix.set(level(crate::agent::now_secs()));
+        self.last_reconcile_unix.set(level(calico_schema::now_secs()));
     }
 
     pub fn invalid_data(&self) -> usize {

@@ -4,6 +4,7 @@
 //!
 //! - [`netns`]: run code inside a network namespace on a dedicated OS thread.
 //! - [`workload`]: veth plumbing of one workload.
+//! - `link`: the netlink helpers everything here shares (a link by name, attributes).
 //! - [`routes`]: reconcile the routes carrying our route protocol number.
 //! - [`nft`]: apply our nftables table in one transaction.
 //! - [`bird`]: BIRD 2 configuration and supervision.
@@ -13,15 +14,8 @@
 pub mod bird;
 pub mod command;
 pub mod iptables;
+pub(crate) mod link;
 pub mod netns;
 pub mod nft;
 pub mod routes;
 pub mod workload;
-
-/// The positive errno carried by a netlink error, if it is one.
-pub(crate) fn netlink_errno(err: &rtnetlink::Error) -> Option<i32> {
-    match err {
-        rtnetlink::Error::NetlinkError(msg) => msg.code.map(|c| c.get().abs()),
-        _ => None,
-    }
-}

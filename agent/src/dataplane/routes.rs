@@ -13,7 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::link::LinkMessage;
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
@@ -22,7 +22,7 @@ use rtnetlink::{Handle, RouteMessageBuilder};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-use super::netlink_errno;
+use super::link::{link_name, netlink_errno};
 
 /// Our route protocol number. 80 is what Calico uses (`calico` in its
 /// rt_protos); it is unassigned in iproute2's /etc/iproute2/rt_protos, so
@@ -335,12 +335,7 @@ async fn link_indexes(handle: &Handle) -> Result<HashMap<String, u32>, RouteErro
         })?;
     Ok(links
         .into_iter()
-        .filter_map(|l| {
-            l.attributes.iter().find_map(|a| match a {
-                LinkAttribute::IfName(n) => Some((n.clone(), l.header.index)),
-                _ => None,
-            })
-        })
+        .filter_map(|l| link_name(&l).map(|n| (n.to_string(), l.header.index)))
         .collect())
 }
 

@@ -1,15 +1,8 @@
-//! BIRD 2: writing its configuration safely, supervising the daemon, and
-//! asking it about its protocols.
-//!
-//! Every runtime path (config, control socket, pid file, log) is
-//! configurable because several agents, each with its own BIRD, share one
-//! filesystem in the end-to-end tests.
+//! Supervising one BIRD: started as our child in the host's namespace, restarted with
+//! backoff when it exits, stopped or left running (detached) when the agent stops.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::fs::OpenOptions;
+use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -17,196 +10,10 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
-use super::netns::{ns_label, run_in_netns_async, NetnsError};
-
-#[derive(Debug, thiserror::Error)]
-pub enum BirdError {
-    #[error("{action} {path}: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
-    #[error("BIRD rejected the configuration (`{command}`): {output}")]
-    Check { command: String, output: String },
-    #[error(transparent)]
-    Netns(#[from] NetnsError),
-    #[error("start `{command}` (netns {netns}): {source}")]
-    Spawn {
-        command: String,
-        netns: String,
-        source: io::Error,
-    },
-    #[error("`{command}` failed ({status}): {output}")]
-    Birdc {
-        command: String,
-        status: ExitStatus,
-        output: String,
-    },
-    #[error("`{command}` gave an unexpected answer: {output}")]
-    Unexpected { command: String, output: String },
-    #[error("a BIRD is already answering on {0}")]
-    AlreadyRunning(PathBuf),
-    #[error("BIRD did not answer on {socket} within {waited:?}")]
-    NotReady { socket: PathBuf, waited: Duration },
-}
-
-fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> BirdError + 'a {
-    move |source| BirdError::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Replaces the config file at `path` with `text`, but only if `bird -p`
-/// accepts it: written to a temp file in the same directory (so the rename is
-/// atomic), checked, synced, renamed over. On rejection the old file is
-/// untouched and the error carries BIRD's message.
-pub async fn write_config(path: &Path, text: &str) -> Result<(), BirdError> {
-    write_config_with(Path::new("bird"), path, text).await
-}
-
-/// [`write_config`] with an explicit `bird` binary.
-pub async fn write_config_with(bird: &Path, path: &Path, text: &str) -> Result<(), BirdError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "bird.conf".to_string());
-    let tmp = dir.join(format!(
-        ".{name}.tmp.{}.{}",
-        std::process::id(),
-        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-
-    let result = async {
-        {
-            let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
-            f.write_all(text.as_bytes()).map_err(io_err("write", &tmp))?;
-            // Durable before it becomes the live name.
-            f.sync_all().map_err(io_err("sync", &tmp))?;
-        }
-        let command = format!("{} -p -c {}", bird.display(), tmp.display());
-        let out = Command::new(bird)
-            .arg("-p")
-            .arg("-c")
-            .arg(&tmp)
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .map_err(|source| BirdError::Spawn {
-                command: command.clone(),
-                netns: ns_label(None),
-                source,
-            })?;
-        if !out.status.success() {
-            return Err(BirdError::Check {
-                command,
-                output: combined(&out.stdout, &out.stderr),
-            });
-        }
-        fs::rename(&tmp, path).map_err(io_err("rename config into", path))
-    }
-    .await;
-    if result.is_err() {
-        // Best effort: a leftover temp file is harmless but untidy.
-        let _ = fs::remove_file(&tmp);
-    } else {
-        debug!(path = %path.display(), "bird config written");
-    }
-    result
-}
-
-fn combined(stdout: &[u8], stderr: &[u8]) -> String {
-    let mut s = String::from_utf8_lossy(stderr).trim().to_string();
-    let out = String::from_utf8_lossy(stdout);
-    let out = out.trim();
-    if !out.is_empty() {
-        if !s.is_empty() {
-            s.push('\n');
-        }
-        s.push_str(out);
-    }
-    s
-}
-
-/// How to run and reach one BIRD.
-#[derive(Clone, Debug)]
-pub struct BirdOptions {
-    pub config: PathBuf,
-    pub socket: PathBuf,
-    pub pid_file: Option<PathBuf>,
-    /// Appended with BIRD's stdout/stderr; `None` forwards them to tracing.
-    pub log: Option<PathBuf>,
-    /// Network namespace to run BIRD in; `None`: the agent's.
-    pub netns: Option<PathBuf>,
-    pub bird: PathBuf,
-    pub birdc: PathBuf,
-    /// First restart delay, doubled per crash up to `backoff_max`.
-    pub backoff_initial: Duration,
-    pub backoff_max: Duration,
-    /// A run this long resets the backoff: it was a crash, not a crash loop.
-    pub stable_after: Duration,
-}
-
-impl BirdOptions {
-    pub fn new(config: impl Into<PathBuf>, socket: impl Into<PathBuf>) -> Self {
-        BirdOptions {
-            config: config.into(),
-            socket: socket.into(),
-            pid_file: None,
-            log: None,
-            netns: None,
-            bird: PathBuf::from("bird"),
-            birdc: PathBuf::from("birdc"),
-            backoff_initial: Duration::from_millis(200),
-            backoff_max: Duration::from_secs(30),
-            stable_after: Duration::from_secs(10),
-        }
-    }
-}
-
-pub use calico_schema::birdc::{parse_protocols, BgpDetails, BirdProtocol};
-
-/// What the reconcile loop and `calicoctl status` need from BIRD.
-pub trait BirdControl: Send + Sync {
-    fn reconfigure(&self) -> impl std::future::Future<Output = Result<(), BirdError>> + Send;
-    fn protocols(&self) -> impl std::future::Future<Output = Result<Vec<BirdProtocol>, BirdError>> + Send;
-}
-
-/// Runs `birdc -s SOCK ARGS...` and returns its output; fails on a non-zero
-/// exit (e.g. the socket is not there, or `configure` found an error).
-pub async fn birdc(birdc: &Path, socket: &Path, args: &[&str]) -> Result<String, BirdError> {
-    let command = format!("{} -s {} {}", birdc.display(), socket.display(), args.join(" "));
-    let out = Command::new(birdc)
-        .arg("-s")
-        .arg(socket)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|source| BirdError::Spawn {
-            command: command.clone(),
-            netns: ns_label(None),
-            source,
-        })?;
-    if !out.status.success() {
-        return Err(BirdError::Birdc {
-            command,
-            status: out.status,
-            output: combined(&out.stdout, &out.stderr),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
+use super::super::netns::{ns_label, run_in_netns_async};
+use super::{birdc, io_err, parse_protocols, BirdControl, BirdError, BirdOptions, BirdProtocol};
 
 #[derive(Debug, Default)]
 struct SupervisorState {
@@ -308,7 +115,7 @@ impl BirdSupervisor {
     }
 
     /// `birdc configure`: BIRD re-reads its config file (write it first with
-    /// [`write_config`]). BIRD keeps the old config if the new one is bad.
+    /// [`write_config`](super::write_config)). BIRD keeps the old config if the new one is bad.
     pub async fn reconfigure(&self) -> Result<(), BirdError> {
         let out = birdc(&self.opts.birdc, &self.opts.socket, &["configure"]).await?;
         if out.contains("Reconfigured") || out.contains("Reconfiguration in progress") || out.contains("queueing") {

@@ -1,0 +1,185 @@
+//! The agent's run loop, a controller in kube-runtime's shape: `trigger` (the etcd
+//! watches into the cache, the periodic resync, Docker's changes, and the debounce that
+//! collects a burst into one reconcile), the reconcile itself (`crate::reconcile`),
+//! `requeue` (the error policy and its backoff), and `status` (writing the
+//! statuses the reconcile returns, and the agent's own). `last_good` keeps invalid
+//! keys' last good values across restarts.
+//!
+//! Fail static: when etcd is unreachable the watch simply goes quiet; the dataplane
+//! keeps its last state and nothing is removed.
+//!
+//! Arrows: this module wires the others and nothing imports it but `main`; `http`
+//! serves what it is handed (the metrics and the shared status), `metrics` reads the
+//! reconcile's `Report`, and both take the status types from `calico_schema`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use calico_schema::{now_secs, AgentStatus};
+use calico_store::{Store, StoreConfig};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::cache::Cache;
+use crate::dataplane::bird::BirdOptions;
+use crate::linux::{LinuxDataplane, StoreIpam};
+use crate::metrics::Metrics;
+use crate::reconcile::{Reconciler, WorkloadResolver};
+
+mod last_good;
+mod requeue;
+mod status;
+mod trigger;
+
+use last_good::LastGood;
+pub use last_good::LAST_GOOD_FILE;
+use requeue::{ErrorPolicy, Requeue, STATUS_RETRY_MAX};
+use status::{BirdState, StatusWriter};
+use trigger::{Triggers, Wake};
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node: String,
+    pub etcd: StoreConfig,
+    /// Run the dataplane (links, routes, nft, BIRD) in this namespace instead of the
+    /// agent's own: how test hosts made of namespaces run an agent each.
+    pub host_netns: Option<PathBuf>,
+    /// BIRD's config, socket and pid file live here.
+    pub run_dir: PathBuf,
+    pub http_listen: Option<SocketAddr>,
+    /// Full resync period: re-checks every workload and re-applies every artefact.
+    pub resync: Duration,
+    /// Collects bursts of changes into one reconcile.
+    pub debounce: Duration,
+    /// dockerd and the Docker plugin (docs/docker.md); off by default.
+    pub docker: crate::docker::DockerConfig,
+}
+
+impl AgentConfig {
+    pub fn bird_options(&self) -> BirdOptions {
+        let mut o = BirdOptions::new(self.run_dir.join("bird.conf"), self.run_dir.join("bird.ctl"));
+        o.pid_file = Some(self.run_dir.join("bird.pid"));
+        o.log = Some(self.run_dir.join("bird.log"));
+        o.netns = self.host_netns.clone();
+        o
+    }
+}
+
+/// Returns free heap memory to the kernel (glibc keeps it otherwise).
+fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Connects to etcd, retrying with backoff until it answers or `stop` fires.
+async fn connect(cfg: &StoreConfig, stop: &mut watch::Receiver<bool>) -> Option<Store> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match Store::connect(cfg).await {
+            Ok(s) => return Some(s),
+            Err(e) => warn!(error = %e, "etcd not reachable yet; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.changed() => return None,
+        }
+        // Capped low: connecting is cheap, and a returning etcd should be noticed soon.
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Runs the agent until `stop` becomes true.
+pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.run_dir)?;
+    let metrics = Arc::new(Metrics::default());
+    let shared = Arc::new(tokio::sync::Mutex::new(AgentStatus {
+        node: cfg.node.clone(),
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        run_dir: cfg.run_dir.display().to_string(),
+        http: cfg.http_listen.map(|a| a.to_string()),
+        started: now_secs(),
+        ..Default::default()
+    }));
+    if let Some(addr) = cfg.http_listen {
+        crate::http::spawn(addr, metrics.clone(), shared.clone()).await?;
+    }
+
+    let Some(store) = connect(&cfg.etcd, &mut stop).await else {
+        return Ok(());
+    };
+    info!(node = %cfg.node, "connected to etcd");
+    let dp = LinuxDataplane::new(cfg.host_netns.clone(), cfg.bird_options()).await?;
+    let ipam = Arc::new(calico_store::ipam::Ipam::new(store.client(), cfg.etcd.timeout));
+    let docker =
+        crate::docker::DockerIntegration::start(&cfg.docker, &cfg.node, cfg.host_netns.clone(), &store, ipam.clone())
+            .await?;
+    let ipam = docker.address_manager(StoreIpam(ipam));
+    let resolver: Box<dyn WorkloadResolver> = docker.resolver();
+    let mut rec = Reconciler::new(cfg.node.clone(), dp, ipam, resolver);
+
+    let mut triggers = Triggers::start(&store, cfg.resync, cfg.debounce);
+    let writer = StatusWriter::new(store, cfg.node.clone(), shared);
+    let mut cache = Cache::default();
+    let mut last_good = LastGood::load(&cfg.run_dir, &mut cache);
+    let mut requeue = Requeue::default();
+    let mut policy = ErrorPolicy::default();
+    let mut dirty = false;
+
+    loop {
+        match triggers.wait(&mut cache, &requeue, docker.changed(), &mut stop).await {
+            Wake::Watch(changed) => dirty |= changed,
+            Wake::Resync => {
+                rec.forget_plumbing();
+                dirty = true;
+            }
+            Wake::Requeue => {
+                requeue.fired();
+                dirty = true;
+            }
+            Wake::Docker => {
+                rec.recheck_host();
+                dirty = true;
+            }
+            Wake::Stop => break,
+        }
+        cache.synced = triggers.synced();
+        if !dirty || !cache.synced {
+            continue;
+        }
+        triggers.debounce(&mut cache).await;
+        dirty = false;
+        let (report, changed) = rec.reconcile(&cache).await;
+        let invalid = cache.invalid();
+        last_good.persist(&cache);
+
+        let written = writer.containers(changed).await;
+        for name in &written.not_written {
+            rec.status_not_written(name);
+        }
+        let bird = BirdState {
+            restarts: rec.dp.bird_restarts().await,
+            pid: rec.dp.bird_pid().await,
+            adopted: rec.dp.bird_adopted().await,
+        };
+        let datastore_ok = writer.agent(&report, &invalid, bird, !written.failed).await;
+        if !datastore_ok {
+            // Status is retried on the next reconcile; the dataplane keeps its state.
+            requeue.at_most(cfg.resync.min(STATUS_RETRY_MAX));
+        }
+        metrics.observe(&report, invalid.len(), bird.restarts, datastore_ok);
+        // A reconcile allocates and frees a lot at once (the rendered ruleset, its JSON);
+        // give the freed pages back rather than keep them as the agent's resident size.
+        trim_heap();
+        requeue.schedule(policy.action(!report.errors.is_empty()));
+    }
+    info!("agent stopping; the dataplane is left as it is, BIRD keeps running");
+    rec.dp.detach().await;
+    docker.shutdown().await;
+    Ok(())
+}
