@@ -29,7 +29,7 @@ use super::backend::{
     AddressRequest, Backend, EndpointCreate, EndpointInterface, JoinInfo, JoinRequest, NetworkCreate, PoolInfo,
     PoolRequest,
 };
-use super::integration::{ipam_failure, network_key, short, Ctx, Endpoint, NetworkRecord, ANN_ENDPOINT, ANN_NETWORK};
+use super::context::{ipam_failure, network_key, short, Ctx, Endpoint, NetworkRecord, ANN_ENDPOINT, ANN_NETWORK};
 
 /// Pool IDs of networks created without `--subnet`: any enabled pool.
 pub const ANY_POOL_V4: &str = "calico-ipv4";

@@ -6,15 +6,30 @@
 //! - [`backend`]: that trait and the parsed requests it receives.
 //! - [`events`]: follows dockerd's container events (the seed's `CALICO_IP` path) and
 //!   re-lists containers whenever it reconnects.
+//! - [`context`]: the state the rest shares ([`context::Ctx`]: store, IPAM, dockerd
+//!   client, host netlink; what is known of Docker's containers and endpoints).
 //! - [`calico`]: the agent's [`Backend`]: IPPools, IPAM, Docker-owned Containers, veths.
 //! - [`seed`]: the event consumer: `CALICO_IP` containers, cleanup after restarts.
 //! - [`integration`]: how the agent runs all of it (resolver, IPAM guard, start/stop).
 //! - [`host`]: the kernel side (veth pairs in the host namespace, the gateway neighbour).
 //!
+//! Arrows (a module uses only those to its right; none points back):
+//!
+//! ```text
+//! integration -> calico, seed, plugin, context, events
+//! calico      -> context, backend, host
+//! seed        -> context, events, host, plugin (the driver name)
+//! context     -> events (the client), host (dockerd's pid), dataplane
+//! plugin      -> backend
+//! events      -> backend (the group option)
+//! backend, host -> dataplane
+//! ```
+//!
 //! docs/docker.md describes how Docker's calls map to Calico resources.
 
 pub mod backend;
 pub mod calico;
+pub mod context;
 pub mod events;
 pub mod host;
 pub mod integration;
