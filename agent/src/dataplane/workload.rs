@@ -497,7 +497,7 @@ fn sysctl(key: String, value: &str, netns: &str) -> Result<(), WorkloadError> {
 }
 
 /// Runs on a thread in the host's namespace.
-fn host_sysctls(ifname: &str, v6: bool, netns: &str) -> Result<(), WorkloadError> {
+pub(crate) fn host_sysctls(ifname: &str, v6: bool, netns: &str) -> Result<(), WorkloadError> {
     // Answer ARP for the gateway (and anything else) with our MAC, at once
     // rather than after the default random 0-800 ms delay.
     sysctl(format!("net/ipv4/conf/{ifname}/proxy_arp"), "1", netns)?;
@@ -639,7 +639,11 @@ async fn sync_addresses(wl: &Handle, spec: &WorkloadSpec, index: u32, netns: &st
     Ok(())
 }
 
-async fn link_by_name(handle: &Handle, name: &str, netns: &str) -> Result<Option<LinkMessage>, WorkloadError> {
+pub(crate) async fn link_by_name(
+    handle: &Handle,
+    name: &str,
+    netns: &str,
+) -> Result<Option<LinkMessage>, WorkloadError> {
     let mut links = handle.link().get().match_name(name).execute();
     match links.next().await {
         None => Ok(None),
@@ -708,7 +712,7 @@ fn link_mac(link: &LinkMessage) -> Option<String> {
     })
 }
 
-fn address_of(msg: &AddressMessage) -> Option<IpAddr> {
+pub(crate) fn address_of(msg: &AddressMessage) -> Option<IpAddr> {
     // For IPv4 IFA_LOCAL is the interface's own address (IFA_ADDRESS is the
     // peer's on point-to-point links); IPv6 only has IFA_ADDRESS.
     let local = msg.attributes.iter().find_map(|a| match a {

@@ -314,14 +314,7 @@ impl Backend for CalicoBackend {
             }
         }
         let plumber = self.ctx.plumber().await?;
-        super::host::create_veth(
-            plumber.host_handle(),
-            self.ctx.host_netns.as_deref(),
-            &host_if,
-            &tmp_if,
-            cfg.mtu(),
-        )
-        .await?;
+        super::host::create_veth(plumber, &host_if, &tmp_if, cfg.mtu()).await?;
         if let Some(e) = self.ctx.state().endpoints.get_mut(&req.endpoint_id) {
             e.sandbox = Some(req.sandbox_key.clone());
             e.joined = Some(Instant::now());
