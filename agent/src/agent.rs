@@ -208,7 +208,10 @@ pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> anyhow::R
                 }
             }))
             .await;
-            for ((name, _), res) in batch.iter().zip(results) {
+            for ((name, st), res) in batch.iter().zip(results) {
+                if res.is_ok() {
+                    docker.status_written(name, st.as_ref());
+                }
                 if let Err(e) = res {
                     warn!(container = %name, error = %e, "could not write status; will retry");
                     rec.status_not_written(name);

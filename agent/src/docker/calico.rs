@@ -296,6 +296,7 @@ impl Backend for CalicoBackend {
         ann.insert(OWNER_ANNOTATION.into(), OWNER_DOCKER.into());
         ann.insert(ANN_NETWORK.into(), req.network_id.clone());
         ann.insert(ANN_ENDPOINT.into(), req.endpoint_id.clone());
+        let status = self.ctx.statuses.expect(&ep.name);
         self.ctx
             .store
             .write(&[Resource::Container(c)], WriteMode::Apply, None, false)
@@ -303,7 +304,7 @@ impl Backend for CalicoBackend {
             .with_context(|| format!("writing Container {}", ep.name))?;
 
         let started = Instant::now();
-        match self.ctx.wait_for_status(&ep.name, RECONCILE_WAIT).await {
+        match self.ctx.wait_for_status(status, RECONCILE_WAIT).await {
             Some(st) => {
                 if let Some(msg) = ipam_failure(&st) {
                     bail!("Container {}: {msg}", ep.name);

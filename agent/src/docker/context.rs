@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use calico_schema::{
-    object, ClusterConfigSpec, Container, EndpointState, GroupSpec, IpPool, Kind, Resource, OWNER_ANNOTATION,
-    OWNER_DOCKER,
+    object, ClusterConfigSpec, Container, ContainerStatus, EndpointState, GroupSpec, IpPool, Kind, Resource,
+    OWNER_ANNOTATION, OWNER_DOCKER,
 };
 use calico_store::ipam::Ipam;
 use calico_store::{Store, StoreError, WriteMode};
@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 use tracing::info;
 
 use super::events::{ContainerInfo, DockerClient};
+use super::status::{StatusBoard, StatusWait};
 use crate::dataplane::workload::Plumber;
 
 /// The Docker network of a plugin Container.
@@ -135,6 +136,8 @@ pub struct Ctx {
     state: Mutex<State>,
     /// Told whenever Docker's state changed in a way the reconcile must see.
     pub kick: Notify,
+    /// The Container statuses the reconcile writes, for Join to wait on.
+    pub statuses: StatusBoard,
     plumber: tokio::sync::OnceCell<Plumber>,
 }
 
@@ -149,6 +152,7 @@ impl Ctx {
             client: tokio::sync::Mutex::new(None),
             state: Mutex::new(State::default()),
             kick: Notify::new(),
+            statuses: StatusBoard::default(),
             plumber: tokio::sync::OnceCell::new(),
         }
     }
@@ -335,20 +339,17 @@ impl Ctx {
         Ok(())
     }
 
-    /// Waits (bounded) until the reconcile has written a status for Container `name`:
-    /// from then on every reconcile knows it.
-    pub async fn wait_for_status(&self, name: &str, timeout: Duration) -> Option<calico_schema::ContainerStatus> {
-        let key = format!("status/containers/{name}");
+    /// Waits (bounded) until the reconcile has written a status for the Container
+    /// `wait` listens for (taken with `statuses.expect` before the Container was
+    /// written): from then on every reconcile knows it. A status already in etcd (a
+    /// Join retried for a Container the reconcile has seen) counts too.
+    pub async fn wait_for_status(&self, wait: StatusWait<'_>, timeout: Duration) -> Option<ContainerStatus> {
         let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(st)) = self.store.get_json::<calico_schema::ContainerStatus>(&key).await {
-                return Some(st);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(15)).await;
+        let key = format!("status/containers/{}", wait.name());
+        if let Ok(Ok(Some(st))) = tokio::time::timeout(timeout, self.store.get_json::<ContainerStatus>(&key)).await {
+            return Some(st);
         }
+        wait.wait(deadline.saturating_duration_since(Instant::now())).await
     }
 }
 
@@ -362,6 +363,6 @@ pub fn seed_name(id: &str) -> String {
 }
 
 /// A status worth failing a plugin call for.
-pub fn ipam_failure(st: &calico_schema::ContainerStatus) -> Option<&str> {
+pub fn ipam_failure(st: &ContainerStatus) -> Option<&str> {
     (st.state == EndpointState::Error && st.message.starts_with("IPAM")).then_some(st.message.as_str())
 }

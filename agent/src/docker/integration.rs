@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use calico_schema::{Container, IpPool};
+use calico_schema::{Container, ContainerStatus, IpPool};
 use calico_store::ipam::Ipam;
 use calico_store::Store;
 use tokio::task::JoinHandle;
@@ -229,6 +229,14 @@ impl DockerIntegration {
         match &self.ctx {
             Some(ctx) => ctx.kick.notified().await,
             None => std::future::pending().await,
+        }
+    }
+
+    /// The reconcile wrote (`Some`) or deleted (`None`) the status of Container `name`
+    /// in etcd: a Join waiting for it goes on.
+    pub fn status_written(&self, name: &str, status: Option<&ContainerStatus>) {
+        if let (Some(ctx), Some(status)) = (&self.ctx, status) {
+            ctx.statuses.written(name, status);
         }
     }
 

@@ -11,6 +11,7 @@
 //! - [`calico`]: the agent's [`Backend`]: IPPools, IPAM, Docker-owned Containers, veths.
 //! - [`seed`]: the event consumer: `CALICO_IP` containers, cleanup after restarts.
 //! - [`integration`]: how the agent runs all of it (resolver, IPAM guard, start/stop).
+//! - [`status`]: the Container statuses the agent's reconcile writes, for Join to wait on.
 //! - [`host`]: the kernel side (veth pairs in the host namespace, the gateway neighbour).
 //!
 //! Arrows (a module uses only those to its right; none points back):
@@ -19,7 +20,7 @@
 //! integration -> calico, seed, plugin, context, events
 //! calico      -> context, backend, host
 //! seed        -> context, events, host, plugin (the driver name)
-//! context     -> events (the client), host (dockerd's pid), dataplane
+//! context     -> status, events (the client), host (dockerd's pid), dataplane
 //! plugin      -> backend
 //! events      -> backend (the group option)
 //! backend, host -> dataplane
@@ -35,6 +36,7 @@ pub mod host;
 pub mod integration;
 pub mod plugin;
 pub mod seed;
+pub mod status;
 
 pub use backend::{
     AddressRequest, Backend, EndpointCreate, EndpointInterface, JoinInfo, JoinRequest, NetworkCreate, PoolData,
