@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tracing::info;
 
-use super::events::{ContainerInfo, DockerClient};
+use super::client::{ContainerInfo, DockerClient};
 use super::status::{StatusBoard, StatusWait};
 use crate::dataplane::workload::Plumber;
 

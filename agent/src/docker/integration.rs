@@ -21,8 +21,9 @@ use calico_store::Store;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use super::client::DEFAULT_DOCKER_HOST;
 use super::context::{Ctx, Found, ANN_ENDPOINT};
-use super::events::{EventFollower, EventsConfig, DEFAULT_DOCKER_HOST};
+use super::events::{EventFollower, EventsConfig};
 use super::plugin::{serve, PluginServer, DEFAULT_PLUGIN_DIR};
 use crate::reconcile::{AddressManager, StepError, WorkloadResolver};
 

@@ -4,6 +4,8 @@
 //!   `calico-ipam`, served on two unix sockets; protocol only, the Calico side is a
 //!   [`Backend`] the agent implements.
 //! - [`backend`]: that trait and the parsed requests it receives.
+//! - [`client`]: dockerd's API: connecting, inspecting containers and networks.
+//! - [`env`]: the seed's `CALICO_IP` / `CALICO_GROUP` environment of a container.
 //! - [`events`]: follows dockerd's container events (the seed's `CALICO_IP` path) and
 //!   re-lists containers whenever it reconnects.
 //! - [`context`]: the state the rest shares ([`context::Ctx`]: store, IPAM, dockerd
@@ -17,12 +19,12 @@
 //! Arrows (a module uses only those to its right; none points back):
 //!
 //! ```text
-//! integration -> calico, seed, plugin, context, events
+//! integration -> calico, seed, plugin, context, events, client
 //! calico      -> context, backend, host
-//! seed        -> context, events, host, plugin (the driver name)
-//! context     -> status, events (the client), host (dockerd's pid), dataplane
+//! seed        -> context, events, client, env, host, plugin (the driver name)
+//! context     -> status, client, host (dockerd's pid), dataplane
 //! plugin      -> backend
-//! events      -> backend (the group option)
+//! events      -> client -> env; client -> backend (the group option)
 //! backend, host -> dataplane
 //! ```
 //!
@@ -30,7 +32,9 @@
 
 pub mod backend;
 pub mod calico;
+pub mod client;
 pub mod context;
+pub mod env;
 pub mod events;
 pub mod host;
 pub mod integration;
