@@ -828,7 +828,9 @@ async fn concurrent_requests() {
 use std::path::PathBuf;
 use std::process::{Child, Command, Output};
 
-use calico_agent::docker::events::{CalicoIp, DockerClient, DockerEvent, EventFollower, EventsConfig, NetworkAction};
+use calico_agent::docker::client::DockerClient;
+use calico_agent::docker::env::CalicoIp;
+use calico_agent::docker::events::{DockerEvent, EventFollower, EventsConfig, NetworkAction};
 
 struct Dockerd {
     dir: tempfile::TempDir,

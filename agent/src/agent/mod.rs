@@ -158,7 +158,9 @@ pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> anyhow::R
         let invalid = cache.invalid();
         last_good.persist(&cache);
 
-        let written = writer.containers(changed).await;
+        let written = writer
+            .containers(changed, &|name, st| docker.status_written(name, st))
+            .await;
         for name in &written.not_written {
             rec.status_not_written(name);
         }

@@ -50,8 +50,13 @@ impl StatusWriter {
 
     /// Writes the changed Container statuses (`None`: delete), several at once. After a
     /// failed batch (etcd down) the rest are not tried, only returned as not written, so
-    /// an outage costs one timeout per reconcile.
-    pub(crate) async fn containers(&self, changed: Vec<(String, Option<ContainerStatus>)>) -> ContainerWrites {
+    /// an outage costs one timeout per reconcile. `written` hears of each status etcd
+    /// took (the Docker Join waits for its Container's).
+    pub(crate) async fn containers(
+        &self,
+        changed: Vec<(String, Option<ContainerStatus>)>,
+        written: &(dyn Fn(&str, Option<&ContainerStatus>) + Sync),
+    ) -> ContainerWrites {
         let mut out = ContainerWrites::default();
         let mut changed = changed.into_iter().peekable();
         while changed.peek().is_some() {
@@ -71,7 +76,10 @@ impl StatusWriter {
                 }
             }))
             .await;
-            for ((name, _), res) in batch.iter().zip(results) {
+            for ((name, st), res) in batch.iter().zip(results) {
+                if res.is_ok() {
+                    written(name, st.as_ref());
+                }
                 if let Err(e) = res {
                     warn!(container = %name, error = %e, "could not write status; will retry");
                     out.not_written.push(name.clone());

@@ -29,7 +29,7 @@ use super::backend::{
     AddressRequest, Backend, EndpointCreate, EndpointInterface, JoinInfo, JoinRequest, NetworkCreate, PoolInfo,
     PoolRequest,
 };
-use super::integration::{ipam_failure, network_key, short, Ctx, Endpoint, NetworkRecord, ANN_ENDPOINT, ANN_NETWORK};
+use super::context::{ipam_failure, network_key, short, Ctx, Endpoint, NetworkRecord, ANN_ENDPOINT, ANN_NETWORK};
 
 /// Pool IDs of networks created without `--subnet`: any enabled pool.
 pub const ANY_POOL_V4: &str = "calico-ipv4";
@@ -296,6 +296,7 @@ impl Backend for CalicoBackend {
         ann.insert(OWNER_ANNOTATION.into(), OWNER_DOCKER.into());
         ann.insert(ANN_NETWORK.into(), req.network_id.clone());
         ann.insert(ANN_ENDPOINT.into(), req.endpoint_id.clone());
+        let status = self.ctx.statuses.expect(&ep.name);
         self.ctx
             .store
             .write(&[Resource::Container(c)], WriteMode::Apply, None, false)
@@ -303,7 +304,7 @@ impl Backend for CalicoBackend {
             .with_context(|| format!("writing Container {}", ep.name))?;
 
         let started = Instant::now();
-        match self.ctx.wait_for_status(&ep.name, RECONCILE_WAIT).await {
+        match self.ctx.wait_for_status(status, RECONCILE_WAIT).await {
             Some(st) => {
                 if let Some(msg) = ipam_failure(&st) {
                     bail!("Container {}: {msg}", ep.name);
@@ -314,14 +315,7 @@ impl Backend for CalicoBackend {
             }
         }
         let plumber = self.ctx.plumber().await?;
-        super::host::create_veth(
-            plumber.host_handle(),
-            self.ctx.host_netns.as_deref(),
-            &host_if,
-            &tmp_if,
-            cfg.mtu(),
-        )
-        .await?;
+        super::host::create_veth(plumber, &host_if, &tmp_if, cfg.mtu()).await?;
         if let Some(e) = self.ctx.state().endpoints.get_mut(&req.endpoint_id) {
             e.sandbox = Some(req.sandbox_key.clone());
             e.joined = Some(Instant::now());

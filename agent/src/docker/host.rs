@@ -10,58 +10,25 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context};
-use futures::{StreamExt, TryStreamExt};
-use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
-use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkMessage};
-use rtnetlink::{Handle, LinkUnspec, LinkVeth};
+use futures::TryStreamExt;
+use rtnetlink::packet_route::address::AddressMessage;
+use rtnetlink::packet_route::link::{InfoData, InfoVeth};
+use rtnetlink::{LinkUnspec, LinkVeth};
 
-use crate::dataplane::netns::{netlink_in_netns, run_in_netns_async, write_sysctl};
-use crate::dataplane::workload::{GATEWAY_V4, HOST_MAC};
+use crate::dataplane::netns::{netlink_in_netns, ns_label, run_in_netns_async};
+use crate::dataplane::link::address_of;
+use crate::dataplane::workload::{host_sysctls, link_by_name, Plumber, GATEWAY_V4, HOST_MAC};
 
-/// The errno of a netlink error, if it is one.
-fn errno(e: &rtnetlink::Error) -> Option<i32> {
-    match e {
-        rtnetlink::Error::NetlinkError(msg) => msg.code.map(|c| c.get().abs()),
-        _ => None,
-    }
-}
-
-async fn link_by_name(handle: &Handle, name: &str) -> anyhow::Result<Option<LinkMessage>> {
-    let mut links = handle.link().get().match_name(name).execute();
-    match links.next().await {
-        None => Ok(None),
-        Some(Ok(link)) => Ok(Some(link)),
-        Some(Err(e)) if errno(&e) == Some(libc::ENODEV) => Ok(None),
-        Some(Err(e)) => Err(anyhow!(e)).with_context(|| format!("looking up link {name}")),
-    }
-}
-
-/// Deletes a link by name; `Ok(false)` when there was none.
-pub async fn delete_link(handle: &Handle, name: &str) -> anyhow::Result<bool> {
-    let Some(link) = link_by_name(handle, name).await? else {
-        return Ok(false);
-    };
-    match handle.link().del(link.header.index).execute().await {
-        Ok(()) => Ok(true),
-        Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(false),
-        Err(e) => Err(anyhow!(e)).with_context(|| format!("deleting link {name}")),
-    }
-}
-
-/// Creates the pair `host_name` <-> `peer_name` in the host namespace (`handle` is
-/// bound to it, `host_netns` names it for the sysctls): the host side gets the
-/// gateway MAC, proxy ARP without delay and forwarding, and is brought up; the peer
-/// is left for Docker to move, rename and configure. Anything already using either
-/// name is replaced (a Join retried after a failure, or a leftover of a crash).
-pub async fn create_veth(
-    handle: &Handle,
-    host_netns: Option<&Path>,
-    host_name: &str,
-    peer_name: &str,
-    mtu: u32,
-) -> anyhow::Result<()> {
-    delete_link(handle, host_name).await?;
-    delete_link(handle, peer_name).await?;
+/// Creates the pair `host_name` <-> `peer_name` in the plumber's host namespace: the
+/// host side gets the gateway MAC, the host-side sysctls of every workload (proxy ARP
+/// without delay, forwarding) and is brought up; the peer is left for Docker to move,
+/// rename and configure. Anything already using either name is replaced (a Join
+/// retried after a failure, or a leftover of a crash).
+pub async fn create_veth(plumber: &Plumber, host_name: &str, peer_name: &str, mtu: u32) -> anyhow::Result<()> {
+    plumber.teardown(host_name).await?;
+    plumber.teardown(peer_name).await?;
+    let handle = plumber.host_handle();
+    let label = ns_label(plumber.host_netns());
     let peer = LinkUnspec::new_with_name(peer_name).mtu(mtu);
     let msg = LinkVeth::new(host_name, peer_name)
         .address(HOST_MAC.to_vec())
@@ -75,17 +42,14 @@ pub async fn create_veth(
         .await
         .map_err(|e| anyhow!(e))
         .with_context(|| format!("creating the veth pair {host_name} <-> {peer_name}"))?;
-    let link = link_by_name(handle, host_name)
+    let link = link_by_name(handle, host_name, &label)
         .await?
         .ok_or_else(|| anyhow!("{host_name} vanished right after it was created"))?;
     let name = host_name.to_string();
-    run_in_netns_async(host_netns, move || -> std::io::Result<()> {
-        write_sysctl(&format!("net/ipv4/conf/{name}/proxy_arp"), "1")?;
-        write_sysctl(&format!("net/ipv4/neigh/{name}/proxy_delay"), "0")?;
-        write_sysctl(&format!("net/ipv4/conf/{name}/forwarding"), "1")
-    })
-    .await?
-    .with_context(|| format!("setting the sysctls of {host_name}"))?;
+    // Docker's networks are IPv4 only (calico.rs refuses IPv6), so no IPv6 sysctls.
+    run_in_netns_async(plumber.host_netns(), move || host_sysctls(&name, false, &label))
+        .await?
+        .with_context(|| format!("setting the sysctls of {host_name}"))?;
     handle
         .link()
         .change(LinkUnspec::new_with_index(link.header.index).up().build())
@@ -94,19 +58,6 @@ pub async fn create_veth(
         .map_err(|e| anyhow!(e))
         .with_context(|| format!("bringing up {host_name}"))?;
     Ok(())
-}
-
-fn address_of(msg: &AddressMessage) -> Option<IpAddr> {
-    let local = msg.attributes.iter().find_map(|a| match a {
-        AddressAttribute::Local(ip) => Some(*ip),
-        _ => None,
-    });
-    local.or_else(|| {
-        msg.attributes.iter().find_map(|a| match a {
-            AddressAttribute::Address(ip) => Some(*ip),
-            _ => None,
-        })
-    })
 }
 
 /// Inside the namespace at `netns`, adds `169.254.1.1 lladdr ee:ee:ee:ee:ee:ee

@@ -4,22 +4,43 @@
 //!   `calico-ipam`, served on two unix sockets; protocol only, the Calico side is a
 //!   [`Backend`] the agent implements.
 //! - [`backend`]: that trait and the parsed requests it receives.
+//! - [`client`]: dockerd's API: connecting, inspecting containers and networks.
+//! - [`env`]: the seed's `CALICO_IP` / `CALICO_GROUP` environment of a container.
 //! - [`events`]: follows dockerd's container events (the seed's `CALICO_IP` path) and
 //!   re-lists containers whenever it reconnects.
+//! - [`context`]: the state the rest shares ([`context::Ctx`]: store, IPAM, dockerd
+//!   client, host netlink; what is known of Docker's containers and endpoints).
 //! - [`calico`]: the agent's [`Backend`]: IPPools, IPAM, Docker-owned Containers, veths.
 //! - [`seed`]: the event consumer: `CALICO_IP` containers, cleanup after restarts.
 //! - [`integration`]: how the agent runs all of it (resolver, IPAM guard, start/stop).
+//! - [`status`]: the Container statuses the agent's reconcile writes, for Join to wait on.
 //! - [`host`]: the kernel side (veth pairs in the host namespace, the gateway neighbour).
+//!
+//! Arrows (a module uses only those to its right; none points back):
+//!
+//! ```text
+//! integration -> calico, seed, plugin, context, events, client
+//! calico      -> context, backend, host
+//! seed        -> context, events, client, env, host, plugin (the driver name)
+//! context     -> status, client, host (dockerd's pid), dataplane
+//! plugin      -> backend
+//! events      -> client -> env; client -> backend (the group option)
+//! backend, host -> dataplane
+//! ```
 //!
 //! docs/docker.md describes how Docker's calls map to Calico resources.
 
 pub mod backend;
 pub mod calico;
+pub mod client;
+pub mod context;
+pub mod env;
 pub mod events;
 pub mod host;
 pub mod integration;
 pub mod plugin;
 pub mod seed;
+pub mod status;
 
 pub use backend::{
     AddressRequest, Backend, EndpointCreate, EndpointInterface, JoinInfo, JoinRequest, NetworkCreate, PoolData,

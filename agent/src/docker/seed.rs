@@ -22,8 +22,10 @@ use calico_store::ipam::container_handle;
 use calico_store::{StoreError, WriteMode};
 use tracing::{debug, info, warn};
 
-use super::events::{CalicoIp, ContainerInfo, DockerEvent, EventFollower, NetworkAction};
-use super::integration::{is_docker_owned, seed_name, short, Ctx, ANN_CONTAINER, ANN_ENDPOINT, ANN_NAME};
+use super::client::ContainerInfo;
+use super::context::{is_docker_owned, seed_name, short, Ctx, ANN_CONTAINER, ANN_ENDPOINT, ANN_NAME};
+use super::env::CalicoIp;
+use super::events::{DockerEvent, EventFollower, NetworkAction};
 use super::plugin::NETWORK_DRIVER_NAME;
 
 /// A plugin endpoint joined this recently is never collected by a resync: the listing

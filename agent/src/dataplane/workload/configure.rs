@@ -23,7 +23,7 @@ pub(super) fn sysctl(key: String, value: &str, netns: &str) -> Result<(), Worklo
 }
 
 /// Runs on a thread in the host's namespace.
-pub(super) fn host_sysctls(ifname: &str, v6: bool, netns: &str) -> Result<(), WorkloadError> {
+pub(crate) fn host_sysctls(ifname: &str, v6: bool, netns: &str) -> Result<(), WorkloadError> {
     // Answer ARP for the gateway (and anything else) with our MAC, at once
     // rather than after the default random 0-800 ms delay.
     sysctl(format!("net/ipv4/conf/{ifname}/proxy_arp"), "1", netns)?;

@@ -24,6 +24,8 @@ use rtnetlink::Handle;
 use super::netns::NetnsError;
 
 mod configure;
+
+pub(crate) use configure::host_sysctls;
 pub mod plumber;
 pub mod spec;
 
@@ -129,7 +131,7 @@ pub trait WorkloadPlumbing: Send + Sync {
 }
 
 /// [`super::link::link_by_name`], its error saying what was looked up and where.
-async fn link_by_name(handle: &Handle, name: &str, netns: &str) -> Result<Option<LinkMessage>, WorkloadError> {
+pub(crate) async fn link_by_name(handle: &Handle, name: &str, netns: &str) -> Result<Option<LinkMessage>, WorkloadError> {
     super::link::link_by_name(handle, name)
         .await
         .wrap("look up link", name, netns)
