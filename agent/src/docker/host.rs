@@ -15,8 +15,8 @@ use rtnetlink::packet_route::address::AddressMessage;
 use rtnetlink::packet_route::link::{InfoData, InfoVeth};
 use rtnetlink::{LinkUnspec, LinkVeth};
 
-use crate::dataplane::netns::{netlink_in_netns, ns_label, run_in_netns_async};
 use crate::dataplane::link::address_of;
+use crate::dataplane::netns::{netlink_in_netns, ns_label, run_in_netns_async};
 use crate::dataplane::workload::{host_sysctls, link_by_name, Plumber, GATEWAY_V4, HOST_MAC};
 
 /// Creates the pair `host_name` <-> `peer_name` in the plumber's host namespace: the

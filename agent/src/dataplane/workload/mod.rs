@@ -131,7 +131,11 @@ pub trait WorkloadPlumbing: Send + Sync {
 }
 
 /// [`super::link::link_by_name`], its error saying what was looked up and where.
-pub(crate) async fn link_by_name(handle: &Handle, name: &str, netns: &str) -> Result<Option<LinkMessage>, WorkloadError> {
+pub(crate) async fn link_by_name(
+    handle: &Handle,
+    name: &str,
+    netns: &str,
+) -> Result<Option<LinkMessage>, WorkloadError> {
     super::link::link_by_name(handle, name)
         .await
         .wrap("look up link", name, netns)
