@@ -125,8 +125,8 @@ pub enum Command {
     Validate(FileArgs),
     /// Print the JSON Schema of calico/v1 documents
     Schema,
-    /// Print calicoctl's version and the API version
-    Version,
+    /// Print the versions of calicoctl, the API, this host's agent and BIRD, and etcd
+    Version(crate::version::VersionArgs),
     /// Create a security group with the default rules (members may talk to each other)
     Addgroup { group: String },
     /// Remove a security group

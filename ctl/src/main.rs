@@ -43,6 +43,7 @@ mod run_dir;
 mod status;
 mod sync;
 mod textdiff;
+mod version;
 
 use std::process::ExitCode;
 
@@ -139,11 +140,7 @@ async fn run(cli: Cli) -> Result<()> {
                 print!("{}", calico_schema::schema_text());
                 Ok(())
             }
-            Command::Version => {
-                println!("calicoctl {}", env!("CARGO_PKG_VERSION"));
-                println!("API version {}", calico_schema::API_VERSION);
-                Ok(())
-            }
+            Command::Version(a) => version::run(g, &a).await,
             Command::Addgroup { group } => groups::addgroup(g, &group).await,
             Command::Removegroup { group, force } => groups::removegroup(g, &group, force).await,
             Command::Showgroups { detailed } => groups::showgroups(g, detailed).await,

@@ -297,6 +297,15 @@ fn node_status_diags_stop_on_a_namespace_host() {
     let links = host.exec(&["ip", "-o", "link", "show"]);
     assert!(links.contains("cali"), "{links}");
 
+    // version: all four, from the running agent, its BIRD and etcd.
+    let r = ctl(&ep, &["version", "--run-dir", &run_s]);
+    r.assert_ok();
+    let v = &r.stdout;
+    assert!(v.contains(&format!("calico-node {}", env!("CARGO_PKG_VERSION"))), "{v}");
+    assert!(v.lines().any(|l| l.starts_with("BIRD 2.")), "{v}");
+    assert!(v.lines().any(|l| l.starts_with("etcd 3.")), "{v}");
+    assert!(!v.contains("unknown"), "{v}");
+
     // diags: a readable archive with the expected members.
     let archive = tmp.path().join("diags.tar.gz");
     let r = ctl(&ep, &["diags", "--run-dir", &run_s, "-o", archive.to_str().unwrap()]);

@@ -73,6 +73,17 @@ impl Store {
         self.inner.client.clone()
     }
 
+    /// The version the etcd member answering us reports (`etcdctl endpoint status`).
+    pub async fn server_version(&self) -> Result<String, StoreError> {
+        let status = self
+            .call(|| {
+                let mut m = self.inner.client.maintenance_client();
+                async move { m.status().await }
+            })
+            .await?;
+        Ok(status.version().to_string())
+    }
+
     pub fn config(&self) -> &StoreConfig {
         &self.inner.cfg
     }
