@@ -12,6 +12,7 @@ use calico_store::{Change, Changes, Step, WriteMode};
 
 use crate::cli::GlobalOpts;
 use crate::conn::{store_error, Ctx};
+use crate::observed;
 use crate::output::{self, sync_owner};
 use crate::resolve::Resolver;
 
@@ -138,11 +139,37 @@ pub async fn showgroups(g: &GlobalOpts, detailed: bool) -> Result<()> {
         return Ok(());
     }
     if detailed {
+        // What the agents observed (IPAM-assigned addresses, programmed or not); a
+        // status that cannot be read leaves the spec's addresses.
+        let observed = observed::container_status(&ctx).await.unwrap_or_default();
+        let detail = |g: &str| -> Vec<output::Member> {
+            members(g)
+                .into_iter()
+                .filter_map(|name| all.iter().find(|c| c.metadata.name == name))
+                .map(|c| {
+                    let st = observed.get(&c.metadata.name);
+                    output::Member {
+                        name: c.metadata.name.clone(),
+                        node: c.spec.node.clone(),
+                        ips: st
+                            .map(|s| s.ips.clone())
+                            .filter(|ips| !ips.is_empty())
+                            .or_else(|| c.spec.ips.clone())
+                            .unwrap_or_default(),
+                        state: match st {
+                            Some(s) if s.message.is_empty() => format!("{:?}", s.state),
+                            Some(s) => format!("{:?}: {}", s.state, s.message),
+                            None => "not yet programmed".into(),
+                        },
+                    }
+                })
+                .collect()
+        };
         for (i, grp) in groups.iter().enumerate() {
             if i > 0 {
                 println!();
             }
-            print!("{}", output::group_detail(grp, &members(&grp.metadata.name)));
+            print!("{}", output::group_detail(grp, &detail(&grp.metadata.name)));
         }
     } else {
         let rows: Vec<Vec<String>> = groups

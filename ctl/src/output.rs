@@ -311,7 +311,18 @@ pub fn rule_summary(r: &Rule) -> String {
 }
 
 /// `showgroups --detailed`: each group with its members and effective rules.
-pub fn group_detail(g: &Group, members: &[String]) -> String {
+/// One member of a group as `showgroups --detailed` lists it.
+pub struct Member {
+    pub name: String,
+    pub node: String,
+    /// The addresses the agent programmed (or, before that, the spec's).
+    pub ips: Vec<std::net::IpAddr>,
+    /// `Programmed`, `Error: ...`, or `not yet programmed`.
+    pub state: String,
+}
+
+pub fn group_detail(g: &Group, detail: &[Member]) -> String {
+    let members: Vec<String> = detail.iter().map(|m| m.name.clone()).collect();
     let mut out = format!("Group {}\n", g.metadata.name);
     out.push_str(&format!(
         "  members: {}\n",
@@ -331,6 +342,23 @@ pub fn group_detail(g: &Group, members: &[String]) -> String {
         }
         for r in &rules {
             out.push_str(&format!("    - {}\n", rule_summary(r)));
+        }
+    }
+    if !detail.is_empty() {
+        out.push_str("  member addresses:\n");
+        let rows: Vec<Vec<String>> = detail
+            .iter()
+            .map(|m| {
+                let ips = if m.ips.is_empty() {
+                    "(none yet)".to_string()
+                } else {
+                    m.ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+                };
+                vec![m.name.clone(), ips, m.node.clone(), m.state.clone()]
+            })
+            .collect();
+        for line in table(&["NAME", "IPS", "NODE", "STATE"], &rows).lines() {
+            out.push_str(&format!("    {line}\n"));
         }
     }
     out

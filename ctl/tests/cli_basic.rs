@@ -350,6 +350,12 @@ fn seed_group_commands() {
         "{}",
         s.stdout
     );
+    // An agent's report for one member: its row shows the reported state.
+    let status = serde_json::json!({
+        "node": "host1", "hostInterface": "cali0123456789a", "ips": ["10.65.0.1"],
+        "state": "Programmed", "updated": 1
+    });
+    put(&ep, "status/containers/workload-a", &status);
     let d = ctl(&ep, &["showgroups", "--detailed"]);
     assert!(
         d.assert_ok()
@@ -359,6 +365,25 @@ fn seed_group_commands() {
         d.stdout
     );
     assert!(d.stdout.contains("Group custom\n  members: (none)\n"), "{}", d.stdout);
+    // ... and each member's addresses, node and state, from what its agent reported
+    // (the others have no report yet).
+    let row = d
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("Group web"))
+        .find(|l| l.trim_start().starts_with("workload-a"))
+        .unwrap_or_default();
+    assert_eq!(
+        row.split_whitespace().collect::<Vec<_>>(),
+        ["workload-a", "10.65.0.1", "host1", "Programmed"],
+        "{}",
+        d.stdout
+    );
+    assert!(
+        d.stdout.contains("workload-b   10.65.0.2   host1   not yet programmed"),
+        "{}",
+        d.stdout
+    );
 
     // removegroup refuses while members remain; --force takes it out of them first.
     let r = ctl(&ep, &["removegroup", "web"]);
