@@ -78,6 +78,7 @@ pub enum OutputFormat {
 pub struct GetArgs {
     /// group, container, policy, ippool, node, bgppeer, clusterconfig (singular, plural
     /// or short forms), or `all`
+    #[arg(value_parser = crate::args::kind_or_all)]
     pub kind: String,
     /// Names to show; none: every resource of the kind
     pub names: Vec<String>,
@@ -91,7 +92,7 @@ pub struct DeleteArgs {
     #[arg(short = 'f', long = "filename", value_name = "FILE|DIR|-", conflicts_with_all = ["kind", "names"])]
     pub files: Vec<String>,
     /// The kind to delete (with NAME...)
-    #[arg(required_unless_present = "files")]
+    #[arg(required_unless_present = "files", value_parser = crate::args::kind_only)]
     pub kind: Option<String>,
     /// Names of the resources of KIND to delete
     #[arg(requires = "kind")]

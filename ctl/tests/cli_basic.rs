@@ -170,6 +170,7 @@ fn create_replace_and_delete_semantics() {
     let r = ctl(&ep, &["delete", "gruop", "x"]);
     r.assert_fails();
     assert!(r.stderr.contains("unknown kind 'gruop'"), "{}", r.stderr);
+    assert_eq!(r.code, Some(2), "an unknown kind is a usage error: {}", r.stderr);
 }
 
 #[test]
@@ -302,6 +303,7 @@ fn get_formats() {
     let r = ctl(&ep, &["get", "widgets"]);
     r.assert_fails();
     assert!(r.stderr.contains("unknown kind 'widgets'"), "{}", r.stderr);
+    assert_eq!(r.code, Some(2), "an unknown kind is a usage error: {}", r.stderr);
 }
 
 #[test]
