@@ -83,7 +83,8 @@ fn cases() -> Vec<Case> {
         case("bad label key", "apiVersion: calico/v1\nkind: Group\nmetadata:\n  name: g\n  labels:\n    \"bad key\": x\nspec: {}\n".into(), 6, 5, "metadata.labels.bad key", "label key 'bad key'"),
         case("wrong apiVersion", "apiVersion: calico/v2\nkind: Group\nmetadata:\n  name: g\nspec: {}\n".into(), 1, 13, "apiVersion", "must be \"calico/v1\""),
         case("unknown kind", "apiVersion: calico/v1\nkind: Gruop\nmetadata:\n  name: g\nspec: {}\n".into(), 2, 7, "kind", "unknown kind 'Gruop'"),
-        case("missing spec", head("Group", "ms"), 1, 1, "", "missing required field 'spec'"),
+        // A Group or ClusterConfig may leave spec out (all its fields have defaults).
+        case("missing spec", head("IPPool", "ms"), 1, 1, "", "missing required field 'spec'"),
         case("not a mapping", "- just\n- a list\n".into(), 1, 1, "", "a document must be a mapping"),
         case("BGPPeer with node and nodeSelector", head("BGPPeer", "pe") + "spec:\n  peerIP: 10.0.0.254\n  asNumber: 64600\n  node: host1\n  nodeSelector: rack == \"r1\"\n", 9, 17, "spec.nodeSelector", "not both"),
         case("AS number 0", head("Node", "n9") + "spec:\n  asNumber: 0\n", 6, 13, "spec.asNumber", "AS number 0 is reserved"),

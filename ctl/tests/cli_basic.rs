@@ -224,7 +224,8 @@ fn diff_exit_codes_and_output() {
     let bad = write_file(
         dir.path(),
         "bad.yaml",
-        "apiVersion: calico/v1\nkind: Group\nmetadata:\n  name: x\n",
+        // (A Group may leave spec out; an IPPool may not.)
+        "apiVersion: calico/v1\nkind: IPPool\nmetadata:\n  name: x\n",
     );
     let r = ctl(&ep, &["diff", "-f", &bad]);
     assert_eq!(r.code, Some(2), "{r:?}");

@@ -69,7 +69,7 @@ pub fn load_str(file: &str, text: &str) -> Result<Vec<Loaded>, Diagnostics> {
     }
 }
 
-fn load_doc(file: &str, doc: yaml::YamlDoc) -> Result<Loaded, Vec<Diagnostic>> {
+fn load_doc(file: &str, mut doc: yaml::YamlDoc) -> Result<Loaded, Vec<Diagnostic>> {
     let issue = |path: &str, at: At, message: String| {
         locate(
             file,
@@ -101,6 +101,15 @@ fn load_doc(file: &str, doc: yaml::YamlDoc) -> Result<Loaded, Vec<Diagnostic>> {
             format!("unknown kind '{kind_text}' (expected one of {})", names.join(", ")),
         )]);
     };
+
+    // A kind whose spec fields are all optional may leave spec out or empty.
+    if kind.spec_optional() {
+        if let Value::Object(obj) = &mut doc.value {
+            if matches!(obj.get("spec"), None | Some(Value::Null)) {
+                obj.insert("spec".into(), Value::Object(serde_json::Map::new()));
+            }
+        }
+    }
 
     // `anyOf` failures (a port that is neither number nor range...) explain themselves
     // poorly; strict decoding below says precisely what is wrong with such values.
@@ -304,5 +313,53 @@ pub fn load_path(path: &Path) -> Result<Vec<Loaded>, Diagnostics> {
         Ok(out)
     } else {
         Err(Diagnostics(diags))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(text: &str) -> Result<Resource, String> {
+        load_str("t.yaml", text)
+            .map(|mut l| l.remove(0).resource)
+            .map_err(|d| d.to_string())
+    }
+
+    /// `kind: Group` with no spec, or an empty one, is `addgroup G`: every default.
+    #[test]
+    fn a_group_or_cluster_config_may_leave_spec_out() {
+        for text in [
+            "apiVersion: calico/v1\nkind: Group\nmetadata: {name: g}\n",
+            "apiVersion: calico/v1\nkind: Group\nmetadata: {name: g}\nspec:\n",
+            "apiVersion: calico/v1\nkind: Group\nmetadata: {name: g}\nspec: {}\n",
+        ] {
+            match one(text) {
+                Ok(Resource::Group(g)) => assert_eq!(g.spec, crate::GroupSpec::default(), "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            one("apiVersion: calico/v1\nkind: ClusterConfig\nmetadata: {name: default}\n"),
+            Ok(Resource::ClusterConfig(_))
+        ));
+        // Kinds with required spec fields still need a spec, and a wrong one is named.
+        let e = one("apiVersion: calico/v1\nkind: Container\nmetadata: {name: c}\n").unwrap_err();
+        assert!(e.contains("missing required field 'spec'"), "{e}");
+        let e = one("apiVersion: calico/v1\nkind: Group\nmetadata: {name: g}\nspec: 7\n").unwrap_err();
+        assert!(e.contains("t.yaml:4:7: spec: 7 is not of type \"object\""), "{e}");
+    }
+
+    /// Editors use the published schema: it takes a Group without spec too.
+    #[test]
+    fn the_published_schema_takes_a_group_without_spec() {
+        let root = crate::schema_doc::schema_value();
+        let v = jsonschema::validator_for(&root).unwrap();
+        assert!(v.is_valid(&serde_json::json!({"apiVersion": "calico/v1", "kind": "Group", "metadata": {"name": "g"}})));
+        assert!(v.is_valid(
+            &serde_json::json!({"apiVersion": "calico/v1", "kind": "Group", "metadata": {"name": "g"}, "spec": null})
+        ));
+        assert!(!v
+            .is_valid(&serde_json::json!({"apiVersion": "calico/v1", "kind": "Container", "metadata": {"name": "c"}})));
     }
 }

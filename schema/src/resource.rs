@@ -41,6 +41,12 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Kinds whose spec fields are all optional: `spec` may be left out or empty (null)
+    /// and means every default, as `calicoctl addgroup G` writes it.
+    pub fn spec_optional(self) -> bool {
+        matches!(self, Kind::Group | Kind::ClusterConfig)
+    }
+
     pub const ALL: [Kind; 7] = [
         Kind::Group,
         Kind::Container,

@@ -51,6 +51,17 @@ pub fn schema_value() -> Value {
             props.insert("kind".into(), json!({"const": kind.as_str()}));
             props.insert("apiVersion".into(), json!({"const": API_VERSION}));
         }
+        if kind.spec_optional() {
+            // `kind: Group` with no spec (or `spec:` left empty) is the YAML form of
+            // `addgroup G`: every field has its default.
+            if let Some(spec) = def.pointer_mut("/properties/spec") {
+                let given = spec.take();
+                *spec = json!({"anyOf": [given, {"type": "null"}]});
+            }
+            if let Some(Value::Array(req)) = def.get_mut("required") {
+                req.retain(|r| r != "spec");
+            }
+        }
         if let Some(obj) = def.as_object_mut() {
             obj.insert("title".into(), json!(kind.as_str()));
         }
@@ -67,7 +78,7 @@ pub fn schema_value() -> Value {
         "title": "calico-docker resource (calico/v1)",
         "description": "One document: apiVersion, kind, metadata, spec. See docs/resources.md.",
         "type": "object",
-        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "required": ["apiVersion", "kind", "metadata"],
         "properties": {
             "apiVersion": {"const": API_VERSION},
             "kind": {"enum": kinds}
@@ -100,6 +111,16 @@ pub(crate) fn validator(kind: Kind) -> Option<&'static jsonschema::Validator> {
                         o.remove("required");
                         o.remove("type");
                         o.insert("$ref".into(), json!(format!("#/$defs/{}", k.as_str())));
+                    }
+                    // The loader has made a left-out or empty spec `{}` already; without
+                    // the null branch a wrong spec gets the schema's plain wording.
+                    if k.spec_optional() {
+                        let spec = s.pointer_mut(&format!("/$defs/{}/properties/spec", k.as_str()));
+                        if let Some(spec) = spec {
+                            if let Some(given) = spec.pointer("/anyOf/0").cloned() {
+                                *spec = given;
+                            }
+                        }
                     }
                     jsonschema::validator_for(&s).ok().map(|v| (*k, v))
                 })
