@@ -84,7 +84,9 @@ fn locate_conflict(loaded: &[Loaded], e: anyhow::Error) -> anyhow::Error {
 }
 
 /// Imperative writes refuse to change what a sync directory owns (API.md section 2),
-/// naming the owning file, at the resource's place in the input.
+/// naming the owning file, at the resource's place in the input. Writing it back
+/// exactly as stored changes nothing and is not refused, so a backup round trip
+/// (`get all -o yaml | apply -f -`) works on a synced cluster.
 fn check_sync_owned(loaded: &[Loaded], listing: &Listing) -> Result<(), InputErrors> {
     let stored: HashMap<(Kind, &str), &Resource> =
         listing.resources.iter().map(|r| ((r.kind(), r.name()), r)).collect();
@@ -92,6 +94,9 @@ fn check_sync_owned(loaded: &[Loaded], listing: &Listing) -> Result<(), InputErr
         .iter()
         .filter_map(|l| {
             let r = stored.get(&(l.resource.kind(), l.resource.name()))?;
+            if r.without_version() == l.resource.without_version() {
+                return None;
+            }
             let file = crate::output::sync_owner(r)?;
             Some(l.diagnostic(&Issue {
                 path: "metadata.name".into(),

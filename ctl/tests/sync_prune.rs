@@ -190,6 +190,16 @@ fn imperative_commands_refuse_to_change_sync_owned_resources() {
         );
     }
     assert_eq!(db.versions(), before);
+    // The backup round trip writes everything back as it is: nothing is refused, nothing
+    // changes.
+    let dump = ctl(&ep, &["get", "all", "-o", "yaml"]);
+    let backup = tempfile::NamedTempFile::new().unwrap();
+    assert_eq!(dump.code, Some(0), "{dump:?}");
+    std::fs::write(backup.path(), &dump.stdout).unwrap();
+    let r = ctl(&ep, &["apply", "-f", backup.path().to_str().unwrap()]);
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(r.stdout.contains("Group/web unchanged"), "{}", r.stdout);
+    assert_eq!(db.versions(), before);
     // --force overrides; the next sync pass then reports and restores it (drift).
     let r = ctl(&ep, &["apply", "--force", "-f", file]);
     assert_eq!(r.code, Some(0), "{r:?}");
