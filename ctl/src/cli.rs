@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand, ValueEnum};
 
 /// Where etcd is and how long to wait for it. Shared by every command that talks to etcd.
+/// Listed under their own heading in every command's help, apart from its own options.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalOpts {
     /// etcd endpoints, HOST:PORT[,HOST:PORT...] (also read from ETCD_ENDPOINTS, or the
     /// seed's ETCD_AUTHORITY) [default: 127.0.0.1:2379]

@@ -74,3 +74,21 @@ fn completion_scripts_load() {
         .expect("calicoctl");
     assert_eq!(out.status.code(), Some(2), "an unknown shell is a usage error");
 }
+
+/// A command's own options come first; the etcd and Docker options every command takes
+/// are listed apart, under "Global options".
+#[test]
+fn help_keeps_global_options_apart() {
+    for cmd in ["validate", "apply", "get"] {
+        let out = Command::new(BIN).args([cmd, "--help"]).output().expect("run calicoctl");
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (own, global) = text
+            .split_once("Global options:")
+            .unwrap_or_else(|| panic!("{cmd} --help has no Global options heading:\n{text}"));
+        assert!(!own.contains("--etcd"), "{cmd}: --etcd among its own options:\n{text}");
+        for flag in ["--etcd ", "--etcd-ca", "--timeout", "--docker-host"] {
+            assert!(global.contains(flag), "{cmd}: {flag} not under Global options:\n{text}");
+        }
+    }
+}
