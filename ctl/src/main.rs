@@ -92,6 +92,12 @@ enum TopCommand {
         /// bash, zsh, fish, elvish or powershell
         shell: clap_complete::Shell,
     },
+    /// Write man pages (calicoctl.1 and one per command, calicoctl-apply.1 ...) into DIR
+    Man {
+        /// Where to write them (created if missing), e.g. /usr/local/share/man/man1
+        #[arg(value_name = "DIR")]
+        dir: std::path::PathBuf,
+    },
 }
 
 /// Several independent errors, reported one per line.
@@ -168,7 +174,35 @@ async fn run(cli: Cli) -> Result<()> {
             clap_complete::generate(shell, &mut Cli::command(), "calicoctl", &mut std::io::stdout());
             Ok(())
         }
+        TopCommand::Man { dir } => {
+            use clap::CommandFactory;
+            write_man_pages(Cli::command(), &dir)
+        }
     }
+}
+
+/// One man page for calicoctl and one for each command below it (`calicoctl-node-stop.1`),
+/// from the same definitions as `--help` and the completions.
+fn write_man_pages(cmd: clap::Command, dir: &std::path::Path) -> Result<()> {
+    use anyhow::Context;
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let mut written = 0;
+    let mut stack = vec![(String::from("calicoctl"), cmd.name("calicoctl"))];
+    while let Some((name, cmd)) = stack.pop() {
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            let sub_name = format!("{name}-{}", sub.get_name());
+            stack.push((sub_name.clone(), sub.clone().name(sub_name)));
+        }
+        let path = dir.join(format!("{name}.1"));
+        let mut out = Vec::new();
+        clap_mangen::Man::new(cmd)
+            .render(&mut out)
+            .with_context(|| format!("render {name}.1"))?;
+        std::fs::write(&path, out).with_context(|| format!("write {}", path.display()))?;
+        written += 1;
+    }
+    println!("wrote {written} man pages to {}", dir.display());
+    Ok(())
 }
 
 /// Commands that print and end: when the reader of their output goes away (`| head`),

@@ -92,3 +92,29 @@ fn help_keeps_global_options_apart() {
         }
     }
 }
+
+/// `calicoctl man DIR`: one roff page for calicoctl and one per command, from the same
+/// definitions as the help.
+#[test]
+fn man_pages_cover_every_command() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(BIN)
+        .args(["man", dir.path().to_str().expect("utf-8 path")])
+        .output()
+        .expect("run calicoctl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for page in [
+        "calicoctl.1",
+        "calicoctl-apply.1",
+        "calicoctl-node-stop.1",
+        "calicoctl-sync-status.1",
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(
+            text.starts_with(".ie") || text.contains("\n.TH "),
+            "{page} is not a man page:\n{text}"
+        );
+    }
+    let node = std::fs::read_to_string(dir.path().join("calicoctl-node.1")).expect("node page");
+    assert!(node.contains("\\-\\-run\\-dir"), "{node}");
+}
