@@ -177,6 +177,20 @@ fn schema_issue(file: &str, spans: &SpanMap, e: &jsonschema::ValidationError<'_>
             (path, At::Value, format!("missing required field '{name}'"))
         }
         K::Constant { expected_value } => (path, At::Value, format!("must be {expected_value}")),
+        // Every choice, by name: the library's wording names two "or N other candidates".
+        K::Enum { options } => {
+            let choices: Vec<String> = options
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|o| o.as_str().map_or_else(|| o.to_string(), str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let given = e.instance();
+            let given = given.as_str().map_or_else(|| given.to_string(), |s| format!("'{s}'"));
+            (path, At::Value, format!("{given} is not one of {}", choices.join(", ")))
+        }
         K::Pattern { .. } if path.ends_with("name") => (
             path,
             At::Value,
@@ -361,5 +375,17 @@ mod tests {
         ));
         assert!(!v
             .is_valid(&serde_json::json!({"apiVersion": "calico/v1", "kind": "Container", "metadata": {"name": "c"}})));
+    }
+
+    /// A wrong choice names every allowed one, not two and "N other candidates".
+    #[test]
+    fn an_enum_error_lists_every_choice() {
+        let e =
+            one("apiVersion: calico/v1\nkind: Policy\nmetadata: {name: p}\nspec:\n  ingress:\n  - action: Accept\n")
+                .unwrap_err();
+        assert!(
+            e.contains("t.yaml:6:13: spec.ingress[0].action: 'Accept' is not one of Allow, Deny, Log, Pass"),
+            "{e}"
+        );
     }
 }
