@@ -171,7 +171,10 @@ async fn run(cli: Cli) -> Result<()> {
         TopCommand::Master(a) => master::run(g, &a).await,
         TopCommand::Completion { shell } => {
             use clap::CommandFactory;
-            clap_complete::generate(shell, &mut Cli::command(), "calicoctl", &mut std::io::stdout());
+            // Into a buffer, then print!: a closed stdout then ends us quietly (above).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "calicoctl", &mut script);
+            print!("{}", String::from_utf8_lossy(&script));
             Ok(())
         }
         TopCommand::Man { dir } => {
@@ -205,12 +208,31 @@ fn write_man_pages(cmd: clap::Command, dir: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// Commands that print and end: when the reader of their output goes away (`| head`),
-/// they should end quietly, as Unix tools do, rather than report a broken pipe. Rust
-/// ignores SIGPIPE by default; these get the default action back. The long-running
-/// commands keep it ignored, so a peer closing a socket is an error they handle.
-fn prints_and_ends(c: &TopCommand) -> bool {
-    !matches!(c, TopCommand::Sync(_) | TopCommand::Master(_) | TopCommand::Node(_))
+/// A command whose reader goes away (`calicoctl get all -o yaml | head`) ends quietly, as
+/// Unix tools do, instead of reporting a broken pipe. SIGPIPE itself stays ignored (Rust's
+/// default): sockets are written with writev, and a peer closing one (a server that is
+/// not etcd, a connection reset) must be an error the command reports, not a signal
+/// that kills it. So only the one failure that means "the reader of stdout is gone",
+/// print!'s panic on a broken pipe, is turned into SIGPIPE's default action.
+fn end_quietly_when_stdout_closes() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            use nix::sys::signal::{raise, signal, SigHandler, Signal};
+            // SAFETY: resets one signal's action to the default, then raises it: the
+            // process ends here, as `head`'s writer would.
+            let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+            let _ = raise(Signal::SIGPIPE);
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }
 
 /// Prints an error: input diagnostics as they are (`file:line:col: field: message`),
@@ -228,12 +250,7 @@ fn report(e: &anyhow::Error) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if prints_and_ends(&cli.command) {
-        // SAFETY: single-threaded here (no runtime yet); only resets a signal action.
-        let _ = unsafe {
-            nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl)
-        };
-    }
+    end_quietly_when_stdout_closes();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -214,3 +214,50 @@ fn silent_etcd_times_out_on_the_configured_deadline() {
     r.assert_fails();
     assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
 }
+
+/// A loopback HTTP/1 server that answers every request with 400; `hold` keeps each
+/// connection open after the answer, otherwise it is closed.
+fn plain_http_server(hold: bool) -> String {
+    use std::io::{Read, Write};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let ep = format!("127.0.0.1:{}", l.local_addr().unwrap().port());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for mut c in l.incoming().flatten() {
+            let mut buf = [0u8; 1024];
+            let _ = c.read(&mut buf);
+            let _ = c.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+            if hold {
+                held.push(c);
+            }
+        }
+    });
+    ep
+}
+
+/// Something other than etcd on the port (a plain HTTP server): every command fails at
+/// once with one line naming the endpoint, and says what is wrong rather than a bare
+/// "h2 protocol error". A server that closes the connection on us must be an error too,
+/// never SIGPIPE killing calicoctl (it was, while SIGPIPE had its default action).
+#[test]
+fn a_plain_http_server_is_named_as_not_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write_file(
+        dir.path(),
+        "g.yaml",
+        "apiVersion: calico/v1\nkind: Group\nmetadata:\n  name: g0\nspec: {}\n",
+    );
+    for hold in [false, true] {
+        let ep = plain_http_server(hold);
+        all_fail_within(&ep, &["--timeout", "2"], &f, Duration::from_secs(5));
+        if hold {
+            let r = ctl(&ep, &["get", "groups", "--timeout", "2"]);
+            assert!(
+                r.stderr.contains(&format!("etcd at {ep} is unreachable"))
+                    && r.stderr.contains("does not speak etcd's gRPC"),
+                "{}",
+                r.stderr
+            );
+        }
+    }
+}

@@ -136,6 +136,13 @@ pub(crate) fn classify(e: etcd_client::Error) -> Failure {
                     text.push_str(&root);
                 }
             }
+            // Something that is not etcd's gRPC (a plain HTTP or TLS server) answered:
+            // the endpoint is wrong, not etcd's answer.
+            if text.contains("h2 protocol error") {
+                return Failure::Unavailable(format!(
+                    "{text} (what answered does not speak etcd's gRPC: a wrong port, or etcd wants TLS: --etcd-ca)"
+                ));
+            }
             match i32::from(s.code()) {
                 // Unknown is how tonic reports a connection that broke mid-call.
                 UNAVAILABLE | DEADLINE_EXCEEDED | CANCELLED | UNKNOWN => return Failure::Unavailable(text),
