@@ -46,14 +46,17 @@ enum Bird {
     Adopted { pid: Option<u32>, earlier_restarts: u64 },
 }
 
-/// The whole nftables ruleset as last committed, in the run directory beside bird.conf.
-pub const NFT_FILE: &str = "nft.json";
-
 /// How often an adopted BIRD's control socket is checked.
 const ADOPTED_CHECK: Duration = Duration::from_millis(500);
 
 impl LinuxDataplane {
-    pub async fn new(host_netns: Option<PathBuf>, bird_opts: BirdOptions) -> Result<Self, StepError> {
+    /// `nft_file`: where the whole ruleset as last committed is kept (the run
+    /// directory's `nft.json`).
+    pub async fn new(
+        host_netns: Option<PathBuf>,
+        bird_opts: BirdOptions,
+        nft_file: PathBuf,
+    ) -> Result<Self, StepError> {
         let plumber = Plumber::new(host_netns.clone())
             .await
             .map_err(|e| StepError::wrap("open host netlink", e))?;
@@ -66,7 +69,7 @@ impl LinuxDataplane {
             plumber,
             routes,
             nft,
-            nft_file: Some(bird_opts.config.with_file_name(NFT_FILE)),
+            nft_file: Some(nft_file),
             iptables: Iptables::new(host_netns.clone()),
             host_netns,
             bird_opts,

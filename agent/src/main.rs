@@ -44,7 +44,7 @@ struct Args {
     #[arg(long)]
     netns: Option<PathBuf>,
     /// BIRD's config, control socket and pid file go here.
-    #[arg(long, default_value = "/var/run/calico")]
+    #[arg(long, default_value = calico_schema::DEFAULT_RUN_DIR)]
     run_dir: PathBuf,
     /// Local HTTP endpoint for /healthz, /readyz, /metrics (empty: none).
     #[arg(long, default_value = "127.0.0.1:9099")]

@@ -31,7 +31,7 @@ use crate::agent_proc::{agent_log, DEFAULT_LOG_DIR};
 use crate::birdc::birdc;
 use crate::cli::GlobalOpts;
 use crate::hostcmd::run_cmd;
-use crate::run_dir::{AgentRecord, RunDir, RunDirArg};
+use crate::run_dir::{AgentFiles, AgentRecord, RunDir, RunDirArg};
 
 #[derive(Debug, Clone, Args)]
 pub struct DiagsArgs {

@@ -6,10 +6,9 @@ use bollard::query_parameters::InspectContainerOptions;
 use bollard::Docker;
 use futures::future::BoxFuture;
 
-use crate::resolve::{DockerIdentity, DockerLookup};
+use calico_schema::{docker_socket, DEFAULT_DOCKER_HOST};
 
-/// dockerd's default API socket.
-pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+use crate::resolve::{DockerIdentity, DockerLookup};
 
 /// A lookup through dockerd's API on a unix socket (`--docker-host`, `DOCKER_HOST`).
 pub struct BollardLookup {
@@ -27,15 +26,8 @@ impl BollardLookup {
     }
 
     async fn connect(&self) -> Result<Docker> {
-        let path = match self.host.strip_prefix("unix://") {
-            Some(p) => p,
-            None if self.host.starts_with('/') => self.host.as_str(),
-            None => bail!(
-                "Docker host {:?}: only unix sockets are supported (unix:///path)",
-                self.host
-            ),
-        };
-        let docker = Docker::connect_with_unix(path, 10, bollard::API_DEFAULT_VERSION)
+        let path = docker_socket(&self.host)?.to_string_lossy();
+        let docker = Docker::connect_with_unix(&path, 10, bollard::API_DEFAULT_VERSION)
             .map_err(|e| anyhow!("Docker at {}: {e}", self.host))?;
         // Debian's dockerd 20.10 speaks API 1.41, older than bollard's default.
         docker

@@ -5,14 +5,13 @@
 //!
 //! Modules are of two sorts. Command modules run one command or a family of them:
 //! `apply`, `delete`, `get`, `groups`, `ipam_cmd`, `node`, `status`, `diags`,
-//! `reset`, `render_cmd`, `sync`, `master`. Shared modules serve them: `cli`, `args`, `conn`,
-//! `input`, `output`, `observed`, `resolve`, `docker_lookup`, `hostcmd`, `run_dir`,
-//! `agent_proc`, `agent_http`, `birdc`, `textdiff`. A command module uses shared
-//! modules only, never another command module: a helper two commands need moves to a
-//! shared module. Shared modules never use command modules. Known exceptions, until
-//! `Store::transact` replaces them: the read-check-commit retry loops (in `delete`,
-//! `groups`, `node`, `sync`) take `apply`'s retry helpers; and `sync/` (its plan's use
-//! of `apply::check_against`, `master`'s use of `sync`'s engine and `parse_duration`).
+//! `reset`, `render_cmd`, `sync`, `master`. Shared modules serve them: `cli`, `args`,
+//! `checks`, `conn`, `input`, `output`, `observed`, `resolve`, `docker_lookup`, `hostcmd`,
+//! `run_dir`, `agent_proc`, `agent_http`, `birdc`, `textdiff`. A command module uses
+//! shared modules only, never another command module: a helper two commands need moves
+//! to a shared module. Shared modules never use command modules. The one exception:
+//! `master` is built on `sync`'s engine (it runs a `Syncer` per directory, with sync's
+//! ids, logging and shutdown), so it imports `sync`; `sync` never imports `master`.
 
 // Product code handles every failure; panics are for tests (and test support).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -22,6 +21,7 @@ mod agent_proc;
 mod apply;
 mod args;
 mod birdc;
+mod checks;
 mod cli;
 mod conn;
 mod delete;

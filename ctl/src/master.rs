@@ -33,9 +33,10 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::args::parse_duration;
 use crate::cli::GlobalOpts;
 use crate::conn::Ctx;
-use crate::sync::{self, parse_duration, Syncer};
+use crate::sync::{self, Syncer};
 
 /// The election key.
 pub const LEADER_KEY: &str = "/calico/v1/master/leader";
@@ -309,7 +310,7 @@ pub async fn run(g: &GlobalOpts, a: &MasterArgs) -> Result<()> {
 /// The leader key's value: who leads, since now.
 fn leader_value(me: &LeaderInfo) -> Vec<u8> {
     let mut info = me.clone();
-    info.since = sync::status::now_secs();
+    info.since = calico_schema::now_secs();
     serde_json::to_vec(&info).unwrap_or_default()
 }
 

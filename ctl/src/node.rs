@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use calico_schema::validate::{check_resource, check_set, Existing};
-use calico_schema::{object, IfaceAddr, Kind, NodeSpec, Resource};
+use calico_schema::{docker_host_of, docker_socket, object, IfaceAddr, Kind, NodeSpec, Resource};
 use calico_store::{Change, Changes, Step, WriteMode};
 use clap::{Args, Subcommand};
 
@@ -23,7 +23,7 @@ use crate::cli::GlobalOpts;
 use crate::conn::{self, Ctx};
 use crate::hostcmd::hostname;
 use crate::output::sync_owner;
-use crate::run_dir::{node_name, AgentRecord, RunDir, RunDirArg};
+use crate::run_dir::{node_name, AgentFiles, AgentRecord, RunDir, RunDirArg};
 
 /// How long `node` waits for a daemonised agent's /healthz.
 const HEALTH_WAIT: Duration = Duration::from_secs(10);
@@ -200,15 +200,13 @@ fn handed_on(g: &GlobalOpts, args: &NodeArgs) -> Result<Vec<String>> {
     }
     // dockerd may start after the agent: its socket need not exist yet.
     if let Some(h) = &g.docker_host {
-        let path = h.strip_prefix("unix://").unwrap_or(h);
-        if h != "none" && !h.starts_with("unix://") && !h.starts_with('/') {
-            bail!("--docker-host must be unix:///PATH (or none), not '{h}'");
-        }
         out.push("--docker-host".into());
         out.push(if h == "none" {
             h.clone()
         } else {
-            format!("unix://{}", abs("--docker-host", Path::new(path))?)
+            let socket =
+                docker_socket(h).map_err(|_| anyhow!("--docker-host must be unix:///PATH (or none), not '{h}'"))?;
+            docker_host_of(Path::new(&abs("--docker-host", socket)?))
         });
     }
     if let Some(d) = &args.plugin_dir {

@@ -11,7 +11,7 @@ use clap::Args;
 use crate::cli::GlobalOpts;
 use crate::conn::Ctx;
 use crate::hostcmd::{run_cmd, run_cmd_input};
-use crate::run_dir::{RunDir, RunDirArg};
+use crate::run_dir::{AgentFiles, RunDir, RunDirArg};
 
 #[derive(Debug, Clone, Args)]
 pub struct ResetArgs {

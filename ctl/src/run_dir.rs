@@ -1,13 +1,12 @@
-//! The agent's run directory (default /var/run/calico): the names of its files and the
-//! record of how the agent was started. One directory per agent, so several agents on
-//! one machine (test hosts) stay apart.
+//! The agent's run directory (default /var/run/calico) as calicoctl uses it: `--run-dir`,
+//! the pid files judged, and the record of how the agent was started. The files' names
+//! are `calico_schema::RunDir`'s, the same the agent writes.
 //!
 //! - `calico-node.pid`: the agent's pid, written by `calicoctl node`;
 //! - `calico-node.args`: JSON [`AgentRecord`]: how the agent was started (node name,
 //!   netns, HTTP address, log file). `status` and `diags` read it; it is how they know
 //!   which namespace the dataplane lives in. `node stop` leaves it, so they still know
-//!   after the agent is gone;
-//! - `bird.pid`, `bird.ctl`, `bird.conf`, `bird.log`: written by the agent and BIRD.
+//!   after the agent is gone.
 
 use std::path::PathBuf;
 
@@ -18,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::agent_proc::{proc_state, ProcState, AGENT_BINARY};
 use crate::hostcmd::hostname;
 
-pub const DEFAULT_RUN_DIR: &str = "/var/run/calico";
+pub use calico_schema::{RunDir, DEFAULT_RUN_DIR};
 
 /// `--run-dir`, for every command about this host's agent.
 #[derive(Debug, Clone, Args)]
@@ -45,42 +44,25 @@ pub struct AgentRecord {
     pub started: u64,
 }
 
-/// The paths of one run directory.
-#[derive(Debug, Clone)]
-pub struct RunDir(pub PathBuf);
-
-impl RunDir {
-    pub fn agent_pid(&self) -> PathBuf {
-        self.0.join("calico-node.pid")
-    }
-    pub fn record(&self) -> PathBuf {
-        self.0.join("calico-node.args")
-    }
-    pub fn bird_pid(&self) -> PathBuf {
-        self.0.join("bird.pid")
-    }
-    pub fn bird_ctl(&self) -> PathBuf {
-        self.0.join("bird.ctl")
-    }
-    pub fn bird_conf(&self) -> PathBuf {
-        self.0.join("bird.conf")
-    }
-    /// The whole nftables ruleset the agent last committed (the agent's `NFT_FILE`).
-    pub fn nft_file(&self) -> PathBuf {
-        self.0.join("nft.json")
-    }
-    pub fn bird_log(&self) -> PathBuf {
-        self.0.join("bird.log")
-    }
-
+/// What calicoctl does with a run directory beyond naming its files (the names are
+/// `calico_schema::RunDir`'s, shared with the agent).
+pub trait AgentFiles {
     /// The record of the last `calicoctl node` for this directory, if readable.
-    pub fn read_record(&self) -> Option<AgentRecord> {
+    fn read_record(&self) -> Option<AgentRecord>;
+    /// Writes the agent's pid file and its record.
+    fn write_runtime(&self, record: &AgentRecord) -> Result<()>;
+    /// The agent's pid and whether it is a live `calico-node`.
+    fn agent(&self) -> ProcState;
+    fn bird(&self) -> ProcState;
+}
+
+impl AgentFiles for RunDir {
+    fn read_record(&self) -> Option<AgentRecord> {
         let text = std::fs::read_to_string(self.record()).ok()?;
         serde_json::from_str(&text).ok()
     }
 
-    /// Writes the agent's pid file and its record.
-    pub fn write_runtime(&self, record: &AgentRecord) -> Result<()> {
+    fn write_runtime(&self, record: &AgentRecord) -> Result<()> {
         let pid_file = self.agent_pid();
         std::fs::write(&pid_file, format!("{}\n", record.pid))
             .with_context(|| format!("write {}", pid_file.display()))?;
@@ -90,12 +72,11 @@ impl RunDir {
         Ok(())
     }
 
-    /// The agent's pid and whether it is a live `calico-node`.
-    pub fn agent(&self) -> ProcState {
+    fn agent(&self) -> ProcState {
         proc_state(&self.agent_pid(), AGENT_BINARY)
     }
 
-    pub fn bird(&self) -> ProcState {
+    fn bird(&self) -> ProcState {
         proc_state(&self.bird_pid(), "bird")
     }
 }

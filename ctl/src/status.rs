@@ -23,7 +23,7 @@ use crate::cli::GlobalOpts;
 use crate::conn::Ctx;
 use crate::observed::{agent_status, agent_status_key, container_status};
 use crate::output::table;
-use crate::run_dir::{node_name, RunDir, RunDirArg};
+use crate::run_dir::{node_name, AgentFiles, RunDir, RunDirArg};
 
 #[derive(Debug, Clone, Args)]
 pub struct StatusArgs {

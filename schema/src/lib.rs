@@ -3,12 +3,17 @@
 //!
 //! Everything a user writes passes through here before it reaches etcd, and everything
 //! the agent reads from etcd is decoded with these same types and checks.
+//!
+//! Beside the resources: `birdc` (the one parser of BIRD's status text), `host` (what
+//! the agent and calicoctl of one host share without etcd: the run directory's file
+//! names, dockerd's socket), `limits` (every bound on outside input) and [`now_secs`].
 
 // Product code handles every failure; panics are for tests (and test support).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod birdc;
 pub mod error;
+pub mod host;
 pub mod limits;
 pub mod load;
 pub mod net;
@@ -19,6 +24,7 @@ pub mod validate;
 pub mod yaml;
 
 pub use error::{Diagnostic, Diagnostics};
+pub use host::{docker_host_of, docker_socket, RunDir, UnsupportedDockerHost, DEFAULT_DOCKER_HOST, DEFAULT_RUN_DIR};
 pub use load::{check_loaded_set, load_path, load_str, Loaded};
 pub use net::{Cidr, IfaceAddr, Port, Protocol};
 pub use resource::*;

@@ -6,13 +6,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use calico_schema::Resource;
+use calico_schema::{Resource, RunDir};
 use tracing::{info, warn};
 
 use crate::cache::Cache;
-
-/// The file under the run directory.
-pub const LAST_GOOD_FILE: &str = "last-good.json";
 
 /// The persisted last good values, and where they are persisted.
 pub(crate) struct LastGood {
@@ -21,10 +18,10 @@ pub(crate) struct LastGood {
 }
 
 impl LastGood {
-    /// Reads the file under `run_dir` (if any) into `cache`, as the values to keep until
-    /// etcd has valid ones.
-    pub(crate) fn load(run_dir: &Path, cache: &mut Cache) -> LastGood {
-        let file = run_dir.join(LAST_GOOD_FILE);
+    /// Reads the run directory's last-good file (if any) into `cache`, as the values to
+    /// keep until etcd has valid ones.
+    pub(crate) fn load(run_dir: &RunDir, cache: &mut Cache) -> LastGood {
+        let file = run_dir.last_good();
         let saved = load_last_good(&file, cache);
         LastGood { file, saved }
     }
@@ -42,7 +39,7 @@ impl LastGood {
     }
 }
 
-fn load_last_good(path: &std::path::Path, cache: &mut Cache) -> BTreeMap<String, calico_schema::Resource> {
+fn load_last_good(path: &Path, cache: &mut Cache) -> BTreeMap<String, Resource> {
     let mut out = BTreeMap::new();
     let Ok(text) = std::fs::read(path) else {
         return out;
@@ -68,7 +65,7 @@ fn load_last_good(path: &std::path::Path, cache: &mut Cache) -> BTreeMap<String,
     out
 }
 
-fn save_last_good(path: &std::path::Path, good: &BTreeMap<String, calico_schema::Resource>) -> std::io::Result<()> {
+fn save_last_good(path: &Path, good: &BTreeMap<String, Resource>) -> std::io::Result<()> {
     if good.is_empty() {
         return match std::fs::remove_file(path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),

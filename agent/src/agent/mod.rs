@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use calico_schema::{now_secs, AgentStatus};
+use calico_schema::{now_secs, AgentStatus, RunDir};
 use calico_store::{Store, StoreConfig};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -34,7 +34,6 @@ mod status;
 mod trigger;
 
 use last_good::LastGood;
-pub use last_good::LAST_GOOD_FILE;
 use requeue::{ErrorPolicy, Requeue, STATUS_RETRY_MAX};
 use status::{BirdState, StatusWriter};
 use trigger::{Triggers, Wake};
@@ -58,10 +57,16 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
+    /// The files of the run directory (their names are shared with calicoctl).
+    pub fn run_files(&self) -> RunDir {
+        RunDir(self.run_dir.clone())
+    }
+
     pub fn bird_options(&self) -> BirdOptions {
-        let mut o = BirdOptions::new(self.run_dir.join("bird.conf"), self.run_dir.join("bird.ctl"));
-        o.pid_file = Some(self.run_dir.join("bird.pid"));
-        o.log = Some(self.run_dir.join("bird.log"));
+        let run = self.run_files();
+        let mut o = BirdOptions::new(run.bird_conf(), run.bird_ctl());
+        o.pid_file = Some(run.bird_pid());
+        o.log = Some(run.bird_log());
         o.netns = self.host_netns.clone();
         o
     }
@@ -114,7 +119,7 @@ pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> anyhow::R
         return Ok(());
     };
     info!(node = %cfg.node, "connected to etcd");
-    let dp = LinuxDataplane::new(cfg.host_netns.clone(), cfg.bird_options()).await?;
+    let dp = LinuxDataplane::new(cfg.host_netns.clone(), cfg.bird_options(), cfg.run_files().nft_file()).await?;
     let ipam = Arc::new(calico_store::ipam::Ipam::new(store.client(), cfg.etcd.timeout));
     let docker =
         crate::docker::DockerIntegration::start(&cfg.docker, &cfg.node, cfg.host_netns.clone(), &store, ipam.clone())
@@ -126,7 +131,7 @@ pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> anyhow::R
     let mut triggers = Triggers::start(&store, cfg.resync, cfg.debounce);
     let writer = StatusWriter::new(store, cfg.node.clone(), shared);
     let mut cache = Cache::default();
-    let mut last_good = LastGood::load(&cfg.run_dir, &mut cache);
+    let mut last_good = LastGood::load(&cfg.run_files(), &mut cache);
     let mut requeue = Requeue::default();
     let mut policy = ErrorPolicy::default();
     let mut dirty = false;

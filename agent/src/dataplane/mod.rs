@@ -3,7 +3,8 @@
 //! can be tested against fakes without root.
 //!
 //! - [`netns`]: run code inside a network namespace on a dedicated OS thread.
-//! - [`workload`]: veth plumbing of one workload.
+//! - [`workload`]: veth plumbing of one workload (also the pair Docker's Join hands to
+//!   Docker, and the gateway neighbour inside a container).
 //! - `link`: the netlink helpers everything here shares (a link by name, attributes).
 //! - [`routes`]: reconcile the routes carrying our route protocol number.
 //! - [`nft`]: apply our nftables table in one transaction.

@@ -315,7 +315,7 @@ impl Backend for CalicoBackend {
             }
         }
         let plumber = self.ctx.plumber().await?;
-        super::host::create_veth(plumber, &host_if, &tmp_if, cfg.mtu()).await?;
+        plumber.create_handoff_pair(&host_if, &tmp_if, cfg.mtu()).await?;
         if let Some(e) = self.ctx.state().endpoints.get_mut(&req.endpoint_id) {
             e.sandbox = Some(req.sandbox_key.clone());
             e.joined = Some(Instant::now());

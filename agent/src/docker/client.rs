@@ -11,17 +11,14 @@ use bollard::Docker;
 
 use super::env::{parse_calico_env, CalicoRequest, EnvError, ENV_IP};
 
-/// dockerd's default API socket.
-pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
-
 /// Seconds a single Docker API request may take (the event stream itself is unbounded:
 /// bollard applies the timeout to the response headers only).
 const REQUEST_TIMEOUT_SECS: u64 = 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
-    #[error("docker host {0:?}: only unix sockets are supported (unix:///path or /path)")]
-    UnsupportedHost(String),
+    #[error(transparent)]
+    UnsupportedHost(#[from] calico_schema::UnsupportedDockerHost),
     #[error("connecting to dockerd at {host}: {source}")]
     Connect {
         host: String,
@@ -186,7 +183,7 @@ impl DockerClient {
     /// Connect to `host` (`unix:///var/run/docker.sock` or a bare path) and agree on an
     /// API version: bollard speaks a newer one than e.g. Debian's dockerd 20.10 (1.41).
     pub async fn connect(host: &str) -> Result<DockerClient, DockerError> {
-        let path = socket_path(host)?;
+        let path = calico_schema::docker_socket(host)?.to_string_lossy();
         let docker = Docker::connect_with_unix(&path, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
             .map_err(|source| DockerError::Connect {
                 host: host.to_string(),
@@ -262,16 +259,6 @@ impl DockerClient {
     }
 }
 
-fn socket_path(host: &str) -> Result<String, DockerError> {
-    if let Some(path) = host.strip_prefix("unix://") {
-        return Ok(path.to_string());
-    }
-    if host.starts_with('/') {
-        return Ok(host.to_string());
-    }
-    Err(DockerError::UnsupportedHost(host.to_string()))
-}
-
 fn is_not_found(e: &bollard::errors::Error) -> bool {
     matches!(
         e,
@@ -324,12 +311,5 @@ mod tests {
         let stopped = serde_json::json!({"Id": "x", "Name": "/x", "State": {"Running": false, "Pid": 0}});
         let info = ContainerInfo::from_inspect(serde_json::from_value(stopped).unwrap());
         assert_eq!((info.running, info.pid), (false, None));
-    }
-
-    #[test]
-    fn hosts() {
-        assert_eq!(socket_path("unix:///run/d.sock").unwrap(), "/run/d.sock");
-        assert_eq!(socket_path("/run/d.sock").unwrap(), "/run/d.sock");
-        assert!(socket_path("tcp://1.2.3.4:2375").is_err());
     }
 }

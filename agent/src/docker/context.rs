@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -186,8 +186,8 @@ impl Ctx {
 
     /// dockerd's pid, from its API socket.
     pub fn dockerd_pid(&self) -> Option<u32> {
-        let path = self.docker_host.strip_prefix("unix://").unwrap_or(&self.docker_host);
-        super::host::socket_peer_pid(Path::new(path))
+        let path = calico_schema::docker_socket(&self.docker_host).ok()?;
+        super::host::socket_peer_pid(path)
     }
 
     pub async fn pools(&self) -> anyhow::Result<Vec<IpPool>> {

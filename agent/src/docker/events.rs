@@ -12,11 +12,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bollard::models::{EventMessage, EventMessageTypeEnum};
 use bollard::query_parameters::EventsOptions;
+use calico_schema::DEFAULT_DOCKER_HOST;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::client::{ContainerInfo, DockerClient, DockerError, DEFAULT_DOCKER_HOST};
+use super::client::{ContainerInfo, DockerClient, DockerError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NetworkAction {

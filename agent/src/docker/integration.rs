@@ -15,13 +15,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use calico_schema::{Container, ContainerStatus, IpPool};
+use calico_schema::{docker_socket, Container, ContainerStatus, IpPool, DEFAULT_DOCKER_HOST};
 use calico_store::ipam::Ipam;
 use calico_store::Store;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use super::client::DEFAULT_DOCKER_HOST;
 use super::context::{Ctx, Found, ANN_ENDPOINT};
 use super::events::{EventFollower, EventsConfig};
 use super::plugin::{serve, PluginServer, DEFAULT_PLUGIN_DIR};
@@ -58,7 +57,7 @@ impl DockerConfig {
         let docker_host = match docker_host.as_deref() {
             Some("none") | Some("") => None,
             Some(h) => Some(h.to_string()),
-            None if own_netns && Path::new(DEFAULT_DOCKER_HOST.trim_start_matches("unix://")).exists() => {
+            None if own_netns && docker_socket(DEFAULT_DOCKER_HOST).is_ok_and(Path::exists) => {
                 Some(DEFAULT_DOCKER_HOST.to_string())
             }
             None => None,

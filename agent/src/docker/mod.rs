@@ -14,14 +14,15 @@
 //! - [`seed`]: the event consumer: `CALICO_IP` containers, cleanup after restarts.
 //! - [`integration`]: how the agent runs all of it (resolver, IPAM guard, start/stop).
 //! - [`status`]: the Container statuses the agent's reconcile writes, for Join to wait on.
-//! - [`host`]: the kernel side (veth pairs in the host namespace, the gateway neighbour).
+//! - [`host`]: a sandbox's path from here, the wait for its gateway neighbour, dockerd's
+//!   pid (the kernel work is `dataplane::workload::handoff`'s).
 //!
 //! Arrows (a module uses only those to its right; none points back):
 //!
 //! ```text
 //! integration -> calico, seed, plugin, context, events, client
-//! calico      -> context, backend, host
-//! seed        -> context, events, client, env, host, plugin (the driver name)
+//! calico      -> context, backend, host, dataplane (through the context's Plumber)
+//! seed        -> context, events, client, env, plugin (the driver name), dataplane
 //! context     -> status, client, host (dockerd's pid), dataplane
 //! plugin      -> backend
 //! events      -> client -> env; client -> backend (the group option)

@@ -27,6 +27,7 @@ use super::context::{is_docker_owned, seed_name, short, Ctx, ANN_CONTAINER, ANN_
 use super::env::CalicoIp;
 use super::events::{DockerEvent, EventFollower, NetworkAction};
 use super::plugin::NETWORK_DRIVER_NAME;
+use crate::dataplane::workload::add_gateway_neighbour;
 
 /// A plugin endpoint joined this recently is never collected by a resync: the listing
 /// may predate it.
@@ -250,7 +251,7 @@ async fn plugin_container(ctx: &Arc<Ctx>, info: &ContainerInfo) -> anyhow::Resul
         }
         if let Some(ns) = info.netns_path() {
             for ip in ips {
-                if let Err(e) = super::host::ensure_gateway_neighbour(std::path::Path::new(&ns), ip).await {
+                if let Err(e) = add_gateway_neighbour(std::path::Path::new(&ns), ip).await {
                     debug!(container = %info.name, error = %format!("{e:#}"), "gateway neighbour");
                 }
             }

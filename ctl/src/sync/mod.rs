@@ -27,6 +27,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
+use crate::args::parse_duration;
 use crate::cli::GlobalOpts;
 use crate::conn::Ctx;
 use crate::Lines;
@@ -93,30 +94,6 @@ pub struct SyncStatusArgs {
     pub dir: Option<PathBuf>,
     #[arg(short = 'o', long = "output", value_enum, default_value_t = StatusFormat::Text)]
     pub output: StatusFormat,
-}
-
-/// `500ms`, `30s`, `5m`, `1h`, or a plain number of seconds (`2.5`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let (num, unit) = match t.find(|c: char| c.is_ascii_alphabetic()) {
-        Some(i) => (&t[..i], &t[i..]),
-        None => (t, "s"),
-    };
-    let n: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration (like 500ms, 30s, 5m)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("'{s}': unknown unit '{unit}' (ms, s, m or h)")),
-    };
-    if !(secs.is_finite() && secs > 0.0 && secs <= 86_400.0 * 365.0) {
-        return Err(format!("'{s}' must be a positive duration"));
-    }
-    Ok(Duration::from_secs_f64(secs))
 }
 
 /// The default id of a sync: the directory's name and a hash of its canonical path. The
@@ -308,17 +285,6 @@ async fn status_cmd(g: &GlobalOpts, a: &SyncStatusArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("3 weeks").is_err());
-        assert!(parse_duration("x").is_err());
-    }
 
     #[test]
     fn default_ids_keep_the_symlink_name() {

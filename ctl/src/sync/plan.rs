@@ -15,7 +15,7 @@ use calico_schema::validate::{check_delete, At, Issue};
 use calico_schema::{Diagnostic, Kind, Loaded, Resource, OWNER_ANNOTATION, OWNER_DOCKER, SOURCE_ANNOTATION};
 use calico_store::{Changes, Listing, WriteMode};
 
-use crate::apply::check_against;
+use crate::checks::check_against;
 
 pub type Id = (Kind, String);
 

@@ -11,6 +11,9 @@
 //!
 //! - [`spec`]: what a workload's plumbing should be, and the fixed gateway addresses.
 //! - [`plumber`]: the real [`WorkloadPlumbing`], making and removing the pair.
+//! - [`handoff`]: for a runtime that moves the workload end itself (Docker's Join): the
+//!   pair made in the host namespace ([`Plumber::create_handoff_pair`]), the gateway
+//!   neighbour inside the workload ([`add_gateway_neighbour`]).
 //! - `configure`: the settings of each end once the pair exists.
 //!
 //! The netlink helpers they share (a link by name, attributes) are in `dataplane::link`.
@@ -25,10 +28,11 @@ use super::netns::NetnsError;
 
 mod configure;
 
-pub(crate) use configure::host_sysctls;
+pub mod handoff;
 pub mod plumber;
 pub mod spec;
 
+pub use handoff::add_gateway_neighbour;
 pub use plumber::Plumber;
 pub use spec::{host_ifname, WorkloadSpec, GATEWAY_V4, GATEWAY_V6, HOST_MAC, MAX_IFNAME_LEN};
 

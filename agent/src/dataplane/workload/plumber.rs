@@ -21,9 +21,10 @@ use super::{
 /// Real plumbing through rtnetlink, from a host namespace (the agent's own, or
 /// another one when the "host" is itself a test namespace).
 pub struct Plumber {
-    host_netns: Option<PathBuf>,
-    host: Handle,
-    label: String,
+    // Seen by `handoff`, which adds the Docker-style pair to the same plumber.
+    pub(super) host_netns: Option<PathBuf>,
+    pub(super) host: Handle,
+    pub(super) label: String,
 }
 
 impl Plumber {
