@@ -13,7 +13,7 @@ use crate::agent_http;
 use crate::birdc::birdc;
 use crate::cli::GlobalOpts;
 use crate::conn::Ctx;
-use crate::run_dir::{RunDir, RunDirArg};
+use crate::run_dir::{AgentFiles, RunDir, RunDirArg};
 
 #[derive(Args, Debug, Clone)]
 pub struct VersionArgs {
