@@ -7,33 +7,11 @@
 //! properties with many more cases (PROPTEST_CASES). Inputs that once failed are kept
 //! by proptest in `tests/fuzz.proptest-regressions` and tried first on every run.
 
-use std::time::{Duration, Instant};
-
 use calico_schema::{Cidr, IfaceAddr, LabelSet, Port, Protocol, Selector};
 use proptest::prelude::*;
 
-/// Every property must finish an input in this time, however hostile.
-const PER_INPUT: Duration = Duration::from_secs(2);
-
-fn cases(default: u32) -> ProptestConfig {
-    let n = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default);
-    ProptestConfig {
-        cases: n,
-        // Shrinking a slow failure can take longer than finding it.
-        max_shrink_iters: 2000,
-        ..ProptestConfig::default()
-    }
-}
-
-fn timed<T>(what: &str, input: &str, f: impl FnOnce() -> T) -> T {
-    let t = Instant::now();
-    let out = f();
-    assert!(t.elapsed() < PER_INPUT, "{what} took {:?} on {input:?}", t.elapsed());
-    out
-}
+mod fuzz_support;
+use fuzz_support::{cases, timed};
 
 /// The example files: mutations of real documents reach deeper than random text.
 fn examples() -> Vec<String> {

@@ -30,12 +30,7 @@ impl Store {
         let key = Self::json_key(suffix);
         match self.read_one(&key).await? {
             None => Ok(None),
-            Some((value, _)) => serde_json::from_slice(&value)
-                .map(Some)
-                .map_err(|e| StoreError::Invalid {
-                    key,
-                    detail: e.to_string(),
-                }),
+            Some((value, _)) => decode_json(&key, &value).map(Some),
         }
     }
 
@@ -66,4 +61,14 @@ impl Store {
         .await?;
         Ok(())
     }
+}
+
+/// Decodes the plain JSON value stored at `key` (what [`Store::get_json`] does with the
+/// bytes it reads); `Invalid`, naming the key, when it does not decode. Public so that
+/// the fuzz tests can feed it hostile values without an etcd.
+pub fn decode_json<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(value).map_err(|e| StoreError::Invalid {
+        key: key.to_string(),
+        detail: e.to_string(),
+    })
 }

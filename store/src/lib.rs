@@ -43,6 +43,7 @@ pub use codec::{decode_resource, resource_key};
 pub use commit::{Change, Outcome, WriteMode};
 pub use config::{StoreConfig, TlsFiles, DEFAULT_TIMEOUT};
 pub use error::{EtcdFailure, StoreError};
+pub use json::decode_json;
 pub use read::Listing;
 pub use transact::{Changes, Step, Transacted, TRANSACT_ATTEMPTS};
 pub use watch::{WatchEvent, WatchStream};

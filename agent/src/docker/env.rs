@@ -85,6 +85,12 @@ pub fn parse_calico_env<S: AsRef<str>>(env: &[S]) -> Result<Option<CalicoRequest
             }
             addrs.push(addr);
         }
+        // "CALICO_IP=," would otherwise ask for a Container with no address at all.
+        if addrs.is_empty() {
+            return Err(EnvError(format!(
+                "{ENV_IP}: {raw_ip:?} names no address; use {ENV_IP}=auto or an address"
+            )));
+        }
         CalicoIp::Addresses(addrs)
     };
     Ok(Some(CalicoRequest { ip, groups }))
@@ -140,6 +146,8 @@ mod tests {
         assert!(e.0.contains("is empty"), "{e}");
         let e = env(&["CALICO_IP=10.0.0.1,10.0.0.2"]).unwrap_err();
         assert!(e.0.contains("at most one IPv4"), "{e}");
+        let e = env(&["CALICO_IP= , ,"]).unwrap_err();
+        assert!(e.0.contains("names no address"), "{e}");
         let e = env(&["CALICO_GROUP=web"]).unwrap_err();
         assert!(e.0.contains("CALICO_IP=auto"), "{e}");
         let e = env(&["CALICO_IP=auto", "CALICO_GROUP=-bad"]).unwrap_err();

@@ -9,8 +9,8 @@ use etcd_client::KeyValue;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::keys::{block_key, key_string, parse_block_suffix, unescape};
-use super::{BlockInfo, HandleInfo, IpamError, BLOCKS_PREFIX, HANDLES_PREFIX, MAX_BLOCK_HOST_BITS};
+use super::keys::{block_key, key_string, unescape};
+use super::{BlockInfo, HandleInfo, IpamError, HANDLES_PREFIX, MAX_BLOCK_HOST_BITS};
 
 /// The JSON stored at a block key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,35 +52,12 @@ impl Block {
 
     pub(super) fn decode(kv: &KeyValue) -> Result<Block, IpamError> {
         let key = key_string(kv)?;
-        let invalid = |detail: String| IpamError::Invalid {
-            key: key.clone(),
-            detail,
-        };
-        let doc: BlockDoc = serde_json::from_slice(kv.value()).map_err(|e| invalid(format!("bad block JSON: {e}")))?;
-        let from_key = parse_block_suffix(key.strip_prefix(BLOCKS_PREFIX).unwrap_or(&key));
-        if from_key != Some(doc.cidr) {
-            return Err(invalid(format!("the key does not name the block's cidr {}", doc.cidr)));
-        }
-        if doc.cidr.trunc() != doc.cidr {
-            return Err(invalid(format!("cidr {} has host bits set", doc.cidr)));
-        }
-        if host_bits(&doc.cidr) > MAX_BLOCK_HOST_BITS {
-            return Err(invalid(format!("block {} is larger than any pool allows", doc.cidr)));
-        }
-        let b = Block {
-            key: key.clone(),
+        let doc = decode_block(&key, kv.value())?;
+        Ok(Block {
+            key,
             doc,
             mod_revision: kv.mod_revision(),
-        };
-        if let Some((off, _)) = b.doc.allocations.iter().next_back() {
-            if u64::from(*off) >= b.capacity() {
-                return Err(invalid(format!("allocation offset {off} is outside the block")));
-            }
-        }
-        if b.doc.allocations.values().any(std::string::String::is_empty) {
-            return Err(invalid("an allocation has an empty handle".into()));
-        }
-        Ok(b)
+        })
     }
 
     pub(super) fn capacity(&self) -> u64 {
@@ -143,6 +120,55 @@ impl Block {
     }
 }
 
+/// Decodes and checks the block stored at `key`: its cidr is the one the key names, a
+/// network address no larger than any pool allows, and every allocation is inside it
+/// and names a handle. `Invalid`, naming the key, otherwise. Public so that the fuzz
+/// tests can feed it hostile values without an etcd.
+pub fn decode_block(key: &str, value: &[u8]) -> Result<BlockDoc, IpamError> {
+    let invalid = |detail: String| IpamError::Invalid {
+        key: key.to_string(),
+        detail,
+    };
+    let doc: BlockDoc = serde_json::from_slice(value).map_err(|e| invalid(format!("bad block JSON: {e}")))?;
+    // The key must be the block's one spelling of its cidr: a block under another
+    // ("FD00::40_122" for fd00::40/122) is missed by lookups of `block_key` and its
+    // addresses could be handed out again from a second block of the same cidr.
+    if key != block_key(&doc.cidr) {
+        return Err(invalid(format!(
+            "the key does not name the block's cidr {} (its key is {})",
+            doc.cidr,
+            block_key(&doc.cidr)
+        )));
+    }
+    if doc.cidr.trunc() != doc.cidr {
+        return Err(invalid(format!("cidr {} has host bits set", doc.cidr)));
+    }
+    if host_bits(&doc.cidr) > MAX_BLOCK_HOST_BITS {
+        return Err(invalid(format!("block {} is larger than any pool allows", doc.cidr)));
+    }
+    if let Some((off, _)) = doc.allocations.iter().next_back() {
+        if u64::from(*off) >= 1u64 << host_bits(&doc.cidr) {
+            return Err(invalid(format!("allocation offset {off} is outside the block")));
+        }
+    }
+    if doc.allocations.values().any(String::is_empty) {
+        return Err(invalid("an allocation has an empty handle".into()));
+    }
+    Ok(doc)
+}
+
+/// Decodes the handle record stored at `key`: the handle's name (from the key) and
+/// what it holds; `Invalid`, naming the key, when the value does not decode. Public so
+/// that the fuzz tests can feed it hostile values without an etcd.
+pub fn decode_handle(key: &str, value: &[u8]) -> Result<(String, HandleInfo), IpamError> {
+    let name = unescape(key.strip_prefix(HANDLES_PREFIX).unwrap_or(key));
+    let info: HandleInfo = serde_json::from_slice(value).map_err(|e| IpamError::Invalid {
+        key: key.to_string(),
+        detail: format!("bad handle JSON: {e}"),
+    })?;
+    Ok((name, info))
+}
+
 /// A handle record as read.
 #[derive(Debug, Clone)]
 pub(super) struct Handle {
@@ -154,11 +180,7 @@ pub(super) struct Handle {
 impl Handle {
     pub(super) fn decode(kv: &KeyValue) -> Result<Handle, IpamError> {
         let key = key_string(kv)?;
-        let name = unescape(key.strip_prefix(HANDLES_PREFIX).unwrap_or(&key));
-        let info: HandleInfo = serde_json::from_slice(kv.value()).map_err(|e| IpamError::Invalid {
-            key: key.clone(),
-            detail: format!("bad handle JSON: {e}"),
-        })?;
+        let (name, info) = decode_handle(&key, kv.value())?;
         Ok(Handle {
             name,
             info,
@@ -197,6 +219,26 @@ pub(super) fn to_json<T: Serialize>(key: &str, v: &T) -> Result<Vec<u8>, IpamErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_block_only_decodes_at_its_own_key() {
+        let doc = br#"{"cidr":"fd00::40/122","allocations":{"3":"container/a"}}"#;
+        assert!(decode_block("/calico/v1/ipam/blocks/fd00::40_122", doc).is_ok());
+        for key in [
+            "/calico/v1/ipam/blocks/FD00::40_122",
+            "/calico/v1/ipam/blocks/fd00:0::40_122",
+            "fd00::40_122",
+            "/calico/v1/ipam/blocks/fd00::80_122",
+        ] {
+            match decode_block(key, doc) {
+                Err(IpamError::Invalid { key: k, detail }) => {
+                    assert_eq!(k, key);
+                    assert!(detail.contains("does not name the block's cidr"), "{detail}");
+                }
+                other => panic!("{key}: {other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn offsets_and_cursor() {

@@ -45,7 +45,7 @@ use tokio::sync::Mutex as AsyncMutex;
 
 use crate::error::EtcdFailure;
 
-pub use block::BlockDoc;
+pub use block::{decode_block, decode_handle, BlockDoc};
 pub use check::CheckReport;
 pub use keys::{block_key, handle_key};
 
