@@ -30,17 +30,16 @@ fn raw_put(endpoint: &str, n: usize, tag: &str) -> Duration {
             .await
             .expect("connect");
         let loaded = calico_schema::load_str("bench.yaml", &groups_yaml(n, tag)).expect("valid");
-        let ops: Vec<etcd_client::TxnOp> = loaded
+        let items: Vec<(String, Vec<u8>)> = loaded
             .iter()
             .map(|l| {
                 let key = format!("/calico/raw/{}", l.resource.name());
                 let val = serde_json::to_vec(&l.resource.without_version().to_json()).expect("json");
-                etcd_client::TxnOp::put(key, val, None)
+                (key, val)
             })
             .collect();
-        let mut client = store.client();
         let t = Instant::now();
-        client.txn(etcd_client::Txn::new().and_then(ops)).await.expect("txn");
+        calico_store::testing::raw_put_txn(&store, items).await.expect("txn");
         t.elapsed()
     })
 }

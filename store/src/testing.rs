@@ -403,3 +403,18 @@ impl Drop for TlsEtcdCluster {
         }
     }
 }
+
+/// Puts raw `(key, value)` pairs in one etcd transaction, bypassing the store's
+/// encoding and checks: the floor benchmarks compare the store's writes against.
+pub async fn raw_put_txn(store: &crate::Store, items: Vec<(String, Vec<u8>)>) -> Result<(), crate::StoreError> {
+    let ops: Vec<etcd_client::TxnOp> = items
+        .into_iter()
+        .map(|(k, v)| etcd_client::TxnOp::put(k, v, None))
+        .collect();
+    let mut client = store.client();
+    client
+        .txn(etcd_client::Txn::new().and_then(ops))
+        .await
+        .map(|_| ())
+        .map_err(|e| crate::error::from_etcd(&store.config().endpoints.join(","), e))
+}
