@@ -187,9 +187,11 @@ fn schema_issue(file: &str, spans: &SpanMap, e: &jsonschema::ValidationError<'_>
                         .collect()
                 })
                 .unwrap_or_default();
-            let given = e.instance();
-            let given = given.as_str().map_or_else(|| given.to_string(), |s| format!("'{s}'"));
-            (path, At::Value, format!("{given} is not one of {}", choices.join(", ")))
+            (
+                path,
+                At::Value,
+                format!("{} is not one of {}", e.instance(), choices.join(", ")),
+            )
         }
         K::Pattern { .. } if path.ends_with("name") => (
             path,
@@ -384,7 +386,7 @@ mod tests {
             one("apiVersion: calico/v1\nkind: Policy\nmetadata: {name: p}\nspec:\n  ingress:\n  - action: Accept\n")
                 .unwrap_err();
         assert!(
-            e.contains("t.yaml:6:13: spec.ingress[0].action: 'Accept' is not one of Allow, Deny, Log, Pass"),
+            e.contains("t.yaml:6:13: spec.ingress[0].action: \"Accept\" is not one of Allow, Deny, Log, Pass"),
             "{e}"
         );
     }
