@@ -71,6 +71,9 @@ impl<D: Dataplane, A: AddressManager, R: WorkloadResolver> Reconciler<D, A, R> {
             }
             Delta::Whole(why) => Some(why),
         };
+        // The whole batch as loaded, when it was: the file gets the same bytes, so a
+        // whole load serializes the table once.
+        let mut whole_json = None;
         let committed = match whole {
             None => patched,
             Some(why) => {
@@ -90,6 +93,7 @@ impl<D: Dataplane, A: AddressManager, R: WorkloadResolver> Reconciler<D, A, R> {
                                 _ => None,
                             };
                         }
+                        whole_json = Some(json);
                         true
                     }
                     Err(e) => {
@@ -106,7 +110,8 @@ impl<D: Dataplane, A: AddressManager, R: WorkloadResolver> Reconciler<D, A, R> {
             if whole.is_none() {
                 self.nft_generation += 1;
             }
-            if let Err(e) = self.dp.write_nft_file(&table.to_batch().to_json_bytes()).await {
+            let json = whole_json.unwrap_or_else(|| table.to_batch().to_json_bytes());
+            if let Err(e) = self.dp.write_nft_file(&json).await {
                 warn!(error = %e, "could not write the nftables file");
             }
             self.committed = Some(table);
