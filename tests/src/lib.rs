@@ -5,6 +5,7 @@
 //! failing test leaves nothing behind.
 
 pub mod cluster;
+pub mod docker;
 pub mod netns;
 pub mod nftwatch;
 pub mod probe;

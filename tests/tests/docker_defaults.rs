@@ -5,15 +5,13 @@
 //! a policy Deny keeps dropping. Docker's own bridge keeps working; the chain survives
 //! dockerd restarts and firewall reloads, and `calicoctl reset` removes it.
 
-mod docker_support;
-
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use calico_e2e::cluster::{bin, free_port, Cluster};
+use calico_e2e::docker::{available, calico_net, examples, seed_ip, wait_for, DockerHost, DockerdOpts, DumpOnPanic};
 use calico_e2e::serial;
-use docker_support::{available, calico_net, examples, seed_ip, wait_for, DockerHost, DockerdOpts, DumpOnPanic};
 
 fn forward_rules(d: &DockerHost) -> String {
     d.in_host(&["iptables", "-S", "FORWARD"])

@@ -1,13 +1,11 @@
 //! The Docker network plugin on one Docker host: a real dockerd in a namespace host,
 //! its agent serving `calico` and `calico-ipam`, containers on calico networks.
 
-mod docker_support;
-
 use std::time::Duration;
 
 use calico_e2e::cluster::Cluster;
+use calico_e2e::docker::{available, calico_net, examples, seed_ip, wait_for, DockerHost, DockerdOpts, DumpOnPanic};
 use calico_e2e::serial;
-use docker_support::{available, calico_net, examples, seed_ip, wait_for, DockerHost, DockerdOpts, DumpOnPanic};
 
 /// A one-host cluster with the example pool, dockerd (its defaults, on a host whose
 /// forwarding was off) in host1 and its agent.
@@ -136,7 +134,7 @@ fn plugin_networks_on_one_host() {
         "dbnet",
         "--ip",
         "10.65.8.8",
-        docker_support::IMAGE,
+        calico_e2e::docker::IMAGE,
         "true",
     ]);
     let err = String::from_utf8_lossy(&out.stderr);

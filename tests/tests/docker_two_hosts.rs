@@ -4,13 +4,11 @@
 //! networked (the `calico` network plugin or the seed's `CALICO_IP`); other groups are
 //! isolated; `calicoctl addtogroup` takes Docker names and IDs.
 
-mod docker_support;
-
 use std::time::Duration;
 
 use calico_e2e::cluster::Cluster;
+use calico_e2e::docker::{available, calico_net, examples, seed_ip, wait_for, DockerHost, DumpOnPanic};
 use calico_e2e::serial;
-use docker_support::{available, calico_net, examples, seed_ip, wait_for, DockerHost, DumpOnPanic};
 
 /// `docker run --net=none -e ...`: the seed's way.
 fn seed(d: &DockerHost, name: &str, env: &[&str]) -> String {

@@ -10,8 +10,6 @@
 //! Dropping a DockerHost removes its containers, stops dockerd and deletes its
 //! directories, also when the test failed.
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -351,7 +349,7 @@ pub struct DumpOnPanic {
 }
 
 impl DumpOnPanic {
-    pub fn new(cluster: &calico_e2e::cluster::Cluster, docker: &[&DockerHost]) -> DumpOnPanic {
+    pub fn new(cluster: &crate::cluster::Cluster, docker: &[&DockerHost]) -> DumpOnPanic {
         let mut files = Vec::new();
         for a in cluster.agents.values() {
             files.push(a.run_dir.join("agent.log"));
