@@ -46,16 +46,18 @@ pub async fn run(g: &GlobalOpts, args: &GetArgs) -> Result<()> {
     }
     sort(&mut rs);
 
+    // What the agents observed: in `-o wide` columns, and as each Container's `status`
+    // block in YAML and JSON (apply ignores it, so the output re-applies unchanged).
+    let wide = args.output == OutputFormat::Wide;
+    let status = if args.output != OutputFormat::Table && rs.iter().any(|r| r.kind() == Kind::Container) {
+        container_status(&ctx).await?
+    } else {
+        BTreeMap::new()
+    };
     match args.output {
-        OutputFormat::Yaml => print!("{}", output::to_yaml_stream(&rs)?),
-        OutputFormat::Json => print!("{}", output::to_json(&rs, args.names.len() == 1)?),
+        OutputFormat::Yaml => print!("{}", output::to_yaml_stream(&rs, &status)?),
+        OutputFormat::Json => print!("{}", output::to_json(&rs, args.names.len() == 1, &status)?),
         OutputFormat::Table | OutputFormat::Wide => {
-            let wide = args.output == OutputFormat::Wide;
-            let status = if wide && rs.iter().any(|r| r.kind() == Kind::Container) {
-                container_status(&ctx).await?
-            } else {
-                BTreeMap::new()
-            };
             let mut first = true;
             let mut kinds: Vec<Kind> = Kind::ALL
                 .iter()

@@ -9,43 +9,78 @@ use calico_schema::{
 };
 use serde_json::{json, Value};
 
+/// An object with its observed `status` after the fields users write: what `get -o
+/// yaml|json` prints. apply ignores `status`, so the output re-applies unchanged.
+#[derive(serde::Serialize)]
+struct WithStatus<'a, T: serde::Serialize> {
+    #[serde(flatten)]
+    object: &'a T,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'a ContainerStatus>,
+}
+
+/// The observed status of a resource, if it has one (Containers the agent reported).
+fn status_of<'a>(r: &Resource, status: &'a BTreeMap<String, ContainerStatus>) -> Option<&'a ContainerStatus> {
+    match r {
+        Resource::Container(_) => status.get(r.name()),
+        _ => None,
+    }
+}
+
 /// One resource as a YAML document, fields in the order users write them
 /// (apiVersion, kind, metadata, spec), resourceVersion included when set.
 pub fn to_yaml(r: &Resource) -> Result<String> {
+    to_yaml_with(r, None)
+}
+
+fn to_yaml_with(r: &Resource, status: Option<&ContainerStatus>) -> Result<String> {
+    fn y<T: serde::Serialize>(
+        object: &T,
+        status: Option<&ContainerStatus>,
+    ) -> Result<String, serde_saphyr::ser::Error> {
+        serde_saphyr::to_string(&WithStatus { object, status })
+    }
     let text = match r {
-        Resource::Group(o) => serde_saphyr::to_string(o),
-        Resource::Container(o) => serde_saphyr::to_string(o),
-        Resource::Policy(o) => serde_saphyr::to_string(o),
-        Resource::IpPool(o) => serde_saphyr::to_string(o),
-        Resource::Node(o) => serde_saphyr::to_string(o),
-        Resource::BgpPeer(o) => serde_saphyr::to_string(o),
-        Resource::ClusterConfig(o) => serde_saphyr::to_string(o),
+        Resource::Group(o) => y(o, status),
+        Resource::Container(o) => y(o, status),
+        Resource::Policy(o) => y(o, status),
+        Resource::IpPool(o) => y(o, status),
+        Resource::Node(o) => y(o, status),
+        Resource::BgpPeer(o) => y(o, status),
+        Resource::ClusterConfig(o) => y(o, status),
     }
     .with_context(|| format!("cannot write {} as YAML", r.id()))?;
     Ok(if text.ends_with('\n') { text } else { text + "\n" })
 }
 
-/// A multi-document YAML stream.
-pub fn to_yaml_stream(rs: &[Resource]) -> Result<String> {
+/// A multi-document YAML stream, each Container with the status its agent reported.
+pub fn to_yaml_stream(rs: &[Resource], status: &BTreeMap<String, ContainerStatus>) -> Result<String> {
     let mut out = String::new();
     for (i, r) in rs.iter().enumerate() {
         if i > 0 {
             out.push_str("---\n");
         }
-        out.push_str(&to_yaml(r)?);
+        out.push_str(&to_yaml_with(r, status_of(r, status))?);
     }
     Ok(out)
 }
 
 /// JSON: the object itself for a single named resource, a List object otherwise.
-pub fn to_json(rs: &[Resource], single: bool) -> Result<String> {
+pub fn to_json(rs: &[Resource], single: bool, status: &BTreeMap<String, ContainerStatus>) -> Result<String> {
+    let one = |r: &Resource| {
+        let mut v = r.to_json();
+        if let (Some(st), Value::Object(obj)) = (status_of(r, status), &mut v) {
+            obj.insert("status".into(), serde_json::to_value(st).unwrap_or(Value::Null));
+        }
+        v
+    };
     let v = if single && rs.len() == 1 {
-        rs[0].to_json()
+        one(&rs[0])
     } else {
         json!({
             "apiVersion": API_VERSION,
             "kind": "List",
-            "items": rs.iter().map(Resource::to_json).collect::<Vec<Value>>(),
+            "items": rs.iter().map(one).collect::<Vec<Value>>(),
         })
     };
     let mut s = serde_json::to_string_pretty(&v).context("cannot write JSON")?;

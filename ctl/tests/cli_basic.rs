@@ -279,6 +279,30 @@ fn get_formats() {
         .unwrap_or_default();
     assert!(!line_b.contains("Programmed"), "{}", w.stdout);
 
+    // YAML and JSON carry it as `status` (output only), and what they print applies
+    // unchanged: apply ignores status.
+    let y = ctl(&ep, &["get", "container", "workload-a", "-o", "yaml"]);
+    let text = &y.assert_ok().stdout;
+    assert!(
+        text.contains("status:\n  node: host1\n  hostInterface: cali0123456789a\n  ips:\n  - \"10.65.0.1\"\n  state: Programmed\n"),
+        "{text}"
+    );
+    let j = ctl(&ep, &["get", "container", "workload-a", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&j.assert_ok().stdout).unwrap();
+    assert_eq!(v["status"]["hostInterface"], "cali0123456789a");
+    assert_eq!(v["status"]["ips"][0], "10.65.0.1");
+    let y = ctl(&ep, &["get", "container", "workload-b", "-o", "yaml"]);
+    assert!(!y.assert_ok().stdout.contains("status:"), "{}", y.stdout);
+    let all = ctl(&ep, &["get", "all", "-o", "yaml"]);
+    let again = ctl_stdin(&ep, &["apply", "-f", "-"], &all.assert_ok().stdout);
+    assert!(
+        again.assert_ok().stdout.lines().all(|l| l.contains("unchanged")),
+        "{}",
+        again.stdout
+    );
+    let v = ctl_stdin(&ep, &["validate", "-f", "-"], &all.stdout);
+    v.assert_ok();
+
     // JSON: the object for a named get, a List otherwise.
     let j = ctl(&ep, &["get", "group", "B", "-o", "json"]);
     let v: serde_json::Value = serde_json::from_str(&j.assert_ok().stdout).unwrap();

@@ -102,6 +102,12 @@ fn load_doc(file: &str, mut doc: yaml::YamlDoc) -> Result<Loaded, Vec<Diagnostic
         )]);
     };
 
+    // `status` is output only (what `get -o yaml` shows an agent observed): ignored, so
+    // what get prints applies unchanged.
+    if let Value::Object(obj) = &mut doc.value {
+        obj.remove("status");
+    }
+
     // A kind whose spec fields are all optional may leave spec out or empty.
     if kind.spec_optional() {
         if let Value::Object(obj) = &mut doc.value {

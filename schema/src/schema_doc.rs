@@ -50,6 +50,13 @@ pub fn schema_value() -> Value {
         if let Some(props) = def.get_mut("properties").and_then(Value::as_object_mut) {
             props.insert("kind".into(), json!({"const": kind.as_str()}));
             props.insert("apiVersion".into(), json!({"const": API_VERSION}));
+            props.insert(
+                "status".into(),
+                json!({
+                    "description": "Output only: what the agents observed (calicoctl get -o yaml|json). Ignored on input.",
+                    "type": "object"
+                }),
+            );
         }
         if kind.spec_optional() {
             // `kind: Group` with no spec (or `spec:` left empty) is the YAML form of
