@@ -201,3 +201,48 @@ fn every_problem_of_every_file_is_reported_at_once() {
     assert!(lines[0].starts_with(&format!("{a}:6:9: spec.cidr: ")), "{}", r.stderr);
     assert!(lines[1].starts_with(&format!("{b}:6:3: spec.bogus: ")), "{}", r.stderr);
 }
+
+/// Every structural error of every document is reported in one run, in the order of the
+/// text, each in its own words (an optional port or protocol is not "valid under none of
+/// anyOf"), and a second document's errors are not hidden behind the first's.
+#[test]
+fn every_error_of_a_document_is_reported_sorted_by_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = head("Policy", "many")
+        + "spec:\n  order: 100\n  selector: tier == \"db\"\n  bogus: 1\n  ingress:\n    - action: Accept\n      protocol: tcpx\n      destination:\n        ports: [80, \"9:x\", 70000]\n---\n"
+        + &head("IPPool", "p")
+        + "spec:\n  cidr: 10.1.0.0/16\n  extra: true\n";
+    let f = write_file(dir.path(), "multi.yaml", &text);
+    // validate is offline: the endpoint is never contacted.
+    let r = ctl("127.0.0.1:1", &["validate", "-f", &f]);
+    r.assert_fails();
+    let got: Vec<&str> = r.stderr.lines().collect();
+    let want = [
+        format!("{f}:8:3: spec.bogus: unknown field 'bogus'"),
+        format!("{f}:10:15: spec.ingress[0].action: \"Accept\" is not one of Allow, Deny, Log, Pass"),
+        format!("{f}:11:17: spec.ingress[0].protocol: unknown protocol 'tcpx'"),
+        format!("{f}:13:21: spec.ingress[0].destination.ports[1]: 'x' is not a port number"),
+        format!("{f}:13:28: spec.ingress[0].destination.ports[2]: port 70000 is out of range"),
+        format!("{f}:21:3: spec.extra: unknown field 'extra'"),
+    ];
+    assert_eq!(got.len(), want.len(), "{}", r.stderr);
+    for (g, w) in got.iter().zip(&want) {
+        assert!(
+            g.starts_with(w.as_str()),
+            "got {g:?}, want it to start with {w:?}\n{}",
+            r.stderr
+        );
+    }
+    assert!(!r.stderr.contains("anyOf"), "{}", r.stderr);
+}
+
+/// Lower-case protocol names, as the seed wrote them, are accepted by the schema (and so
+/// by editors using it) exactly as by calicoctl.
+#[test]
+fn lowercase_protocol_names_are_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let text =
+        head("Policy", "lc") + "spec:\n  selector: all()\n  ingress:\n    - action: Allow\n      protocol: udp\n";
+    let f = write_file(dir.path(), "lc.yaml", &text);
+    ctl("127.0.0.1:1", &["validate", "-f", &f]).assert_ok();
+}

@@ -117,21 +117,15 @@ fn load_doc(file: &str, mut doc: yaml::YamlDoc) -> Result<Loaded, Vec<Diagnostic
         }
     }
 
-    // `anyOf` failures (a port that is neither number nor range...) explain themselves
-    // poorly; strict decoding below says precisely what is wrong with such values.
-    let mut any_of = Vec::new();
+    // Every schema error of the document, each explained in its own words (an optional
+    // field's `anyOf` with null is unwrapped to what is wrong inside it).
     if let Some(v) = validator(kind) {
         let mut errs = Vec::new();
         for e in v.iter_errors(&doc.value) {
-            let d = schema_issue(file, &doc.spans, &e);
-            if matches!(e.kind(), jsonschema::error::ValidationErrorKind::AnyOf { .. }) {
-                any_of.push(d);
-            } else {
-                errs.push(d);
-            }
+            schema_issues(file, &doc.spans, &e, &mut errs);
         }
         if !errs.is_empty() {
-            return Err(dedup(errs));
+            return Err(sorted(dedup(errs)));
         }
     }
 
@@ -139,9 +133,6 @@ fn load_doc(file: &str, mut doc: yaml::YamlDoc) -> Result<Loaded, Vec<Diagnostic
         Ok(r) => r,
         Err((path, msg)) => return Err(vec![issue(&clean_path(&path), At::Value, msg)]),
     };
-    if !any_of.is_empty() {
-        return Err(dedup(any_of));
-    }
 
     let loaded = Loaded {
         file: file.to_string(),
@@ -164,6 +155,48 @@ fn clean_path(p: &str) -> String {
     } else {
         p.replace('?', "")
     }
+}
+
+/// The diagnostics of one schema error. An `anyOf` whose only alternative to the value
+/// is null (an optional field) reports what is wrong under the alternative instead; one
+/// of several real forms (a port, a protocol) is explained by decoding the value.
+fn schema_issues(file: &str, spans: &SpanMap, e: &jsonschema::ValidationError<'_>, out: &mut Vec<Diagnostic>) {
+    use jsonschema::error::ValidationErrorKind as K;
+    let K::AnyOf { context } = e.kind() else {
+        out.push(schema_issue(file, spans, e));
+        return;
+    };
+    let is_null_branch = |branch: &Vec<jsonschema::ValidationError<'static>>| {
+        matches!(branch.as_slice(), [only] if matches!(only.kind(), K::Type { kind }
+            if format!("{kind:?}").contains("Null")))
+    };
+    let real: Vec<_> = context.iter().filter(|b| !is_null_branch(b)).collect();
+    if let [only] = real.as_slice() {
+        if !only.is_empty() {
+            for inner in only.iter() {
+                schema_issues(file, spans, inner, out);
+            }
+            return;
+        }
+    }
+    let path = yaml::pointer_to_path(e.instance_path().as_str());
+    let message = crate::net::explain_any_of(&path, e.instance())
+        .unwrap_or_else(|| format!("{} is not in any accepted form", e.instance()));
+    out.push(locate(
+        file,
+        spans,
+        &Issue {
+            path,
+            at: At::Value,
+            message,
+        },
+    ));
+}
+
+/// Diagnostics in the order of the text.
+fn sorted(mut v: Vec<Diagnostic>) -> Vec<Diagnostic> {
+    v.sort_by_key(|d| (d.line, d.col));
+    v
 }
 
 fn schema_issue(file: &str, spans: &SpanMap, e: &jsonschema::ValidationError<'_>) -> Diagnostic {

@@ -344,13 +344,29 @@ impl JsonSchema for Protocol {
     }
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
-            "description": "An IP protocol: a name or a number 0-255.",
+            "description": "An IP protocol: a name (upper or lower case, as the seed wrote them) or a number 0-255.",
             "anyOf": [
-                {"type": "string", "enum": ["TCP", "UDP", "ICMP", "ICMPv6", "SCTP", "UDPLite"]},
+                {"type": "string", "enum": ["TCP", "UDP", "ICMP", "ICMPv6", "SCTP", "UDPLite",
+                                            "tcp", "udp", "icmp", "icmpv6", "sctp", "udplite"]},
                 {"type": "integer", "minimum": 0, "maximum": 255}
             ]
         })
     }
+}
+
+/// What is wrong with a value that fits none of the forms of a port or a protocol, in
+/// the decoder's own words; by the field it stands in (`path` as in diagnostics).
+pub(crate) fn explain_any_of(path: &str, value: &serde_json::Value) -> Option<String> {
+    let field = path.rsplit('.').next().map(|f| f.split('[').next().unwrap_or(f))?;
+    let err = match field {
+        "protocol" | "notProtocol" => serde_json::from_value::<Protocol>(value.clone()).err(),
+        "ports" | "notPorts" => serde_json::from_value::<Port>(value.clone()).err(),
+        _ => None,
+    }?;
+    // serde_json appends " at line 1 column N" to errors from text; from a Value it
+    // does not, but keep only the message either way.
+    let text = err.to_string();
+    Some(text.split(" at line ").next().unwrap_or(&text).to_string())
 }
 
 #[cfg(test)]
