@@ -26,8 +26,16 @@ fn kind_def<S: JsonSchema>(gen: &mut SchemaGenerator, kind: Kind, defs: &mut Map
     defs.insert(kind.as_str().to_string(), Value::String(def_name));
 }
 
-/// The schema document as a JSON value.
+/// The schema document as a JSON value: what editors and `calicoctl schema` get.
 pub fn schema_value() -> Value {
+    schema_value_with(true)
+}
+
+/// `one_resource_rules`: add the rules that `calicoctl validate` checks in its own words
+/// after decoding (address syntax, exclusive fields, blockSize per IP version), so that
+/// an editor refuses what validate refuses. The loader's validators leave them out: the
+/// decoders explain the same problems better than a schema keyword can.
+fn schema_value_with(one_resource_rules: bool) -> Value {
     let mut gen = SchemaSettings::draft2020_12().into_generator();
     // Maps each kind to the generated definition of its Object<Spec>.
     let mut generated = Map::new();
@@ -39,6 +47,9 @@ pub fn schema_value() -> Value {
     kind_def::<BgpPeerSpec>(&mut gen, Kind::BGPPeer, &mut generated);
     kind_def::<ClusterConfigSpec>(&mut gen, Kind::ClusterConfig, &mut generated);
     let mut defs = gen.take_definitions(true);
+    if one_resource_rules {
+        add_one_resource_rules(&mut defs);
+    }
 
     // Give each kind's object a definition under the kind's own name, pinned to it.
     let mut branches = Vec::new();
@@ -95,6 +106,97 @@ pub fn schema_value() -> Value {
     })
 }
 
+// Address patterns for editors (ECMA-262 and Rust regex alike). IPv6 is matched by
+// shape (2-8 groups of up to 4 hex digits, `::`, an IPv4 tail); validate checks it exactly.
+const OCTET: &str = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])";
+
+fn v4() -> String {
+    format!(r"(?:{OCTET}\.){{3}}{OCTET}")
+}
+
+fn v6() -> String {
+    format!("(?:[0-9A-Fa-f]{{0,4}}:){{2,7}}(?:[0-9A-Fa-f]{{0,4}}|{})", v4())
+}
+
+const PREFIX4: &str = "(?:3[0-2]|[12]?[0-9])";
+const PREFIX6: &str = "(?:12[0-8]|1[01][0-9]|[1-9]?[0-9])";
+
+fn ip_pattern() -> String {
+    format!("^(?:{}|{})$", v4(), v6())
+}
+
+fn net_pattern() -> String {
+    format!("^(?:{}(?:/{PREFIX4})?|{}(?:/{PREFIX6})?)$", v4(), v6())
+}
+
+/// Replaces the generated `format: ip` (not a JSON Schema format, so ignored by every
+/// validator) by a pattern, everywhere in `v`.
+fn ip_formats_to_patterns(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            match o.get("format").and_then(Value::as_str) {
+                Some("ip") => {
+                    o.remove("format");
+                    o.insert("pattern".into(), json!(ip_pattern()));
+                }
+                Some("ipv4") => {
+                    o.insert("pattern".into(), json!(format!("^{}$", v4())));
+                }
+                _ => {}
+            }
+            o.values_mut().for_each(ip_formats_to_patterns);
+        }
+        Value::Array(a) => a.iter_mut().for_each(ip_formats_to_patterns),
+        _ => {}
+    }
+}
+
+fn add_one_resource_rules(defs: &mut Map<String, Value>) {
+    defs.values_mut().for_each(ip_formats_to_patterns);
+    for name in ["Cidr", "IfaceAddr"] {
+        if let Some(Value::Object(d)) = defs.get_mut(name) {
+            d.insert("pattern".into(), json!(net_pattern()));
+        }
+    }
+    let mut extend = |def: &str, rules: Value| {
+        if let (Some(Value::Object(d)), Value::Object(r)) = (defs.get_mut(def), rules) {
+            d.extend(r);
+        }
+    };
+    extend(
+        "ContainerSpec",
+        json!({"oneOf": [
+            {"required": ["container"], "not": {"required": ["netns"]}},
+            {"required": ["netns"], "not": {"required": ["container"]}}
+        ]}),
+    );
+    extend("BgpPeerSpec", json!({"not": {"required": ["node", "nodeSelector"]}}));
+    extend(
+        "IpPoolSpec",
+        json!({
+            "if": {"properties": {"cidr": {"pattern": ":"}}, "required": ["cidr"]},
+            "then": {"properties": {"blockSize": {"minimum": 116, "maximum": 128}}},
+            "else": {"properties": {"blockSize": {"minimum": 20, "maximum": 32}}}
+        }),
+    );
+    if let Some(props) = defs
+        .get_mut("NodeSpec")
+        .and_then(|d| d.get_mut("properties"))
+        .and_then(Value::as_object_mut)
+    {
+        props.insert(
+            "ipv4".into(),
+            json!({"type": ["string", "null"], "pattern": format!("^{}(?:/{PREFIX4})?$", v4()),
+                   "description": "This node's IPv4 address with its prefix length, e.g. 10.0.0.1/24."}),
+        );
+        props.insert(
+            "ipv6".into(),
+            json!({"type": ["string", "null"], "pattern": format!("^{}(?:/{PREFIX6})?$", v6()),
+                   "description": "This node's IPv6 address with its prefix length, e.g. fd00::1/64."}),
+        );
+    }
+}
+
 /// The schema as committed: pretty JSON with a trailing newline.
 pub fn schema_text() -> String {
     let mut s = serde_json::to_string_pretty(&schema_value()).unwrap_or_default();
@@ -107,7 +209,7 @@ pub(crate) fn validator(kind: Kind) -> Option<&'static jsonschema::Validator> {
     static VALIDATORS: OnceLock<Vec<(Kind, jsonschema::Validator)>> = OnceLock::new();
     VALIDATORS
         .get_or_init(|| {
-            let root = schema_value();
+            let root = schema_value_with(false);
             Kind::ALL
                 .iter()
                 .filter_map(|k| {

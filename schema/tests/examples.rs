@@ -22,17 +22,31 @@ fn examples_validate_as_one_set() {
     .unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// yaml-language-server reads a modeline per document, so every document of a
+/// multi-document file carries one; otherwise an editor checks only the first.
 #[test]
-fn examples_carry_the_schema_modeline() {
+fn every_example_document_carries_the_schema_modeline() {
+    const MODELINE: &str = "# yaml-language-server: $schema=../schema/calico-v1.schema.json";
+    assert!(examples_dir().join("../schema/calico-v1.schema.json").exists());
     for f in calico_schema::load::yaml_files(&examples_dir()).unwrap() {
         let text = std::fs::read_to_string(&f).unwrap();
-        let first = text.lines().next().unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
-            first,
-            "# yaml-language-server: $schema=../schema/calico-v1.schema.json",
+            lines.first().copied(),
+            Some(MODELINE),
             "{} lacks the modeline",
             f.display()
         );
-        assert!(examples_dir().join("../schema/calico-v1.schema.json").exists());
+        for (i, l) in lines.iter().enumerate() {
+            if l.trim() == "---" {
+                assert_eq!(
+                    lines.get(i + 1).copied(),
+                    Some(MODELINE),
+                    "{}:{}: the document after this separator lacks the modeline",
+                    f.display(),
+                    i + 2
+                );
+            }
+        }
     }
 }
