@@ -138,9 +138,11 @@ fn ip_formats_to_patterns(v: &mut Value) {
                 Some("ip") => {
                     o.remove("format");
                     o.insert("pattern".into(), json!(ip_pattern()));
+                    o.insert("patternErrorMessage".into(), json!("not an IPv4 or IPv6 address"));
                 }
                 Some("ipv4") => {
                     o.insert("pattern".into(), json!(format!("^{}$", v4())));
+                    o.insert("patternErrorMessage".into(), json!("not an IPv4 address"));
                 }
                 _ => {}
             }
@@ -151,11 +153,17 @@ fn ip_formats_to_patterns(v: &mut Value) {
     }
 }
 
+/// `patternErrorMessage` is yaml-language-server's (and VS Code's) keyword for a readable
+/// pattern message; other validators ignore unknown keywords.
 fn add_one_resource_rules(defs: &mut Map<String, Value>) {
     defs.values_mut().for_each(ip_formats_to_patterns);
     for name in ["Cidr", "IfaceAddr"] {
         if let Some(Value::Object(d)) = defs.get_mut(name) {
             d.insert("pattern".into(), json!(net_pattern()));
+            d.insert(
+                "patternErrorMessage".into(),
+                json!("not an address or a network (ADDRESS/PREFIX, prefix at most 32 for IPv4, 128 for IPv6)"),
+            );
         }
     }
     let mut extend = |def: &str, rules: Value| {
@@ -187,11 +195,13 @@ fn add_one_resource_rules(defs: &mut Map<String, Value>) {
         props.insert(
             "ipv4".into(),
             json!({"type": ["string", "null"], "pattern": format!("^{}(?:/{PREFIX4})?$", v4()),
+                   "patternErrorMessage": "not an IPv4 address with its prefix length (10.0.0.1/24)",
                    "description": "This node's IPv4 address with its prefix length, e.g. 10.0.0.1/24."}),
         );
         props.insert(
             "ipv6".into(),
             json!({"type": ["string", "null"], "pattern": format!("^{}(?:/{PREFIX6})?$", v6()),
+                   "patternErrorMessage": "not an IPv6 address with its prefix length (fd00::1/64)",
                    "description": "This node's IPv6 address with its prefix length, e.g. fd00::1/64."}),
         );
     }
