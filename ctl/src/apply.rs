@@ -9,7 +9,7 @@ use calico_schema::{check_loaded_set, Kind, Loaded, Resource, OWNER_ANNOTATION, 
 use calico_store::{Change, Changes, Listing, Step, StoreError, WriteMode};
 
 use crate::checks::check_against;
-use crate::cli::{FileArgs, GlobalOpts, WriteArgs};
+use crate::cli::{DiffArgs, FileArgs, GlobalOpts, WriteArgs};
 use crate::conn::{store_error, Ctx};
 use crate::input::{load_sources, InputErrors};
 use crate::output;
@@ -153,17 +153,27 @@ pub fn validate(args: &FileArgs) -> Result<()> {
     Ok(())
 }
 
-/// `diff`: what apply would change. Returns whether anything would.
-pub async fn diff(g: &GlobalOpts, args: &FileArgs) -> Result<bool> {
-    let loaded = load_sources(&args.files)?;
+/// `diff`: what apply would change, under apply's rules: what apply refuses (a change
+/// to a sync-owned resource without --force) diff refuses with the same error, and with
+/// --force it shows what `apply --force` would write. Returns whether anything would
+/// change.
+pub async fn diff(g: &GlobalOpts, args: &DiffArgs) -> Result<bool> {
+    let loaded = load_sources(&args.files.files)?;
     let ctx = Ctx::connect(g).await?;
     let listing = ctx.call("list", ctx.store.list(None)).await?;
     check_against(&loaded, &listing, WriteMode::Apply)?;
+    let resources: Vec<Resource> = loaded.iter().map(|l| l.resource.clone()).collect();
+    let resources = if args.force {
+        keep_sync_ownership(&resources, &listing)
+    } else {
+        check_sync_owned(&loaded, &listing)?;
+        resources
+    };
     let stored: HashMap<(Kind, &str), &Resource> =
         listing.resources.iter().map(|r| ((r.kind(), r.name()), r)).collect();
     let mut changed = false;
-    for l in &loaded {
-        let new = l.resource.without_version();
+    for (l, new) in loaded.iter().zip(&resources) {
+        let new = new.without_version();
         let id = new.id();
         let (old_name, old_text) = match stored.get(&(new.kind(), new.name())) {
             Some(old) => {

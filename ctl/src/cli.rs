@@ -64,6 +64,16 @@ pub struct WriteArgs {
     pub force: bool,
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct DiffArgs {
+    #[command(flatten)]
+    pub files: FileArgs,
+    /// Show what `apply --force` would change: a sync-owned resource is otherwise refused
+    /// here as apply refuses it
+    #[arg(long)]
+    pub force: bool,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
     /// Columns per kind
@@ -123,7 +133,7 @@ pub enum Command {
     /// Show resources
     Get(GetArgs),
     /// Show what `apply` would change (exit 0: no changes, 1: changes, 2: error)
-    Diff(FileArgs),
+    Diff(DiffArgs),
     /// Check files offline, without etcd
     Validate(FileArgs),
     /// Print the JSON Schema of calico/v1 documents

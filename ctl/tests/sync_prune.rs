@@ -190,8 +190,40 @@ fn imperative_commands_refuse_to_change_sync_owned_resources() {
         );
     }
     assert_eq!(db.versions(), before);
+    // diff follows apply's rules: refused the same way (diff's error exit is 2), and with
+    // --force it shows what apply --force would write (the ownership annotations kept).
+    let r = ctl(&ep, &["diff", "-f", file]);
+    assert_eq!(r.code, Some(2), "{r:?}");
+    assert!(
+        r.stderr.contains("owned by a sync directory (file sub/web.yaml)"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stdout.is_empty(), "{}", r.stdout);
+    let r = ctl(&ep, &["diff", "--force", "-f", file]);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(r.stdout.contains("+"), "{}", r.stdout);
+    let changed: Vec<&str> = r
+        .stdout
+        .lines()
+        .filter(|l| (l.starts_with('+') || l.starts_with('-')) && !l.starts_with("+++") && !l.starts_with("---"))
+        .collect();
+    assert!(
+        !changed
+            .iter()
+            .any(|l| l.contains("calico/owner") || l.contains("calico/source")),
+        "diff --force shows the ownership annotations going away: {}",
+        r.stdout
+    );
+    assert!(!changed.is_empty(), "{}", r.stdout);
+    assert_eq!(db.versions(), before);
     // The backup round trip writes everything back as it is: nothing is refused, nothing
-    // changes.
+    // changes; diff agrees.
+    let dump0 = ctl(&ep, &["get", "all", "-o", "yaml"]);
+    let backup0 = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(backup0.path(), &dump0.stdout).unwrap();
+    let r = ctl(&ep, &["diff", "-f", backup0.path().to_str().unwrap()]);
+    assert_eq!(r.code, Some(0), "{r:?}");
     let dump = ctl(&ep, &["get", "all", "-o", "yaml"]);
     let backup = tempfile::NamedTempFile::new().unwrap();
     assert_eq!(dump.code, Some(0), "{dump:?}");
