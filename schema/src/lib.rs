@@ -17,6 +17,7 @@ pub mod host;
 pub mod limits;
 pub mod load;
 pub mod net;
+pub mod reference;
 pub mod resource;
 pub mod schema_doc;
 pub mod selector;

@@ -127,8 +127,10 @@ pub struct Metadata {
         regex(pattern = r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
     )]
     pub name: String,
+    /// What selectors match: keys 1-253 of [A-Za-z0-9_./-], values at most 63 characters.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Free-form notes; `calico/owner` and `calico/source` mark who manages the resource.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
     /// Output: the etcd revision the resource was last written at. On input, when
@@ -214,8 +216,10 @@ impl From<IpVersion> for u8 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IcmpMatch {
+    /// The ICMP or ICMPv6 type, e.g. 8 (echo request).
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub icmp_type: Option<u8>,
+    /// The code within the type; only with `type`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<u8>,
 }
@@ -227,19 +231,25 @@ pub struct EntityRule {
     /// Members of any of these groups.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,
+    /// Containers whose labels match this selector.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
+    /// Containers whose labels do not match this selector.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_selector: Option<String>,
+    /// Addresses in any of these networks (a bare address is one host).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 256))]
     pub nets: Vec<Cidr>,
+    /// Addresses in none of these networks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 256))]
     pub not_nets: Vec<Cidr>,
+    /// Ports or ranges ("first:last"); needs a port protocol (TCP, UDP, SCTP, UDPLite).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 50))]
     pub ports: Vec<Port>,
+    /// Ports or ranges not matched; needs a port protocol.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 50))]
     pub not_ports: Vec<Port>,
@@ -259,17 +269,25 @@ impl EntityRule {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Rule {
+    /// Allow or Deny decide; Pass skips the remaining policies to the groups; Log logs
+    /// and goes on.
     pub action: Action,
+    /// Matches only this protocol; absent: any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<Protocol>,
+    /// Matches every protocol but this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_protocol: Option<Protocol>,
+    /// Matches only IPv4 (4) or IPv6 (6); absent: both.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_version: Option<IpVersion>,
+    /// ICMP type and code; only with protocol ICMP or ICMPv6.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub icmp: Option<IcmpMatch>,
+    /// What the sender must match; absent: anyone.
     #[serde(default, skip_serializing_if = "EntityRule::is_empty")]
     pub source: EntityRule,
+    /// What the receiver must match; absent: anyone.
     #[serde(default, skip_serializing_if = "EntityRule::is_empty")]
     pub destination: EntityRule,
 }
@@ -336,12 +354,15 @@ pub struct ContainerSpec {
     /// A network namespace path (exclusive with `container`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<String>,
-    /// The interface name inside the workload; default eth0.
+    /// The interface name inside the workload (1-15 characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "eth0"))]
     pub interface: Option<String>,
-    /// Explicit addresses; absent: IPAM assigns.
+    /// Explicit addresses (at most one IPv4 and one IPv6, each in an enabled IPPool);
+    /// absent: IPAM assigns one per enabled pool's IP version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ips: Option<Vec<IpAddr>>,
+    /// The Groups it is in (each must exist); its rules are the union of theirs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,
 }
@@ -387,10 +408,13 @@ pub struct PolicySpec {
     /// Which Containers it applies to; absent or empty: all().
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
+    /// The directions it governs; absent: Ingress, plus Egress when egress rules are given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub types: Option<Vec<PolicyType>>,
+    /// Rules for traffic into the selected Containers, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ingress: Vec<Rule>,
+    /// Rules for traffic out of the selected Containers, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress: Vec<Rule>,
 }
@@ -418,12 +442,17 @@ impl Policy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct IpPoolSpec {
+    /// The pool's network, no host bits set; immutable. Must not overlap another pool,
+    /// 127/8, 169.254/16, 224/4, ::1, fe80::/10 or ff00::/8.
     pub cidr: Cidr,
-    /// Default 26 for IPv4, 122 for IPv6.
+    /// The prefix length of the blocks handed to nodes: 20-32 for IPv4 (default 26),
+    /// 116-128 for IPv6 (default 122), not larger than the pool; immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_size: Option<u8>,
+    /// Masquerade traffic from the pool to destinations outside every pool.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub nat_outgoing: bool,
+    /// Assign no new addresses from it; addresses already held stay.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub disabled: bool,
 }
@@ -441,10 +470,13 @@ impl IpPool {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NodeSpec {
+    /// This node's IPv4 address with its prefix length (BGP sessions and router ID).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv4: Option<IfaceAddr>,
+    /// This node's IPv6 address with its prefix length.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv6: Option<IfaceAddr>,
+    /// This node's AS number (1-4294967295); absent: the ClusterConfig's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub as_number: Option<u32>,
     /// Makes this node a route reflector for the given cluster ID.
@@ -457,12 +489,15 @@ pub struct NodeSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BgpPeerSpec {
+    /// The peer's address.
     #[serde(rename = "peerIP")]
     pub peer_ip: IpAddr,
+    /// The peer's AS number (1-4294967295).
     pub as_number: u32,
     /// Peer from this node only (exclusive with nodeSelector); neither: every node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// Peer from the nodes whose labels match this selector (exclusive with node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_selector: Option<String>,
 }
@@ -489,19 +524,30 @@ pub enum LogLevel {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ClusterConfigSpec {
+    /// The AS number of every node that sets none (the seed's 64511).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = 64511))]
     pub as_number: Option<u32>,
+    /// Every node peers with every other; false: only the BGPPeers given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = true))]
     pub node_to_node_mesh: Option<bool>,
+    /// What happens to traffic from a workload to its own host: Drop, Accept, or Return
+    /// (to the host's own rules).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "Drop"))]
     pub endpoint_to_host_action: Option<EndpointToHostAction>,
+    /// The prefix of the host-side interface names (the rest is a hash of the Container).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[a-z][a-z0-9]{0,3}$"))]
+    #[schemars(regex(pattern = r"^[a-z][a-z0-9]{0,3}$"), extend("default" = "cali"))]
     pub interface_prefix: Option<String>,
+    /// The MTU of the workloads' interfaces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 576, max = 9000))]
+    #[schemars(range(min = 576, max = 9000), extend("default" = 1500))]
     pub mtu: Option<u32>,
+    /// Stored and shown; the agents' log level is set by calico-node's --log flag.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "info"))]
     pub log_level: Option<LogLevel>,
 }
 
