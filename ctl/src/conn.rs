@@ -78,7 +78,22 @@ pub fn store_error(cfg: &StoreConfig, e: StoreError) -> anyhow::Error {
     match &e {
         StoreError::Unavailable { .. } => {
             let eps = cfg.endpoints.join(",");
-            let msg = e.to_string();
+            let mut msg = e.to_string();
+            // A server that wants a client certificate answers a handshake without one
+            // with an alert, or (TLS 1.3) by closing the connection after it; only we know
+            // whether we sent one.
+            if let Some(tls) = &cfg.tls {
+                let refused_cert = ["BadCertificate", "CertificateRequired", "UnknownCA"]
+                    .iter()
+                    .any(|a| msg.contains(a));
+                if tls.cert.is_none() && (refused_cert || msg.contains("connection closed")) {
+                    msg.push_str(
+                        " (TLS without a client certificate: if etcd asks for one, give --etcd-cert and --etcd-key)",
+                    );
+                } else if tls.cert.is_some() && refused_cert {
+                    msg.push_str(" (etcd refused the client certificate of --etcd-cert: is it signed by the CA etcd trusts, its --trusted-ca-file?)");
+                }
+            }
             if msg.contains(&eps) || cfg.endpoints.iter().all(|ep| msg.contains(ep.as_str())) {
                 anyhow::anyhow!("{msg}")
             } else {

@@ -112,6 +112,41 @@ pub(crate) fn from_etcd(endpoints: &str, e: etcd_client::Error) -> StoreError {
 
 /// The one reading of an etcd-client error: unreachable or refused, and the words for it.
 pub(crate) fn classify(e: etcd_client::Error) -> Failure {
+    match classify_raw(e) {
+        Failure::Unavailable(text) => Failure::Unavailable(with_tls_hint(text)),
+        refused => refused,
+    }
+}
+
+/// rustls names certificate problems by their enum variant (`UnsupportedCertVersion`,
+/// `UnknownIssuer`...); say what is wrong and what fixes it.
+fn with_tls_hint(text: String) -> String {
+    const NOT_NAMED: &str =
+        "etcd's certificate does not name the host or IP in --etcd: add it to the certificate's subjectAltName";
+    const HINTS: [(&str, &str); 6] = [
+        (
+            "UnsupportedCertVersion",
+            "a certificate etcd presented is X.509 v1; TLS here takes only v3 certificates: reissue it with extensions (openssl x509 -req ... -extfile with a subjectAltName line)",
+        ),
+        (
+            "UnknownIssuer",
+            "etcd's certificate is not signed by the CA given with --etcd-ca",
+        ),
+        (
+            "BadSignature",
+            "etcd's certificate is not signed by the CA given with --etcd-ca (its signature does not verify)",
+        ),
+        ("NotValidForName", NOT_NAMED),
+        ("certificate not valid for name", NOT_NAMED),
+        ("Expired", "a certificate has expired"),
+    ];
+    match HINTS.iter().find(|(k, _)| text.contains(k)) {
+        Some((_, hint)) => format!("{text} ({hint})"),
+        None => text,
+    }
+}
+
+fn classify_raw(e: etcd_client::Error) -> Failure {
     use etcd_client::Error as E;
     // gRPC status codes are fixed by the gRPC spec; naming them here avoids a direct
     // tonic dependency just for its `Code` enum.

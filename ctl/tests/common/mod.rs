@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+#[allow(unused_imports)] // not every test file starts an etcd of its own
 pub use calico_store::testing::TestEtcd;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_calicoctl");
