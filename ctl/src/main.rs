@@ -49,7 +49,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use calico_store::WriteMode;
-use clap::{Parser, Subcommand};
+use clap::{FromArgMatches, Parser, Subcommand};
 
 use crate::cli::{Command, GlobalOpts};
 
@@ -98,6 +98,37 @@ enum TopCommand {
         #[arg(value_name = "DIR")]
         dir: std::path::PathBuf,
     },
+}
+
+/// Commands that never contact etcd, and those that look up Docker containers.
+const OFFLINE: [&str; 4] = ["validate", "schema", "completion", "man"];
+const USES_DOCKER: [&str; 3] = ["addtogroup", "removefromgroup", "node"];
+const ETCD_OPTIONS: [&str; 5] = ["etcd", "etcd_ca", "etcd_cert", "etcd_key", "timeout"];
+
+/// The command line as parsed and as shown by help, completions and man pages. The
+/// connection options are global, so `calicoctl --etcd X CMD` works for every command,
+/// but each command's help shows them only where the command uses them.
+fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let global = |id: &str| cmd.get_arguments().find(|a| a.get_id() == id).cloned();
+    let etcd: Vec<clap::Arg> = ETCD_OPTIONS.iter().filter_map(|id| global(id)).collect();
+    let docker: Vec<clap::Arg> = global("docker_host").into_iter().collect();
+    let names: Vec<String> = cmd.get_subcommands().map(|s| s.get_name().to_string()).collect();
+    for name in names {
+        let mut hidden: Vec<clap::Arg> = Vec::new();
+        if OFFLINE.contains(&name.as_str()) {
+            hidden.extend(etcd.iter().cloned());
+        }
+        if !USES_DOCKER.contains(&name.as_str()) {
+            hidden.extend(docker.iter().cloned());
+        }
+        // clap propagates a global option only into subcommands that lack one of the same
+        // id, so a hidden copy here is what this command and those below it get. It is
+        // still global: its value reaches the top-level GlobalOpts as before.
+        cmd = cmd.mut_subcommand(name, |sc| sc.args(hidden.into_iter().map(|a| a.hide(true))));
+    }
+    cmd
 }
 
 /// Several independent errors, reported one per line.
@@ -170,17 +201,13 @@ async fn run(cli: Cli) -> Result<()> {
         TopCommand::Sync(a) => sync::run(g, &a).await,
         TopCommand::Master(a) => master::run(g, &a).await,
         TopCommand::Completion { shell } => {
-            use clap::CommandFactory;
             // Into a buffer, then print!: a closed stdout then ends us quietly (above).
             let mut script = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "calicoctl", &mut script);
+            clap_complete::generate(shell, &mut command(), "calicoctl", &mut script);
             print!("{}", String::from_utf8_lossy(&script));
             Ok(())
         }
-        TopCommand::Man { dir } => {
-            use clap::CommandFactory;
-            write_man_pages(Cli::command(), &dir)
-        }
+        TopCommand::Man { dir } => write_man_pages(command(), &dir),
     }
 }
 
@@ -249,7 +276,10 @@ fn report(e: &anyhow::Error) {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::from_arg_matches(&command().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     end_quietly_when_stdout_closes();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -1,5 +1,7 @@
 //! docs/cli.md documents what `--help` offers: every command and subcommand has a
-//! heading that names it, and every long option of every command is mentioned.
+//! heading that names it, and every long option of every command is mentioned. Each
+//! command's help is also kept as a snapshot (ctl/tests/help/), so a change to it is
+//! seen in review, and shows connection options only where the command uses them.
 
 use std::process::Command;
 
@@ -95,4 +97,69 @@ fn cli_md_covers_every_command_and_option() {
         "docs/cli.md is behind --help:\n{}",
         missing.join("\n")
     );
+}
+
+/// Every command path, `["node", "stop"]` style, in a stable order.
+fn all_commands() -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    let mut stack: Vec<Vec<String>> = subcommands(&help(&[])).into_iter().map(|c| vec![c]).collect();
+    while let Some(path) = stack.pop() {
+        for sub in subcommands(&help(&path)) {
+            let mut p = path.clone();
+            p.push(sub);
+            stack.push(p);
+        }
+        out.push(path);
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn help_matches_its_snapshots() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/help");
+    let update = std::env::var_os("UPDATE_HELP").is_some();
+    if update {
+        std::fs::create_dir_all(&dir).unwrap();
+    }
+    let mut stale = Vec::new();
+    let mut paths = vec![vec![]];
+    paths.extend(all_commands());
+    for path in paths {
+        let name = if path.is_empty() {
+            "calicoctl".to_string()
+        } else {
+            format!("calicoctl-{}", path.join("-"))
+        };
+        let file = dir.join(format!("{name}.txt"));
+        let text = help(&path);
+        if update {
+            std::fs::write(&file, &text).unwrap();
+        } else if std::fs::read_to_string(&file).ok().as_deref() != Some(text.as_str()) {
+            stale.push(name);
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "help differs from its snapshot for {stale:?}: review, then UPDATE_HELP=1 cargo test -p calicoctl --test docs_cli"
+    );
+}
+
+#[test]
+fn connection_options_show_only_where_used() {
+    for path in all_commands() {
+        let text = help(&path);
+        let top = path[0].as_str();
+        let offline = ["validate", "schema", "completion", "man"].contains(&top);
+        assert_eq!(text.contains("--etcd "), !offline, "{path:?}:\n{text}");
+        let docker = ["addtogroup", "removefromgroup", "node"].contains(&top);
+        assert_eq!(text.contains("--docker-host"), docker, "{path:?}:\n{text}");
+    }
+    // Hidden is not refused: the options are global and accepted anywhere.
+    let out = Command::new(env!("CARGO_BIN_EXE_calicoctl"))
+        .args(["validate", "--etcd", "127.0.0.1:1", "--docker-host", "unix:///x", "-f"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
