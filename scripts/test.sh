@@ -15,3 +15,5 @@ bash scripts/install-deps.sh
 export RUST_BACKTRACE=1
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked --no-fail-fast "$@"
+# The schema as an editor sees it: the real yaml-language-server over LSP (Node.js).
+bash scripts/editor-check.sh

@@ -166,6 +166,13 @@ fn add_one_resource_rules(defs: &mut Map<String, Value>) {
             );
         }
     }
+    // The type is a u8 in 4..=6 to the generator; 5 is no IP version.
+    if let Some(Value::Object(d)) = defs.get_mut("IpVersion") {
+        for k in ["format", "minimum", "maximum", "type"] {
+            d.remove(k);
+        }
+        d.insert("enum".into(), json!([4, 6]));
+    }
     let mut extend = |def: &str, rules: Value| {
         if let (Some(Value::Object(d)), Value::Object(r)) = (defs.get_mut(def), rules) {
             d.extend(r);
