@@ -16,6 +16,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod bird;
+pub mod explain;
 pub mod iptables;
 pub mod names;
 pub mod nft;

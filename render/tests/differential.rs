@@ -7,7 +7,9 @@
 //! `nft -j -f -` (for odd seeds as a delta on top of another scenario's table, as the
 //! agent builds it after a change); then ICMP echo and TCP connects between every ordered pair of
 //! workloads. Each outcome is compared with [`reference`], which shares no code with the
-//! renderer (it uses only the schema types and the selector evaluator).
+//! renderer (it uses only the schema types and the selector evaluator), and with
+//! `calicoctl explain`'s evaluator (calico_render::explain), whose verdict must be the
+//! packet's fate for every probe.
 //!
 //! Needs root (namespaces, nft); skipped otherwise. Only addresses inside the test's own
 //! namespaces are ever sent packets. Every namespace is removed by a Drop guard.
@@ -20,6 +22,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
+use calico_render::explain::{self as ex, Peer};
 use calico_render::{host_iface_name, render_nft, render_nft_json, Delta, NodeView};
 use calico_schema::{Action, EntityRule, IpVersion, LabelSet, PolicyType, Resource, Rule, Selector};
 use common::*;
@@ -441,10 +444,48 @@ fn run_seed(seed: u64) -> (usize, Vec<String>) {
 
     let mut failures = Vec::new();
     let mut allowed = 0;
+    let xw = ex::World::new(&rs, &BTreeMap::new());
     for pkt in &probes {
         let want = reference(&w, pkt);
         let got = observed[&(pkt.src, pkt.dst, format!("{:?}", pkt.probe))];
         allowed += usize::from(want);
+        let flow = match pkt.probe {
+            Probe::Tcp(port) => ex::Flow {
+                protocol: Some(6),
+                port: Some(port),
+                source_port: Some(EPHEMERAL.0),
+                icmp: None,
+                ip_version: IpVersion::V4,
+            },
+            Probe::Icmp => ex::Flow {
+                protocol: Some(1),
+                port: None,
+                source_port: None,
+                icmp: Some((8, 0)),
+                ip_version: IpVersion::V4,
+            },
+        };
+        let (s, d) = (
+            Peer::Workload(names[pkt.src].clone()),
+            Peer::Workload(names[pkt.dst].clone()),
+        );
+        match ex::explain(&xw, &s, &d, &flow) {
+            Ok(e) if (e.verdict == ex::Verdict::Allow) == got => {}
+            Ok(e) => failures.push(format!(
+                "seed {seed}: w{} -> w{} {:?}: explain says {:?} (egress {:?}, ingress {:?}), nftables did {}",
+                pkt.src,
+                pkt.dst,
+                pkt.probe,
+                e.verdict,
+                e.egress.map(|s| s.decided_by),
+                e.ingress.map(|s| s.decided_by),
+                if got { "allow" } else { "drop" },
+            )),
+            Err(e) => failures.push(format!(
+                "seed {seed}: w{} -> w{}: explain failed: {e}",
+                pkt.src, pkt.dst
+            )),
+        }
         if want != got {
             failures.push(format!(
                 "seed {seed}: w{} ({}) -> w{} ({}) {:?}: reference says {}, nftables did {}",
