@@ -27,6 +27,7 @@ mod conn;
 mod delete;
 mod diags;
 mod docker_lookup;
+mod explain;
 mod get;
 mod groups;
 mod hostcmd;
@@ -73,6 +74,9 @@ enum TopCommand {
     Ctl(Command),
     /// Print the nftables ruleset, routes and bird.conf a node would get
     Render(render_cmd::RenderArgs),
+    /// Why a packet from SRC to DST is allowed or dropped: the rule that decides it in
+    /// each direction (exit 0: allowed, 1: dropped, 2: error)
+    Explain(explain::ExplainArgs),
     /// Register this host's Node and start its agent; `node stop` stops it
     Node(node::NodeArgs),
     /// This host's agent, its BGP sessions and its endpoints
@@ -102,7 +106,7 @@ enum TopCommand {
 
 /// Commands that never contact etcd, and those that look up Docker containers.
 const OFFLINE: [&str; 4] = ["validate", "schema", "completion", "man"];
-const USES_DOCKER: [&str; 3] = ["addtogroup", "removefromgroup", "node"];
+const USES_DOCKER: [&str; 4] = ["addtogroup", "removefromgroup", "node", "explain"];
 const ETCD_OPTIONS: [&str; 5] = ["etcd", "etcd_ca", "etcd_cert", "etcd_key", "timeout"];
 
 /// The command line as parsed and as shown by help, completions and man pages. The
@@ -129,6 +133,19 @@ fn command() -> clap::Command {
         cmd = cmd.mut_subcommand(name, |sc| sc.args(hidden.into_iter().map(|a| a.hide(true))));
     }
     cmd
+}
+
+/// The exit codes of a command that answers a yes/no question (diff, explain): 0 yes,
+/// 1 no, 2 an error (reported here, so that it is not confused with "no").
+fn answer_exit(answer: Result<bool>) -> Result<()> {
+    match answer {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Exit(1).into()),
+        Err(e) => {
+            report(&e);
+            Err(Exit(2).into())
+        }
+    }
 }
 
 /// Several independent errors, reported one per line.
@@ -164,14 +181,8 @@ async fn run(cli: Cli) -> Result<()> {
             Command::Replace(a) => apply::write(g, &a, WriteMode::Replace).await,
             Command::Delete(a) => delete::run(g, &a).await,
             Command::Get(a) => get::run(g, &a).await,
-            Command::Diff(a) => match apply::diff(g, &a).await {
-                Ok(false) => Ok(()),
-                Ok(true) => Err(Exit(1).into()),
-                Err(e) => {
-                    report(&e);
-                    Err(Exit(2).into())
-                }
-            },
+            // diff(1)'s codes: 0 same, 1 different.
+            Command::Diff(a) => answer_exit(apply::diff(g, &a).await.map(|changed| !changed)),
             Command::Validate(a) => apply::validate(&a),
             Command::Schema => {
                 print!("{}", calico_schema::schema_text());
@@ -193,6 +204,7 @@ async fn run(cli: Cli) -> Result<()> {
             } => groups::removefromgroup(g, &container, &group, force).await,
         },
         TopCommand::Render(a) => render_cmd::run(g, &a).await,
+        TopCommand::Explain(a) => answer_exit(explain::run(g, &a).await),
         TopCommand::Node(a) => node::run(g, &a).await,
         TopCommand::Status(a) => status::run(g, &a).await,
         TopCommand::Ipam(a) => ipam_cmd::run(g, &a).await,
