@@ -115,7 +115,7 @@ pub async fn write(g: &GlobalOpts, args: &WriteArgs, mode: WriteMode) -> Result<
     let ctx = Ctx::connect(g).await?;
     let done = ctx
         .store
-        .transact("applying", async || -> Result<Step<()>> {
+        .transact("applying", async || -> Result<Step<(Vec<Resource>, Vec<Resource>)>> {
             let listing = ctx.call("list", ctx.store.list(None)).await?;
             check_against(&loaded, &listing, mode)?;
             let resources = if args.force {
@@ -124,14 +124,19 @@ pub async fn write(g: &GlobalOpts, args: &WriteArgs, mode: WriteMode) -> Result<
                 check_sync_owned(&loaded, &listing)?;
                 resources.clone()
             };
-            let changes = Changes::write(resources, mode, Some(listing.revision)).dry_run(args.dry_run);
-            Ok(Step::Commit(changes, ()))
+            let changes = Changes::write(resources.clone(), mode, Some(listing.revision)).dry_run(args.dry_run);
+            Ok(Step::Commit(changes, (listing.resources, resources)))
         })
         .await
         .map_err(|e| locate_conflict(&loaded, store_error(&ctx.cfg, e)))??;
     let suffix = if args.dry_run { " (dry run)" } else { "" };
+    let changed = done.outcomes.iter().any(|o| !matches!(o.change, Change::Unchanged));
     for o in done.outcomes {
         println!("{} {}{suffix}", o.id, change_word(&o.change, mode));
+    }
+    if args.dry_run && changed {
+        let (stored, incoming) = &done.value;
+        print_reach_impact(&ctx, stored, incoming).await?;
     }
     Ok(())
 }
@@ -198,5 +203,32 @@ pub async fn diff(g: &GlobalOpts, args: &DiffArgs) -> Result<bool> {
         changed = true;
         print!("{d}");
     }
+    if changed {
+        print_reach_impact(&ctx, &listing.resources, &resources).await?;
+    }
     Ok(changed)
+}
+
+/// What a change does to who can reach whom: the pairs of Containers (stored before and
+/// after) and probes (ICMP echo, and the ports the rules name) whose verdict it turns
+/// around, each with the rule that decides it afterwards.
+async fn print_reach_impact(ctx: &Ctx, stored: &[Resource], incoming: &[Resource]) -> Result<()> {
+    use calico_render::explain::World;
+    use calico_render::reach::{impact, probes_named};
+    let addrs = crate::desired::ipam_addresses(ctx, stored).await?;
+    let mut after: Vec<Resource> = stored
+        .iter()
+        .filter(|r| !incoming.iter().any(|n| n.kind() == r.kind() && n.name() == r.name()))
+        .cloned()
+        .collect();
+    after.extend(incoming.iter().cloned());
+    let probes = probes_named(&[stored, &after]);
+    let changes = impact(&World::new(stored, &addrs), &World::new(&after, &addrs), &probes);
+    if !changes.is_empty() {
+        println!("reachability:");
+        for c in changes {
+            println!("  {c}");
+        }
+    }
+    Ok(())
 }

@@ -10,7 +10,6 @@ use std::net::IpAddr;
 use anyhow::{anyhow, bail, Result};
 use calico_render::explain::{explain, Decider, Explanation, Flow, Peer, Step, Verdict, World};
 use calico_schema::{Container, IpVersion, PolicyType, Protocol, Resource};
-use calico_store::ipam::{container_handle, Ipam};
 use clap::{Args, ValueEnum};
 
 use crate::cli::GlobalOpts;
@@ -68,7 +67,7 @@ pub async fn run(g: &GlobalOpts, args: &ExplainArgs) -> Result<bool> {
         let loaded = crate::input::load_sources(&args.files)?;
         (loaded.into_iter().map(|l| l.resource).collect(), BTreeMap::new())
     } else {
-        desired_from_etcd(g).await?
+        crate::desired::from_etcd(&Ctx::connect(g).await?).await?
     };
     let containers: Vec<Container> = resources
         .iter()
@@ -93,23 +92,6 @@ pub async fn run(g: &GlobalOpts, args: &ExplainArgs) -> Result<bool> {
         ExplainFormat::Text => print!("{}", text(&e, args)?),
     }
     Ok(e.verdict == Verdict::Allow)
-}
-
-/// Every resource and every Container's IPAM addresses (by its handle).
-async fn desired_from_etcd(g: &GlobalOpts) -> Result<(Vec<Resource>, BTreeMap<String, Vec<IpAddr>>)> {
-    let ctx = Ctx::connect(g).await?;
-    let listing = ctx.call("list resources", ctx.store.list(None)).await?;
-    let ipam = Ipam::new(ctx.store.client(), ctx.cfg.timeout);
-    let handles = ipam.handles().await.map_err(|e| anyhow!("IPAM: {e}"))?;
-    let mut addrs = BTreeMap::new();
-    for r in &listing.resources {
-        if let Resource::Container(c) = r {
-            if let Some(h) = handles.get(&container_handle(&c.metadata.name)) {
-                addrs.insert(c.metadata.name.clone(), h.ips.clone());
-            }
-        }
-    }
-    Ok((listing.resources, addrs))
 }
 
 async fn peer(resolver: &Resolver, query: &str, containers: &[Container]) -> Result<Peer> {

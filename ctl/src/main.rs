@@ -25,6 +25,7 @@ mod checks;
 mod cli;
 mod conn;
 mod delete;
+mod desired;
 mod diags;
 mod docker_lookup;
 mod explain;
@@ -37,6 +38,7 @@ mod master;
 mod node;
 mod observed;
 mod output;
+mod reach;
 mod render_cmd;
 mod reset;
 mod resolve;
@@ -77,6 +79,8 @@ enum TopCommand {
     /// Why a packet from SRC to DST is allowed or dropped: the rule that decides it in
     /// each direction (exit 0: allowed, 1: dropped, 2: error)
     Explain(explain::ExplainArgs),
+    /// Who can reach whom among the selected Containers: a table, JSON or an SVG picture
+    Reach(reach::ReachArgs),
     /// Register this host's Node and start its agent; `node stop` stops it
     Node(node::NodeArgs),
     /// This host's agent, its BGP sessions and its endpoints
@@ -205,6 +209,7 @@ async fn run(cli: Cli) -> Result<()> {
         },
         TopCommand::Render(a) => render_cmd::run(g, &a).await,
         TopCommand::Explain(a) => answer_exit(explain::run(g, &a).await),
+        TopCommand::Reach(a) => reach::run(g, &a).await,
         TopCommand::Node(a) => node::run(g, &a).await,
         TopCommand::Status(a) => status::run(g, &a).await,
         TopCommand::Ipam(a) => ipam_cmd::run(g, &a).await,

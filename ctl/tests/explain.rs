@@ -185,3 +185,149 @@ fn explain_from_etcd_uses_ipam_addresses() {
         r.stdout
     );
 }
+
+const B_TO_DB: &str = "apiVersion: calico/v1\nkind: Policy\nmetadata:\n  name: b-to-db\nspec:\n  order: 50\n  selector: tier == \"db\"\n  ingress:\n    - action: Allow\n      protocol: TCP\n      source: {groups: [B]}\n      destination: {ports: [5432]}\n";
+
+/// diff and apply --dry-run say which pairs a change opens and closes, and by which rule.
+#[test]
+fn diff_and_dry_run_print_the_reachability_impact() {
+    let etcd = TestEtcd::start();
+    let ep = etcd.endpoint();
+    ctl(&ep, &["apply", "-f", &examples()]).assert_ok();
+    let dir = tempfile::tempdir().unwrap();
+    let f = write_file(dir.path(), "b-to-db.yaml", B_TO_DB);
+    let opens =
+        "opens workload-b -> workload-c tcp/5432 (Group B's default egress rule, Policy b-to-db spec.ingress[0])";
+    let r = ctl(&ep, &["diff", "-f", &f]);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(r.stdout.contains("reachability:\n"), "{}", r.stdout);
+    assert!(r.stdout.contains(opens), "{}", r.stdout);
+    // Only that pair and port change.
+    assert_eq!(
+        r.stdout
+            .lines()
+            .filter(|l| l.starts_with("  opens") || l.starts_with("  closes"))
+            .count(),
+        1,
+        "{}",
+        r.stdout
+    );
+    let r = ctl(&ep, &["apply", "--dry-run", "-f", &f]);
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(r.stdout.contains(opens), "{}", r.stdout);
+    // Applied, the same change backwards closes it.
+    ctl(&ep, &["apply", "-f", &f]).assert_ok();
+    ctl(&ep, &["explain", "workload-b", "workload-c", "--port", "5432"]).assert_ok();
+    let lower = write_file(
+        dir.path(),
+        "lower.yaml",
+        &B_TO_DB.replace("ports: [5432]", "ports: [5433]"),
+    );
+    let r = ctl(&ep, &["diff", "-f", &lower]);
+    assert!(
+        r.stdout
+            .contains("closes workload-b -> workload-c tcp/5432 (no ingress rule at workload-c allows it)"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("opens workload-b -> workload-c tcp/5433"),
+        "{}",
+        r.stdout
+    );
+    // An unchanged apply has nothing to say.
+    let r = ctl(&ep, &["diff", "-f", &f]);
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(!r.stdout.contains("reachability"), "{}", r.stdout);
+}
+
+#[test]
+fn reach_prints_the_matrix_as_text_json_and_svg() {
+    let ex = examples();
+    let r = ctl("127.0.0.1:1", &["reach", "-f", &ex]);
+    assert!(r.ok(), "{r:?}");
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(
+        lines[0],
+        "probes: tcp/80, tcp/5432, tcp/8000, icmp (all: every probe passes)"
+    );
+    let row = |name: &str| -> Vec<&str> {
+        lines
+            .iter()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{}", r.stdout))
+            .split_whitespace()
+            .collect()
+    };
+    // Columns: A_C_E's members first (a, c, e), then b, then d.
+    assert_eq!(
+        row("FROM"),
+        [
+            "FROM",
+            "\\",
+            "TO",
+            "GROUP",
+            "workload-a",
+            "workload-c",
+            "workload-e",
+            "workload-b",
+            "workload-d"
+        ]
+    );
+    assert_eq!(
+        row("workload-a"),
+        [
+            "workload-a",
+            "A_C_E",
+            "-",
+            "tcp/5432,tcp/8000,icmp",
+            "all",
+            "none",
+            "none"
+        ]
+    );
+    assert_eq!(
+        row("workload-b"),
+        ["workload-b", "B", "none", "none", "none", "-", "none"]
+    );
+    // Each cell agrees with explain.
+    let e = ctl(
+        "127.0.0.1:1",
+        &["explain", "-f", &ex, "workload-a", "workload-c", "--port", "80"],
+    );
+    assert_eq!(
+        e.code,
+        Some(1),
+        "tcp/80 is not in a -> c's cell, so explain must drop it: {e:?}"
+    );
+
+    let r = ctl(
+        "127.0.0.1:1",
+        &["reach", "-f", &ex, "group == \"A_C_E\"", "--port", "80", "-o", "json"],
+    );
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+    assert_eq!(
+        v["names"],
+        serde_json::json!(["workload-a", "workload-c", "workload-e"])
+    );
+    assert_eq!(v["probes"], serde_json::json!(["icmp", "tcp/80"]));
+    assert_eq!(v["cells"][0][1], serde_json::json!([true, false]));
+
+    let r = ctl("127.0.0.1:1", &["reach", "-f", &ex, "-o", "svg"]);
+    assert!(
+        r.stdout.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.trim_end().ends_with("</svg>"));
+    assert!(
+        r.stdout.contains("<title>workload-b -> workload-c: none</title>"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(
+        r.stdout.matches("<rect x=").count(),
+        25 + 2 * 3,
+        "5x5 cells and a band per group on each axis"
+    );
+}

@@ -20,6 +20,7 @@ pub mod explain;
 pub mod iptables;
 pub mod names;
 pub mod nft;
+pub mod reach;
 pub mod routes;
 pub mod view;
 
