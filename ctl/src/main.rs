@@ -38,6 +38,7 @@ mod master;
 mod node;
 mod observed;
 mod output;
+mod probe;
 mod reach;
 mod render_cmd;
 mod reset;
@@ -79,7 +80,8 @@ enum TopCommand {
     /// Why a packet from SRC to DST is allowed or dropped: the rule that decides it in
     /// each direction (exit 0: allowed, 1: dropped, 2: error)
     Explain(explain::ExplainArgs),
-    /// Who can reach whom among the selected Containers: a table, JSON or an SVG picture
+    /// Who can reach whom among the selected Containers: a table, JSON or an SVG picture;
+    /// with --probe, checked with real packets (exit 1 when a packet disagrees)
     Reach(reach::ReachArgs),
     /// Register this host's Node and start its agent; `node stop` stops it
     Node(node::NodeArgs),
@@ -110,7 +112,7 @@ enum TopCommand {
 
 /// Commands that never contact etcd, and those that look up Docker containers.
 const OFFLINE: [&str; 4] = ["validate", "schema", "completion", "man"];
-const USES_DOCKER: [&str; 4] = ["addtogroup", "removefromgroup", "node", "explain"];
+const USES_DOCKER: [&str; 5] = ["addtogroup", "removefromgroup", "node", "explain", "reach"];
 const ETCD_OPTIONS: [&str; 5] = ["etcd", "etcd_ca", "etcd_cert", "etcd_key", "timeout"];
 
 /// The command line as parsed and as shown by help, completions and man pages. The
@@ -209,7 +211,7 @@ async fn run(cli: Cli) -> Result<()> {
         },
         TopCommand::Render(a) => render_cmd::run(g, &a).await,
         TopCommand::Explain(a) => answer_exit(explain::run(g, &a).await),
-        TopCommand::Reach(a) => reach::run(g, &a).await,
+        TopCommand::Reach(a) => answer_exit(reach::run(g, &a).await),
         TopCommand::Node(a) => node::run(g, &a).await,
         TopCommand::Status(a) => status::run(g, &a).await,
         TopCommand::Ipam(a) => ipam_cmd::run(g, &a).await,

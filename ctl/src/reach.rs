@@ -41,9 +41,19 @@ pub struct ReachArgs {
     /// Output format
     #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
     pub output: ReachFormat,
+    /// Also send each probe for real, from the network namespace of every source on
+    /// the --node(s), and report each cell where the packet's fate differs from the
+    /// policy's verdict (exit 1 when any does); needs root
+    #[arg(long)]
+    pub probe: bool,
+    /// With --probe: the nodes whose Containers run here; repeatable [default: this
+    /// host's name]
+    #[arg(long = "node", value_name = "NAME", requires = "probe")]
+    pub nodes: Vec<String>,
 }
 
-pub async fn run(g: &GlobalOpts, args: &ReachArgs) -> Result<()> {
+/// Runs the command; false when a probe disagreed with the policy.
+pub async fn run(g: &GlobalOpts, args: &ReachArgs) -> Result<bool> {
     let (resources, addrs) = if args.files.is_empty() {
         crate::desired::from_etcd(&Ctx::connect(g).await?).await?
     } else {
@@ -85,7 +95,169 @@ pub async fn run(g: &GlobalOpts, args: &ReachArgs) -> Result<()> {
         ReachFormat::Json => println!("{}", serde_json::to_string_pretty(&m)?),
         ReachFormat::Svg => print!("{}", svg(&m, &bands)),
     }
-    Ok(())
+    if !args.probe {
+        return Ok(true);
+    }
+    let report = probe(g, args, &resources, &world, &m).await?;
+    // The matrix may be on stdout for a pipe (svg, json); the comparison goes to stderr
+    // then, so the picture stays whole.
+    if args.output == ReachFormat::Text {
+        print!("{}", report.text);
+    } else {
+        eprint!("{}", report.text);
+    }
+    Ok(report.disagreements == 0)
+}
+
+struct ProbeReport {
+    text: String,
+    disagreements: usize,
+}
+
+/// Sends every probe of the matrix from the sources on this host, and compares.
+async fn probe(
+    g: &GlobalOpts,
+    args: &ReachArgs,
+    resources: &[Resource],
+    world: &World<'_>,
+    m: &Matrix,
+) -> Result<ProbeReport> {
+    let nodes: Vec<String> = if args.nodes.is_empty() {
+        vec![crate::hostcmd::hostname()?]
+    } else {
+        args.nodes.clone()
+    };
+    let mut out = String::new();
+    let mut pairs = Vec::new();
+    for (i, src) in m.names.iter().enumerate() {
+        let Some(c) = container(resources, src) else { continue };
+        if !nodes.contains(&c.spec.node) {
+            continue;
+        }
+        let netns = match netns_of(g, c).await {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = writeln!(out, "not probed from {src}: {e:#}");
+                continue;
+            }
+        };
+        for (j, dst) in m.names.iter().enumerate() {
+            let Some(ip) = peer_ip(world, src, dst) else { continue };
+            if i != j {
+                pairs.push(crate::probe::Pair {
+                    src: i,
+                    dst: j,
+                    netns: netns.clone(),
+                    ip,
+                });
+            }
+        }
+    }
+    let fates = tokio::task::spawn_blocking({
+        let pairs_probes = (std::mem::take(&mut pairs), m.probes.clone());
+        move || {
+            let (pairs, probes) = pairs_probes;
+            let fates = crate::probe::run(&pairs, &probes);
+            (pairs, fates)
+        }
+    })
+    .await
+    .map_err(|e| anyhow!("probing: {e}"))?;
+    let (pairs, fates) = fates;
+    let (mut probed, mut disagreements, mut skipped) = (0, 0, 0);
+    for (pair, fates) in pairs.iter().zip(fates) {
+        let Some(Some(says)) = m.cells[pair.src].get(pair.dst) else {
+            continue;
+        };
+        for ((probe, says), fate) in m.probes.iter().zip(says).zip(fates) {
+            match fate {
+                Ok(Some(delivered)) => {
+                    probed += 1;
+                    if delivered != *says {
+                        disagreements += 1;
+                        let _ = writeln!(
+                            out,
+                            "DISAGREES {} -> {} {probe}: the policy {} it, the packet was {}",
+                            m.names[pair.src],
+                            m.names[pair.dst],
+                            if *says { "allows" } else { "drops" },
+                            if delivered { "delivered" } else { "dropped" }
+                        );
+                    }
+                }
+                Ok(None) => skipped += 1,
+                Err(e) => {
+                    let _ = writeln!(
+                        out,
+                        "not probed {} -> {} {probe}: {e}",
+                        m.names[pair.src], m.names[pair.dst]
+                    );
+                }
+            }
+        }
+    }
+    let verdict = if disagreements == 0 {
+        "all agree with the policy".to_string()
+    } else {
+        format!("{disagreements} disagree with the policy")
+    };
+    let skipped = if skipped > 0 {
+        format!(" ({skipped} not probed: only TCP and ICMP can be)")
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        out,
+        "probed {probed} cells from {}{skipped}: {verdict}",
+        nodes.join(", ")
+    );
+    Ok(ProbeReport {
+        text: out,
+        disagreements,
+    })
+}
+
+fn container<'a>(resources: &'a [Resource], name: &str) -> Option<&'a calico_schema::Container> {
+    resources.iter().find_map(|r| match r {
+        Resource::Container(c) if c.metadata.name == name => Some(c),
+        _ => None,
+    })
+}
+
+/// The destination address a probe from `src` goes to: IPv4 when both have it.
+fn peer_ip(world: &World<'_>, src: &str, dst: &str) -> Option<std::net::IpAddr> {
+    let (s, d) = (world.addresses(src)?, world.addresses(dst)?);
+    let v4 = s.iter().any(std::net::IpAddr::is_ipv4) && d.iter().any(std::net::IpAddr::is_ipv4);
+    d.iter().find(|a| a.is_ipv4() == v4).copied()
+}
+
+/// Where a Container's network namespace is: its `netns`, or its Docker container's
+/// (by the process dockerd reports).
+async fn netns_of(g: &GlobalOpts, c: &calico_schema::Container) -> Result<std::path::PathBuf> {
+    if let Some(p) = &c.spec.netns {
+        return Ok(p.into());
+    }
+    let Some(id) = &c.spec.container else {
+        bail!("it has neither netns nor container");
+    };
+    let host = g
+        .docker_host
+        .clone()
+        .unwrap_or_else(|| calico_schema::DEFAULT_DOCKER_HOST.to_string());
+    let path = calico_schema::docker_socket(&host)?.to_string_lossy().into_owned();
+    let docker = bollard::Docker::connect_with_unix(&path, 10, bollard::API_DEFAULT_VERSION)
+        .map_err(|e| anyhow!("Docker at {host}: {e}"))?
+        .negotiate_version()
+        .await
+        .map_err(|e| anyhow!("Docker at {host}: {e}"))?;
+    let info = docker
+        .inspect_container(id, None::<bollard::query_parameters::InspectContainerOptions>)
+        .await
+        .map_err(|e| anyhow!("Docker container {id}: {e}"))?;
+    match info.state.and_then(|s| s.pid).filter(|p| *p > 0) {
+        Some(pid) => Ok(format!("/proc/{pid}/ns/net").into()),
+        None => bail!("Docker container {id} is not running"),
+    }
 }
 
 fn first_group(resources: &[Resource], name: &str) -> String {

@@ -123,3 +123,66 @@ spec:
     assert!(can_connect(c.wl("b"), ip("c"), 80, t), "b->c:80 must stay open");
     assert!(can_ping(c.wl("a"), ip("c"), 1), "ping a->c must stay open");
 }
+
+/// `calicoctl reach --probe` sends every probe for real from the workloads' namespaces:
+/// on the seed scenario every packet meets the policy's verdict; with a rule planted by
+/// hand in a host's table (its agent stopped, so nothing repairs it), the cells that
+/// rule breaks are reported.
+#[test]
+fn reach_probe_agrees_with_the_dataplane_and_finds_a_tampered_table() {
+    let _g = serial();
+    let mut c = seed_cluster().expect("cluster");
+    let ok = Cluster::wait_for(Duration::from_secs(40), || can_ping(c.wl("a"), ip("e"), 1));
+    assert!(ok, "a never reached e\n{}", c.dump_logs());
+    let ok = Cluster::wait_for(Duration::from_secs(20), || can_ping(c.wl("c"), ip("e"), 1));
+    assert!(ok, "c never reached e\n{}", c.dump_logs());
+    let args = ["reach", "--probe", "--node", "host1", "--node", "host2"];
+    let out = c.ctl(&args).unwrap_or_else(|e| panic!("{e}\n{}", c.dump_logs()));
+    assert!(
+        out.contains("probed 20 cells from host1, host2: all agree with the policy"),
+        "{out}"
+    );
+    assert!(out.contains("workload-a  A_C_E  -           all"), "{out}");
+
+    c.agent("host1").kill9();
+    c.host_ns(0)
+        .exec(&[
+            "nft",
+            "insert",
+            "rule",
+            "inet",
+            "calico",
+            "forward",
+            "ip",
+            "daddr",
+            "10.65.0.3",
+            "drop",
+        ])
+        .expect("tamper");
+    let run = std::process::Command::new(calico_e2e::cluster::bin("calicoctl"))
+        .args(c.etcd_flags())
+        .args(args)
+        .output()
+        .expect("calicoctl");
+    let out = String::from_utf8_lossy(&run.stdout);
+    assert_eq!(
+        run.status.code(),
+        Some(1),
+        "{out}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    // c (10.65.0.3) talks with a and e in the policy; the planted rule drops what goes
+    // to c, so their pings to c and the replies to c's pings are lost both ways.
+    for (from, to) in [("a", "c"), ("c", "a"), ("c", "e"), ("e", "c")] {
+        assert!(
+            out.contains(&format!(
+                "DISAGREES workload-{from} -> workload-{to} icmp: the policy allows it, the packet was dropped"
+            )),
+            "{out}"
+        );
+    }
+    assert!(
+        out.contains("probed 20 cells from host1, host2: 4 disagree with the policy"),
+        "{out}"
+    );
+}
