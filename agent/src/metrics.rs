@@ -40,6 +40,7 @@ pub struct Metrics {
     bird_restarts: Counter,
     datastore_up: Gauge,
     last_reconcile_unix: Gauge,
+    enforced_revision: Gauge,
 }
 
 impl Default for Metrics {
@@ -60,6 +61,7 @@ impl Default for Metrics {
             bird_restarts: Counter::default(),
             datastore_up: Gauge::default(),
             last_reconcile_unix: Gauge::default(),
+            enforced_revision: Gauge::default(),
         };
         let r = &mut m.registry;
         // Counters are registered without `_total`: the encoder appends it.
@@ -129,6 +131,11 @@ impl Default for Metrics {
             "When the last reconcile finished (Unix seconds)",
             m.last_reconcile_unix.clone(),
         );
+        r.register(
+            "calico_enforced_revision",
+            "The etcd revision whose desired state the dataplane enforces (the last reconcile without errors)",
+            m.enforced_revision.clone(),
+        );
         m
     }
 }
@@ -171,6 +178,11 @@ impl Metrics {
         }
         self.datastore_up.set(i64::from(datastore_ok));
         self.last_reconcile_unix.set(level(calico_schema::now_secs()));
+    }
+
+    /// The revision the last error-free reconcile enforced (what `apply --wait` waits for).
+    pub fn set_enforced_revision(&self, revision: i64) {
+        self.enforced_revision.set(revision);
     }
 
     pub fn invalid_data(&self) -> usize {

@@ -131,12 +131,18 @@ pub async fn write(g: &GlobalOpts, args: &WriteArgs, mode: WriteMode) -> Result<
         .map_err(|e| locate_conflict(&loaded, store_error(&ctx.cfg, e)))??;
     let suffix = if args.dry_run { " (dry run)" } else { "" };
     let changed = done.outcomes.iter().any(|o| !matches!(o.change, Change::Unchanged));
-    for o in done.outcomes {
+    for o in &done.outcomes {
         println!("{} {}{suffix}", o.id, change_word(&o.change, mode));
     }
     if args.dry_run && changed {
         let (stored, incoming) = &done.value;
         print_reach_impact(&ctx, stored, incoming).await?;
+    }
+    if args.wait && changed {
+        let revision = done.outcomes.iter().map(|o| o.revision).max().unwrap_or(0);
+        let timeout = std::time::Duration::try_from_secs_f64(args.wait_timeout)
+            .map_err(|_| anyhow::anyhow!("--wait-timeout must be a number of seconds"))?;
+        crate::wait::enforced(&ctx, revision, timeout).await?;
     }
     Ok(())
 }

@@ -62,6 +62,18 @@ pub struct WriteArgs {
     /// Change resources even when a sync directory owns them
     #[arg(long)]
     pub force: bool,
+    /// Return only when every running agent has enforced the change (exit 1 when one
+    /// has not within --wait-timeout, naming it and why)
+    #[arg(long, conflicts_with = "dry_run")]
+    pub wait: bool,
+    /// How long --wait waits, in seconds
+    #[arg(
+        long = "wait-timeout",
+        value_name = "SECONDS",
+        default_value_t = 30.0,
+        requires = "wait"
+    )]
+    pub wait_timeout: f64,
 }
 
 #[derive(Debug, Clone, Args)]

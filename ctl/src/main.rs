@@ -48,6 +48,7 @@ mod status;
 mod sync;
 mod textdiff;
 mod version;
+mod wait;
 
 use std::process::ExitCode;
 

@@ -37,3 +37,17 @@ pub async fn agent_status(ctx: &Ctx, node: &str) -> Result<Option<AgentStatus>> 
     )
     .await
 }
+
+/// Every agent's last report, by node. Undecodable entries are skipped.
+pub async fn agent_statuses(ctx: &Ctx) -> Result<BTreeMap<String, AgentStatus>> {
+    let entries = ctx
+        .call("read agent status", ctx.store.list_json::<AgentStatus>("status/nodes/"))
+        .await?;
+    Ok(entries
+        .into_iter()
+        .filter_map(|(key, st)| {
+            let node = key.rsplit('/').next().unwrap_or(&key).to_string();
+            st.ok().map(|s| (node, s))
+        })
+        .collect())
+}

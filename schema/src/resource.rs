@@ -740,6 +740,9 @@ pub struct AgentStatus {
     pub started: u64,
     pub run_dir: String,
     pub http: Option<String>,
+    /// The etcd revision whose desired state the dataplane enforces: that of the last
+    /// reconcile that ended without errors (`calicoctl apply --wait` waits for it).
+    pub enforced_revision: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]

@@ -174,7 +174,12 @@ pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> anyhow::R
             pid: rec.dp.bird_pid().await,
             adopted: rec.dp.bird_adopted().await,
         };
-        let datastore_ok = writer.agent(&report, &invalid, bird, !written.failed).await;
+        let datastore_ok = writer
+            .agent(&report, &invalid, bird, !written.failed, cache.revision)
+            .await;
+        if report.errors.is_empty() {
+            metrics.set_enforced_revision(cache.revision);
+        }
         if !datastore_ok {
             // Status is retried on the next reconcile; the dataplane keeps its state.
             requeue.at_most(cfg.resync.min(STATUS_RETRY_MAX));

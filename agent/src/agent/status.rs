@@ -90,17 +90,23 @@ impl StatusWriter {
         out
     }
 
-    /// Updates the shared agent status from the reconcile and writes it to etcd, unless
-    /// the Container statuses could not be written. Returns whether etcd took both.
+    /// Updates the shared agent status from the reconcile of the desired state at
+    /// `revision` and writes it to etcd, unless the Container statuses could not be
+    /// written. Returns whether etcd took both. An error-free reconcile enforces its
+    /// revision (`apply --wait` waits for it); one with errors leaves the last one.
     pub(crate) async fn agent(
         &self,
         report: &Report,
         invalid: &[(String, String)],
         bird: BirdState,
         containers_written: bool,
+        revision: i64,
     ) -> bool {
         let mut st = self.shared.lock().await;
         st.ready = report.errors.is_empty();
+        if st.ready {
+            st.enforced_revision = st.enforced_revision.max(revision);
+        }
         st.last_reconcile = now_secs();
         st.endpoints_programmed = report.programmed;
         st.endpoints_failed = report.failed;
