@@ -550,3 +550,94 @@ fn deltas_equal_whole_loads_in_the_kernel() {
     eprintln!("{steps} steps, {patches} of them deltas, all equal to whole loads in the kernel");
     assert!(patches * 2 > steps);
 }
+
+// ------------------------------------------------------------------ nft's own syntax
+
+fn needs_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { geteuid() } != 0 {
+        if std::env::var_os("CALICO_ALLOW_SKIP").is_some() {
+            eprintln!("skipped: needs root (network namespaces, nft)");
+            return false;
+        }
+        panic!("needs root (network namespaces, nft); CALICO_ALLOW_SKIP=1 to skip");
+    }
+    true
+}
+
+/// `nft list table inet calico` (text), as the kernel has it.
+fn text_listing(ns: &Netns) -> String {
+    nft(ns, &["list", "table", "inet", "calico"], None).expect("list table")
+}
+
+/// The first line where two texts differ, with context, for a readable failure.
+fn first_difference(a: &str, b: &str) -> String {
+    let (la, lb): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
+    let at = la
+        .iter()
+        .zip(&lb)
+        .position(|(x, y)| x != y)
+        .unwrap_or(la.len().min(lb.len()));
+    format!(
+        "line {}:\n  printed: {:?}\n  listed:  {:?}",
+        at + 1,
+        la.get(at).unwrap_or(&"<end>"),
+        lb.get(at).unwrap_or(&"<end>")
+    )
+}
+
+/// Every random table of the change sequences, loaded whole as text: nft lists exactly
+/// the printed text, but for the order of a hash set's elements (the kernel's; the
+/// comparison sorts them, `normalize_listing`). The same table loaded as JSON into
+/// another namespace is the same table (`nft -j list`, compared as the delta test does).
+#[test]
+fn text_is_what_nft_lists_and_loads_as_json_does() {
+    if !needs_root() {
+        return;
+    }
+    let by_text = Netns::new("t");
+    let by_json = Netns::new("j");
+    let mut tables = 0;
+    for seed in 0..16u64 {
+        let mut rng = StdRng::seed_from_u64(2000 + seed);
+        let mut world = World::new(2000 + seed);
+        for step in 0..6 {
+            let what = if step == 0 { "first" } else { world.step(&mut rng) };
+            let t = world.table();
+            let text = t.to_text().expect("printable");
+            nft(
+                &by_text,
+                &["-f", "-"],
+                Some(t.to_load_text().expect("printable").as_bytes()),
+            )
+            .unwrap_or_else(|e| panic!("seed {seed} step {step} ({what}): nft refused the text: {e}\n{text}"));
+            nft(&by_json, &["-j", "-f", "-"], Some(&t.to_batch().to_json_bytes())).expect("json load");
+            let listed = text_listing(&by_text);
+            let (want, got) = (
+                calico_render::normalize_listing(&text),
+                calico_render::normalize_listing(&listed),
+            );
+            assert!(
+                want == got,
+                "seed {seed} step {step} ({what}): nft lists another text\n{}\nprinted:\n{text}\nlisted:\n{listed}",
+                first_difference(&want, &got)
+            );
+            // Sets, maps and chains are listed in the order the text made them.
+            let heads = |t: &str| -> Vec<String> {
+                t.lines()
+                    .filter(|l| l.starts_with("\tset ") || l.starts_with("\tmap ") || l.starts_with("\tchain "))
+                    .map(str::to_string)
+                    .collect()
+            };
+            assert_eq!(
+                heads(&text),
+                heads(&listed),
+                "seed {seed} step {step}: objects in another order"
+            );
+            let (a, b) = (listing(&by_text), listing(&by_json));
+            assert!(a == b, "seed {seed} step {step} ({what}): text and JSON loads differ");
+            tables += 1;
+        }
+    }
+    eprintln!("{tables} tables: text listed as printed, and equal to the JSON load");
+}

@@ -36,6 +36,7 @@ mod delta;
 mod expr;
 mod policy;
 mod table;
+mod text;
 
 pub use batch::{Batch, Item};
 pub use builder::{NftTable, TableCounts};
@@ -43,6 +44,7 @@ pub use delta::Delta;
 use expr::*;
 use policy::*;
 pub use table::{render_nft, render_nft_json};
+pub use text::{normalize_listing, TextError};
 
 pub const TABLE_NAME: &str = "calico";
 /// The named set of every local workload interface.

@@ -102,7 +102,8 @@ pub(super) fn port_proto(rule: &Rule) -> &'static str {
 }
 
 pub(super) fn ports_expr(ports: &[calico_schema::Port]) -> E {
-    one_or_set(
+    super::text::canonical_values(
+        true,
         ports
             .iter()
             .map(|p| {
@@ -235,11 +236,11 @@ impl<'v> Renderer<'v> {
             };
             let nets = fam_nets(&e.nets);
             if !nets.is_empty() {
-                out.push(m(addr(), Operator::EQ, one_or_set(nets)));
+                out.push(m(addr(), Operator::EQ, super::text::canonical_values(false, nets)));
             }
             let not_nets = fam_nets(&e.not_nets);
             if !not_nets.is_empty() {
-                out.push(m(addr(), Operator::NEQ, one_or_set(not_nets)));
+                out.push(m(addr(), Operator::NEQ, super::text::canonical_values(false, not_nets)));
             }
         }
         let proto = port_proto(rule);
