@@ -366,7 +366,7 @@ fn deltas(ns: &Netns, dir: &std::path::Path, rs: &[Resource], endpoints: usize, 
     let plus = cluster(endpoints + 1, policies, groups);
     let (after, t_render) = timed(|| render_nft(&NodeView::build("host1", &plus, &addrs, &blocks)));
     let patch = |new: &calico_render::NftTable, old: &calico_render::NftTable| match new.delta(old) {
-        Delta::Patch(b) => b.to_json_bytes(),
+        Delta::Patch(b) => b.to_batch().to_json_bytes(),
         other => panic!("not a delta: {other:?}"),
     };
     let (add, t_delta) = timed(|| patch(&after, &before));

@@ -40,7 +40,7 @@ mod text;
 
 pub use batch::{Batch, Item};
 pub use builder::{NftTable, TableCounts};
-pub use delta::Delta;
+pub use delta::{Delta, Patch};
 use expr::*;
 use policy::*;
 pub use table::{render_nft, render_nft_json};

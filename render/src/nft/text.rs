@@ -98,6 +98,10 @@ impl NftTable {
 }
 
 impl Elems {
+    pub(super) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub(super) fn len(&self) -> usize {
         match self {
             Elems::Addrs(a) => a.len(),
