@@ -526,7 +526,11 @@ fn load_comparison(endpoints: usize, policies: usize, groups: usize) {
     let ours = best(&["nft", "-f", &path("t.nft")], "t");
     let old = best(&["nft", "-j", "-f", &path("t.json")], "j");
     let ipt_t = best(&["sh", "-c", &format!("iptables-restore < {}", path("t.ipt"))], "i");
-    let _ = std::fs::remove_dir_all(&dir);
+    if std::env::var_os("BENCH_KEEP_FILES").is_some() {
+        println!("  (the three rulesets are kept in {})", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     let ipt_version = Command::new("iptables-restore")
         .arg("--version")
         .output()

@@ -82,6 +82,18 @@ fn resyncs_keep_an_untouched_table_and_repair_a_changed_one() {
         "a resync after deltas reloaded an untouched table"
     );
 
+    // `calicoctl render --what nft` (text) is what the kernel lists, as the agent's
+    // check compares them (counters zeroed, element and object order aside).
+    let rendered = c
+        .ctl(&["render", "--node", "host1", "--what", "nft"])
+        .expect("calicoctl render");
+    let kernel = listed();
+    assert_eq!(
+        calico_render::normalize_listing(&rendered),
+        calico_render::normalize_listing(&kernel),
+        "calicoctl render --what nft is not what nft lists\nrendered:\n{rendered}\nkernel:\n{kernel}"
+    );
+
     // A rule deleted by hand is found and repaired.
     let handles = c
         .host_ns(0)
