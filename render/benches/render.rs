@@ -384,6 +384,34 @@ fn deltas(ns: &Netns, dir: &std::path::Path, rs: &[Resource], endpoints: usize, 
         println!("  deltas            FAILED (nft refused a batch)");
         return;
     };
+    // The same two deltas as text, as the agent sends them (the table is `after` now).
+    let text = |new: &calico_render::NftTable, old: &calico_render::NftTable| match new.delta(old) {
+        Delta::Patch(b) => b.to_text().expect("printable"),
+        other => panic!("not a delta: {other:?}"),
+    };
+    let (remove_t, add_t) = (text(&before, &after), text(&after, &before));
+    let (Ok(()), Ok(())) = (
+        std::fs::write(dir.join("remove.nft"), &remove_t),
+        std::fs::write(dir.join("add.nft"), &add_t),
+    ) else {
+        println!("  text deltas       skipped (cannot write)");
+        return;
+    };
+    let load_t = |name: &str| ns.nft(&["-f", &dir.join(name).display().to_string()]);
+    let (Ok(t_remove_t), Ok(t_add_t)) = (load_t("remove.nft"), load_t("add.nft")) else {
+        println!("  text deltas       FAILED (nft refused a delta)");
+        return;
+    };
+    println!(
+        "  text deltas       +1 {t_add_t:.2?} ({} bytes), -1 {t_remove_t:.2?} ({} bytes): what the agent sends",
+        add_t.len(),
+        remove_t.len()
+    );
+    let t_list_text = ns.nft(&["list", "table", "inet", "calico"]).unwrap_or_default();
+    let (_, t_print) = timed(|| after.to_text().expect("printable"));
+    println!(
+        "  nft list table    {t_list_text:>10.2?}  + to_text {t_print:.2?} (the periodic check, text, as the agent compares)"
+    );
     let t_list = ns.nft(&["-j", "list", "table", "inet", "calico"]).unwrap_or_default();
     let ratio = |d: Duration| t_whole.as_secs_f64() / d.as_secs_f64().max(1e-9);
     println!(
@@ -397,7 +425,7 @@ fn deltas(ns: &Netns, dir: &std::path::Path, rs: &[Resource], endpoints: usize, 
         ratio(t_remove)
     );
     println!("  per change, agent render {t_render:.2?} + delta {t_delta:.2?} + nft.json {t_file:.2?}");
-    println!("  nft -j list table {t_list:>10.2?}  (the periodic check's read-back)");
+    println!("  nft -j list table {t_list:>10.2?}  (JSON listing, the old read-back)");
 }
 
 /// An iptables-restore ruleset in the shape the old per-endpoint-chain dataplanes use

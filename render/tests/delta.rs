@@ -660,3 +660,48 @@ fn text_is_what_nft_lists_and_loads_as_json_does() {
     }
     eprintln!("{tables} tables: text listed as printed, and equal to the JSON load");
 }
+
+/// Every golden scenario's nft.txt (render/tests/golden) loaded as text lists as
+/// written, and no rule compiles to one 4-byte `cmp neq` of both transport ports: the
+/// nft 1.0.6 merge that would turn `sport != A dport != B` into "not both"
+/// (`keep_port_negations_apart`); every_rule_field has such a rule.
+#[test]
+fn golden_text_lists_as_written_and_keeps_port_negations_apart() {
+    if !needs_root() {
+        return;
+    }
+    let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let mut dirs: Vec<std::path::PathBuf> = std::fs::read_dir(&golden)
+        .expect("golden dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("nft.txt").exists())
+        .collect();
+    dirs.sort();
+    assert!(dirs.len() >= 8, "golden nft.txt files: {}", dirs.len());
+    let mut negations = 0;
+    for dir in &dirs {
+        let text = std::fs::read_to_string(dir.join("nft.txt")).expect("nft.txt");
+        negations += text.matches("sport != ").filter(|_| text.contains("dport != ")).count();
+        let ns = Netns::new("g");
+        nft(&ns, &["-f", "-"], Some(text.as_bytes())).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let listed = text_listing(&ns);
+        let (want, got) = (
+            calico_render::normalize_listing(&text),
+            calico_render::normalize_listing(&listed),
+        );
+        assert!(want == got, "{}: {}", dir.display(), first_difference(&want, &got));
+        let code = nft(&ns, &["--debug=netlink", "list", "table", "inet", "calico"], None).expect("bytecode");
+        let lines: Vec<&str> = code.lines().collect();
+        for (i, l) in lines.iter().enumerate() {
+            if l.contains("payload load 4b @ transport header + 0") {
+                assert!(
+                    !lines.get(i + 1).is_some_and(|n| n.contains("cmp neq")),
+                    "{}: both ports compared as one:\n{}",
+                    dir.display(),
+                    lines[i.saturating_sub(6)..(i + 2).min(lines.len())].join("\n")
+                );
+            }
+        }
+    }
+    assert!(negations > 0, "no golden rule negates both ports");
+}

@@ -495,6 +495,13 @@ fn value_text(out: &mut String, kind: Kind, v: &Expression<'static>) -> Result<(
                 .collect::<Result<Vec<Iv>, String>>()?;
             braced(out, &intervals_text(ivs));
         }
+        // A range as written, also a one-port one (`keep_port_negations_apart`).
+        (Kind::Port, Expression::Range(r)) => match &r.range {
+            [Expression::Number(a), Expression::Number(b)] if a <= b => {
+                let _ = write!(out, "{a}-{b}");
+            }
+            _ => return Err(format!("{v:?} as ports")),
+        },
         (Kind::Addr | Kind::Port, e) => {
             let iv = interval(kind, e)?;
             out.push_str(&iv_text(&iv));
@@ -999,6 +1006,29 @@ mod tests {
         );
         assert_eq!(intervals_text(vec![a("::", 0)]), ["::/0"]);
         assert_eq!(intervals_text(vec![a("0.0.0.0", 0)]), ["0.0.0.0/0"]);
+    }
+
+    #[test]
+    fn both_ports_negated_stay_two_comparisons() {
+        use nftables::stmt::Operator;
+        let mut stmts = vec![
+            crate::nft::m(crate::nft::payload("tcp", "sport"), Operator::NEQ, num(2049)),
+            crate::nft::m(crate::nft::payload("tcp", "dport"), Operator::NEQ, num(8081)),
+        ];
+        crate::nft::keep_port_negations_apart(&mut stmts);
+        let mut out = String::new();
+        rule_text(&mut out, "c", &(stmts.into(), None)).unwrap();
+        assert_eq!(out, "tcp sport != 2049 tcp dport != 8081-8081");
+        // One negation alone is left as it is.
+        let mut one = vec![crate::nft::m(
+            crate::nft::payload("tcp", "dport"),
+            Operator::NEQ,
+            num(8081),
+        )];
+        crate::nft::keep_port_negations_apart(&mut one);
+        let mut out = String::new();
+        rule_text(&mut out, "c", &(one.into(), None)).unwrap();
+        assert_eq!(out, "tcp dport != 8081");
     }
 
     #[test]
