@@ -617,7 +617,12 @@ fn text_is_what_nft_lists_and_loads_as_json_does() {
     let by_text = Netns::new("t");
     let by_json = Netns::new("j");
     let mut tables = 0;
-    for seed in 0..16u64 {
+    // TEXT_SEEDS=200 for a longer run.
+    let seeds: u64 = std::env::var("TEXT_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(16);
+    for seed in 0..seeds {
         let mut rng = StdRng::seed_from_u64(2000 + seed);
         let mut world = World::new(2000 + seed);
         for step in 0..6 {
