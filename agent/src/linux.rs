@@ -252,16 +252,16 @@ impl Dataplane for LinuxDataplane {
         Ok(l.into_iter().map(|i| i.name).collect())
     }
 
-    async fn apply_nft(&self, json: &[u8]) -> Result<(), StepError> {
+    async fn apply_nft(&self, text: &[u8]) -> Result<(), StepError> {
         let result = if tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
         {
             // In place: no copy of a batch that can be large (a whole table at 10k
-            // endpoints is about 19 MiB of JSON).
-            tokio::task::block_in_place(|| self.nft.load(json))
+            // endpoints is about 10 MiB of text).
+            tokio::task::block_in_place(|| self.nft.load_text(text))
         } else {
             let nft = self.nft.clone();
-            let json = json.to_vec();
-            tokio::task::spawn_blocking(move || nft.load(&json))
+            let text = text.to_vec();
+            tokio::task::spawn_blocking(move || nft.load_text(&text))
                 .await
                 .map_err(|e| StepError::wrap("nft task", e))?
         };
@@ -280,20 +280,14 @@ impl Dataplane for LinuxDataplane {
         })
     }
 
-    async fn nft_fingerprint(&self) -> Result<Option<u64>, StepError> {
+    async fn nft_listing(&self) -> Result<Option<String>, StepError> {
         let nft = self.nft.clone();
-        let listing = tokio::task::spawn_blocking(move || {
-            nft.list_table(crate::dataplane::nft::TABLE_FAMILY, crate::dataplane::nft::TABLE_NAME)
+        tokio::task::spawn_blocking(move || {
+            nft.list_table_text(crate::dataplane::nft::TABLE_FAMILY, crate::dataplane::nft::TABLE_NAME)
         })
         .await
         .map_err(|e| StepError::wrap("nft task", e))?
-        .map_err(|e| StepError::wrap("list table inet calico", e))?;
-        match listing {
-            None => Ok(None),
-            Some(text) => crate::dataplane::nft::fingerprint(&text)
-                .map(Some)
-                .map_err(|e| StepError::wrap("read back table inet calico", e)),
-        }
+        .map_err(|e| StepError::wrap("list table inet calico", e))
     }
 
     async fn ensure_host(&self, interface_prefix: &str) -> Result<(), StepError> {

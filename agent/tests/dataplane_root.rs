@@ -552,6 +552,60 @@ fn nft_replaces_our_table_atomically() {
     host.exec(&["nft", "list", "table", "ip", "docker_like"]);
 }
 
+/// The agent's path: whole loads and deltas as nft text (`load_text`), read back as
+/// text (`list_table_text`). A whole text load replaces the table in one transaction
+/// (also when none exists yet), a failed one reports nft's own message and changes
+/// nothing, and other tables are not touched.
+#[test]
+fn nft_text_loads_replace_and_fail_atomically() {
+    require_root!();
+    let host = Netns::new("x");
+    let nft = NftCommand::new().in_netns(host.path());
+    host.exec(&["nft", "add", "table", "ip", "docker_like"]);
+    assert_eq!(nft.list_table_text(nft::TABLE_FAMILY, nft::TABLE_NAME).unwrap(), None);
+    let whole = |chain: &str| {
+        format!("add table inet calico\ndelete table inet calico\ntable inet calico {{\n\tchain {chain} {{\n\t\tcounter packets 0 bytes 0 drop\n\t}}\n}}\n")
+    };
+    nft.load_text(whole("one").as_bytes()).unwrap();
+    nft.load_text(whole("two").as_bytes()).unwrap();
+    let listed = nft
+        .list_table_text(nft::TABLE_FAMILY, nft::TABLE_NAME)
+        .unwrap()
+        .unwrap();
+    assert!(
+        listed.contains("chain two {") && !listed.contains("chain one"),
+        "{listed}"
+    );
+    // A delta as text.
+    nft.load_text(b"add chain inet calico three\nadd rule inet calico three accept comment \"x\"\n")
+        .unwrap();
+    let listed = nft
+        .list_table_text(nft::TABLE_FAMILY, nft::TABLE_NAME)
+        .unwrap()
+        .unwrap();
+    assert!(listed.contains("\t\taccept comment \"x\""), "{listed}");
+    // The second line fails: neither line is committed, and the error is nft's.
+    let bad = b"add chain inet calico four\nadd rule inet calico four jump no-such-chain\n";
+    match nft.load_text(bad) {
+        Err(NftError::Command(CommandError::Failed { stderr, command, .. })) => {
+            assert!(
+                stderr.contains("Error") && stderr.contains("no-such-chain"),
+                "stderr: {stderr}"
+            );
+            assert!(command.contains("-f -"), "{command}");
+        }
+        other => panic!("expected nft failure, got {other:?}"),
+    }
+    let after = nft
+        .list_table_text(nft::TABLE_FAMILY, nft::TABLE_NAME)
+        .unwrap()
+        .unwrap();
+    assert_eq!(after, listed, "a failed transaction must leave the table intact");
+    host.exec(&["nft", "list", "table", "ip", "docker_like"]);
+    nft.apply(&nft::delete_table(nft::TABLE_FAMILY, nft::TABLE_NAME))
+        .unwrap();
+}
+
 const BIRD_CONF: &str = r#"
 router id 10.99.0.1;
 protocol device dev1 { scan time 10; }

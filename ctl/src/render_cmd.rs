@@ -19,7 +19,8 @@ use crate::conn::Ctx;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum What {
-    /// The `table inet calico` batch (nftables JSON, for `nft -j -f`)
+    /// The `table inet calico` (text: nft's own syntax, as `nft list table` shows it;
+    /// json: the batch for `nft -j -f`)
     Nft,
     /// The routes the node owns (protocol 80)
     Routes,
@@ -102,10 +103,12 @@ async fn from_etcd(g: &GlobalOpts, node: &str) -> Result<(Vec<Resource>, BTreeMa
 /// name (a Container missing from it uses its explicit `spec.ips`); `blocks` are the
 /// node's IPAM blocks. `what` picks one artefact (None: all); `json` selects JSON output.
 ///
-/// Text, one artefact: exactly the artefact (`--what nft` pipes into `nft -j -f -`,
-/// `--what bird` into a bird.conf), routes in `ip route` syntax. Text, all: the three as
-/// `#`-headed sections, warnings first. JSON: the artefact as JSON (bird.conf as a
-/// string), or for all an object `{node, warnings, nft, routes, bird}`.
+/// Text, one artefact: exactly the artefact (`--what nft` is the table in nft's own
+/// syntax, what `nft list table inet calico` shows once the agent loaded it, and pipes
+/// into `nft -f -`; `--what bird` is a bird.conf), routes in `ip route` syntax. Text,
+/// all: the three as `#`-headed sections, warnings first. JSON: the artefact as JSON
+/// (the nft batch for `nft -j -f -`, bird.conf as a string), or for all an object
+/// `{node, warnings, nft, routes, bird}`.
 pub fn render_output(
     node: &str,
     resources: &[Resource],
@@ -123,10 +126,12 @@ pub fn render_output(
     }
     let to_json = |v: serde_json::Value| serde_json::to_string_pretty(&v).map_err(|e| e.to_string());
     let nft = || serde_json::to_value(render_nft(&view).to_batch()).map_err(|e| e.to_string());
+    let nft_text = || render_nft(&view).to_text().map_err(|e| e.to_string());
     let routes = render_routes(&view);
     let routes_text = || routes.iter().map(|r| format!("{r}\n")).collect::<String>();
     match (what, json) {
-        (Some(What::Nft), _) => to_json(nft()?),
+        (Some(What::Nft), false) => nft_text(),
+        (Some(What::Nft), true) => to_json(nft()?),
         (Some(What::Routes), false) => Ok(routes_text()),
         (Some(What::Routes), true) => to_json(serde_json::to_value(&routes).map_err(|e| e.to_string())?),
         (Some(What::Bird), false) => render_bird(&view).map_err(|e| e.to_string()),
@@ -155,10 +160,10 @@ pub fn render_output(
                 out.push('\n');
             }
             out.push_str(&format!(
-                "# ---- nftables: table inet {TABLE_NAME} (nft -j -f; `calicoctl render --what nft` gives it alone)\n"
+                "# ---- nftables: table inet {TABLE_NAME} (as `nft list table` shows it; `calicoctl render --what nft` gives it alone)\n"
             ));
-            out.push_str(&to_json(nft()?)?);
-            out.push_str(&format!("\n\n# ---- routes (protocol {RTPROT_CALICO})\n"));
+            out.push_str(&nft_text()?);
+            out.push_str(&format!("\n# ---- routes (protocol {RTPROT_CALICO})\n"));
             out.push_str(&routes_text());
             out.push_str("\n# ---- bird.conf\n");
             match render_bird(&view) {
@@ -203,7 +208,10 @@ mod tests {
         let rs = cluster();
         let blocks = ["10.65.0.0/26".parse().unwrap()];
         let nft = render_output("host1", &rs, &BTreeMap::new(), &blocks, Some(What::Nft), false).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&nft).unwrap();
+        assert!(nft.starts_with("table inet calico {\n"), "{nft}");
+        assert!(nft.contains("\tchain forward {\n"), "{nft}");
+        let json = render_output("host1", &rs, &BTreeMap::new(), &blocks, Some(What::Nft), true).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert!(v["nftables"].is_array());
         let routes = render_output("host1", &rs, &BTreeMap::new(), &blocks, Some(What::Routes), false).unwrap();
         assert!(routes.contains("blackhole 10.65.0.0/26 proto 80"), "{routes}");

@@ -366,7 +366,7 @@ fn deltas(ns: &Netns, dir: &std::path::Path, rs: &[Resource], endpoints: usize, 
     let plus = cluster(endpoints + 1, policies, groups);
     let (after, t_render) = timed(|| render_nft(&NodeView::build("host1", &plus, &addrs, &blocks)));
     let patch = |new: &calico_render::NftTable, old: &calico_render::NftTable| match new.delta(old) {
-        Delta::Patch(b) => b.to_json_bytes(),
+        Delta::Patch(b) => b.to_batch().to_json_bytes(),
         other => panic!("not a delta: {other:?}"),
     };
     let (add, t_delta) = timed(|| patch(&after, &before));
@@ -384,6 +384,34 @@ fn deltas(ns: &Netns, dir: &std::path::Path, rs: &[Resource], endpoints: usize, 
         println!("  deltas            FAILED (nft refused a batch)");
         return;
     };
+    // The same two deltas as text, as the agent sends them (the table is `after` now).
+    let text = |new: &calico_render::NftTable, old: &calico_render::NftTable| match new.delta(old) {
+        Delta::Patch(b) => b.to_text().expect("printable"),
+        other => panic!("not a delta: {other:?}"),
+    };
+    let (remove_t, add_t) = (text(&before, &after), text(&after, &before));
+    let (Ok(()), Ok(())) = (
+        std::fs::write(dir.join("remove.nft"), &remove_t),
+        std::fs::write(dir.join("add.nft"), &add_t),
+    ) else {
+        println!("  text deltas       skipped (cannot write)");
+        return;
+    };
+    let load_t = |name: &str| ns.nft(&["-f", &dir.join(name).display().to_string()]);
+    let (Ok(t_remove_t), Ok(t_add_t)) = (load_t("remove.nft"), load_t("add.nft")) else {
+        println!("  text deltas       FAILED (nft refused a delta)");
+        return;
+    };
+    println!(
+        "  text deltas       +1 {t_add_t:.2?} ({} bytes), -1 {t_remove_t:.2?} ({} bytes): what the agent sends",
+        add_t.len(),
+        remove_t.len()
+    );
+    let t_list_text = ns.nft(&["list", "table", "inet", "calico"]).unwrap_or_default();
+    let (_, t_print) = timed(|| after.to_text().expect("printable"));
+    println!(
+        "  nft list table    {t_list_text:>10.2?}  + to_text {t_print:.2?} (the periodic check, text, as the agent compares)"
+    );
     let t_list = ns.nft(&["-j", "list", "table", "inet", "calico"]).unwrap_or_default();
     let ratio = |d: Duration| t_whole.as_secs_f64() / d.as_secs_f64().max(1e-9);
     println!(
@@ -397,7 +425,165 @@ fn deltas(ns: &Netns, dir: &std::path::Path, rs: &[Resource], endpoints: usize, 
         ratio(t_remove)
     );
     println!("  per change, agent render {t_render:.2?} + delta {t_delta:.2?} + nft.json {t_file:.2?}");
-    println!("  nft -j list table {t_list:>10.2?}  (the periodic check's read-back)");
+    println!("  nft -j list table {t_list:>10.2?}  (JSON listing, the old read-back)");
+}
+
+/// An iptables-restore ruleset in the shape the old per-endpoint-chain dataplanes use
+/// for the same cluster: FORWARD dispatches each workload interface to its own from-
+/// and to- chains by a linear list of `-i`/`-o` rules (no verdict maps in iptables),
+/// those go to one evaluation chain per distinct policy list (100 per direction, as in
+/// the nft table), which jumps to each of its 20 policies' chains and returns once one
+/// accepted. Selector and group matches would need ipsets, which iptables-restore does
+/// not load: the policy rules keep their ports and nets and match without the set.
+fn iptables_ruleset(endpoints: usize, policies: usize, groups: usize) -> String {
+    let mut out = String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
+    let iface = |i: usize| calico_render::host_iface_name("cali", &format!("w{i:05}"));
+    let mut chains = Vec::new();
+    for i in 0..endpoints {
+        chains.push(format!("cali-fw-{}", iface(i)));
+        chains.push(format!("cali-tw-{}", iface(i)));
+    }
+    for k in 0..groups {
+        chains.push(format!("cali-ev-eg-{k}"));
+        chains.push(format!("cali-ev-in-{k}"));
+    }
+    for p in 0..policies {
+        chains.push(format!("cali-pi-{p}"));
+        chains.push(format!("cali-po-{p}"));
+    }
+    for c in &chains {
+        out.push_str(&format!(":{c} - [0:0]\n"));
+    }
+    out.push_str("-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n");
+    for i in 0..endpoints {
+        out.push_str(&format!(
+            "-A FORWARD -i {0} -j cali-fw-{0}\n-A FORWARD -o {0} -j cali-tw-{0}\n",
+            iface(i)
+        ));
+    }
+    out.push_str("-A FORWARD -i cali+ -j DROP\n-A FORWARD -o cali+ -j DROP\n");
+    for i in 0..endpoints {
+        let (f, k) = (iface(i), i % groups);
+        out.push_str(&format!(
+            "-A cali-fw-{f} -m conntrack --ctstate INVALID -j DROP\n-A cali-fw-{f} ! -s {} -j DROP\n-A cali-fw-{f} -g cali-ev-eg-{k}\n",
+            ip(i)
+        ));
+        out.push_str(&format!(
+            "-A cali-tw-{f} -m conntrack --ctstate INVALID -j DROP\n-A cali-tw-{f} -g cali-ev-in-{k}\n"
+        ));
+    }
+    for k in 0..groups {
+        for (dir, pc) in [("eg", "po"), ("in", "pi")] {
+            out.push_str(&format!("-A cali-ev-{dir}-{k} -j MARK --set-xmark 0x0/0x30000\n"));
+            // The policies selecting app a(k mod 50).
+            for p in (0..policies).filter(|p| p % 50 == k % 50) {
+                out.push_str(&format!(
+                    "-A cali-ev-{dir}-{k} -j cali-{pc}-{p}\n-A cali-ev-{dir}-{k} -m mark --mark 0x10000/0x10000 -j RETURN\n"
+                ));
+            }
+            out.push_str(&format!("-A cali-ev-{dir}-{k} -j DROP\n"));
+        }
+    }
+    for p in 0..policies {
+        out.push_str(&format!(
+            "-A cali-pi-{p} -p tcp -m multiport --dports {},9000:9100 -j MARK --set-xmark 0x10000/0x10000\n-A cali-pi-{p} -m mark --mark 0x10000/0x10000 -j RETURN\n",
+            8000 + p % 100
+        ));
+        let verdict = if p % 3 == 0 { "DROP" } else { "RETURN" };
+        out.push_str(&format!("-A cali-pi-{p} -s 10.{}.0.0/16 -j {verdict}\n", 100 + p % 100));
+        out.push_str(&format!(
+            "-A cali-po-{p} -p udp --dport 53 -j MARK --set-xmark 0x10000/0x10000\n-A cali-po-{p} -m mark --mark 0x10000/0x10000 -j RETURN\n"
+        ));
+    }
+    out.push_str("COMMIT\n");
+    out
+}
+
+/// Whole-table load at each size, each into a fresh namespace: ours (the table as nft
+/// text, `nft -f`, what the agent sends; it is the floor too, being nft's own syntax),
+/// the same table as JSON (`nft -j -f`, the agent's old way), and iptables-restore of
+/// the per-endpoint-chain equivalent (the old dataplanes' way). Best of `BENCH_RUNS`
+/// (default 3) runs each.
+fn load_comparison(endpoints: usize, policies: usize, groups: usize) {
+    let rs = cluster(endpoints, policies, groups);
+    let blocks = vec!["10.65.0.0/16".parse().expect("net")];
+    let table = render_nft(&NodeView::build("host1", &rs, &BTreeMap::new(), &blocks));
+    let (text, t_print) = timed(|| table.to_load_text().expect("printable"));
+    let (json, t_json) = timed(|| table.to_batch().to_json_bytes());
+    let ipt = iptables_ruleset(endpoints, policies, groups);
+    let dir = std::env::temp_dir().join(format!("calico-bench-load-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let files = [
+        ("t.nft", text.as_bytes()),
+        ("t.json", &json[..]),
+        ("t.ipt", ipt.as_bytes()),
+    ];
+    for (name, bytes) in files {
+        if std::fs::write(dir.join(name), bytes).is_err() {
+            println!("  load comparison skipped (cannot write {name})");
+            return;
+        }
+    }
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let best = |args: &[&str], tag: &str| -> Option<Duration> {
+        let mut best: Option<Duration> = None;
+        for r in 0..runs {
+            let ns = Netns::new(&format!("{tag}{r}"))?;
+            let t = Instant::now();
+            let out = Command::new("ip")
+                .args(["netns", "exec", &ns.0])
+                .args(args)
+                .output()
+                .ok()?;
+            let d = t.elapsed();
+            if !out.status.success() {
+                println!(
+                    "  {tag}: FAILED: {}",
+                    String::from_utf8_lossy(&out.stderr).lines().next().unwrap_or("")
+                );
+                return None;
+            }
+            best = Some(best.map_or(d, |b| b.min(d)));
+        }
+        best
+    };
+    let path = |n: &str| dir.join(n).display().to_string();
+    let ours = best(&["nft", "-f", &path("t.nft")], "t");
+    let old = best(&["nft", "-j", "-f", &path("t.json")], "j");
+    let ipt_t = best(&["sh", "-c", &format!("iptables-restore < {}", path("t.ipt"))], "i");
+    if std::env::var_os("BENCH_KEEP_FILES").is_some() {
+        println!("  (the three rulesets are kept in {})", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let ipt_version = Command::new("iptables-restore")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    println!(
+        "== whole-table load, {endpoints} endpoints ({} rules; text {:.1} MiB printed in {t_print:.0?}, JSON {:.1} MiB in {t_json:.0?}; iptables {} rules) ==",
+        table.counts().rules,
+        mib(text.len()),
+        mib(json.len()),
+        ipt.lines().filter(|l| l.starts_with("-A")).count()
+    );
+    let (Some(ours), Some(old), Some(ipt_t)) = (ours, old, ipt_t) else {
+        return;
+    };
+    let r = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
+    println!("  ours, nft -f text        {ours:>9.2?}  (= the floor: the same bytes are nft's own syntax)");
+    println!(
+        "  JSON, nft -j -f          {old:>9.2?}  ours / JSON = {:.2}",
+        r(ours, old)
+    );
+    println!(
+        "  iptables-restore         {ipt_t:>9.2?}  ours / iptables = {:.2}  ({ipt_version})",
+        r(ours, ipt_t)
+    );
 }
 
 fn main() {
@@ -409,5 +595,16 @@ fn main() {
         .unwrap_or_else(|| vec![1_000, 10_000]);
     for n in sizes {
         run(n, 1_000, 100);
+    }
+    if !is_root() {
+        println!("whole-table load comparison skipped (needs root)");
+        return;
+    }
+    let loads: Vec<usize> = std::env::var("BENCH_LOAD_ENDPOINTS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1_000, 5_000, 10_000]);
+    for n in loads {
+        load_comparison(n, 1_000, 100);
     }
 }

@@ -362,7 +362,7 @@ fn run_seed(seed: u64) -> (usize, Vec<String>) {
         load_table(&host.host, &old.to_batch().to_json_pretty());
         let new = render_nft(&view);
         match new.delta(&old) {
-            Delta::Patch(batch) => load_table(&host.host, &batch.to_json_pretty()),
+            Delta::Patch(batch) => load_table(&host.host, &batch.to_batch().to_json_pretty()),
             Delta::Unchanged => {}
             Delta::Whole(why) => panic!("seed {seed}: no delta ({why})"),
         }

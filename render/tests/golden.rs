@@ -1,15 +1,17 @@
 //! Golden files: every scenario under tests/golden/<name>/ has an input.yaml (resources)
 //! and a scenario.json (node, IPAM blocks, assigned addresses); the test renders and
-//! compares with nft.json, routes.json and bird.conf next to them. `UPDATE_GOLDEN=1`
-//! rewrites them. When run as root it also checks each nft.json with `nft -c -j -f`,
-//! and each bird.conf with `bird -p -c` whenever bird is installed.
+//! compares with nft.json, nft.txt (the same table in nft's own syntax, what
+//! `nft list table` prints), routes.json and bird.conf next to them. `UPDATE_GOLDEN=1`
+//! rewrites them. When run as root it also checks each nft.json with `nft -c -j -f` and
+//! each nft.txt with `nft -c -f`, and each bird.conf with `bird -p -c` whenever bird is
+//! installed.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use calico_render::{render_bird, render_nft_json, render_routes, NodeView};
+use calico_render::{render_bird, render_nft, render_nft_json, render_routes, NodeView};
 use calico_schema::Resource;
 use ipnet::IpNet;
 
@@ -33,15 +35,19 @@ pub fn load_resources(path: &Path) -> Vec<Resource> {
     loaded.into_iter().map(|l| l.resource).collect()
 }
 
-fn render_dir(dir: &Path) -> [(String, String); 3] {
+fn render_dir(dir: &Path) -> [(String, String); 4] {
     let sc: Scenario = serde_json::from_str(&std::fs::read_to_string(dir.join("scenario.json")).unwrap()).unwrap();
     let resources = load_resources(&dir.join("input.yaml"));
     let view = NodeView::build(&sc.node, &resources, &sc.addrs, &sc.blocks);
     let nft = render_nft_json(&view) + "\n";
+    let text = render_nft(&view)
+        .to_text()
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     let routes = serde_json::to_string_pretty(&render_routes(&view)).unwrap() + "\n";
     let bird = render_bird(&view).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     [
         ("nft.json".to_string(), nft),
+        ("nft.txt".to_string(), text),
         ("routes.json".to_string(), routes),
         ("bird.conf".to_string(), bird),
     ]
@@ -121,17 +127,20 @@ fn nft_accepts_golden() {
         return;
     }
     for dir in std::fs::read_dir(golden_dir()).unwrap().map(|e| e.unwrap().path()) {
-        let f = dir.join("nft.json");
-        if !f.exists() {
-            continue;
+        for (file, args) in [("nft.json", &["-c", "-j", "-f"][..]), ("nft.txt", &["-c", "-f"][..])] {
+            let f = dir.join(file);
+            if !f.exists() {
+                continue;
+            }
+            let out = Command::new("nft").args(args).arg(&f).output().unwrap();
+            assert!(
+                out.status.success(),
+                "nft {} {}: {}",
+                args.join(" "),
+                f.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
-        let out = Command::new("nft").args(["-c", "-j", "-f"]).arg(&f).output().unwrap();
-        assert!(
-            out.status.success(),
-            "nft -c -j -f {}: {}",
-            f.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
     }
 }
 

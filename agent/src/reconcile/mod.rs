@@ -62,8 +62,8 @@ pub trait Dataplane: Send + Sync {
     fn teardown_workload(&self, host_ifname: &str) -> impl Future<Output = Result<(), StepError>> + Send;
     /// Host-side interfaces with our prefix that exist now.
     fn list_workloads(&self, prefix: &str) -> impl Future<Output = Result<Vec<String>, StepError>> + Send;
-    /// Commits one nftables batch (nft's JSON) as one transaction.
-    fn apply_nft(&self, json: &[u8]) -> impl Future<Output = Result<(), StepError>> + Send;
+    /// Commits nftables commands in nft's own syntax (`nft -f -`) as one transaction.
+    fn apply_nft(&self, text: &[u8]) -> impl Future<Output = Result<(), StepError>> + Send;
     /// Keeps the whole ruleset as last committed where people and `calicoctl diags` read
     /// it (replaced by rename). A fake dataplane keeps nothing.
     fn write_nft_file(&self, _json: &[u8]) -> impl Future<Output = Result<(), StepError>> + Send {
@@ -72,10 +72,10 @@ pub trait Dataplane: Send + Sync {
     fn apply_routes(&self, routes: &[RouteSpec]) -> impl Future<Output = Result<(), StepError>> + Send;
     /// Checks, installs and activates bird.conf.
     fn apply_bird(&self, conf: &str) -> impl Future<Output = Result<(), StepError>> + Send;
-    /// A fingerprint of our nftables table as the kernel has it now
-    /// (`dataplane::nft::fingerprint`), `None` when it cannot be read back (then the
-    /// periodic check loads the table whole, as a fake dataplane always does).
-    fn nft_fingerprint(&self) -> impl Future<Output = Result<Option<u64>, StepError>> + Send {
+    /// Our nftables table as the kernel lists it now (`nft list table inet calico`),
+    /// `None` when it is gone or cannot be read back (then the periodic check loads the
+    /// table whole, as a fake dataplane always does).
+    fn nft_listing(&self) -> impl Future<Output = Result<Option<String>, StepError>> + Send {
         async { Ok(None) }
     }
     /// Host-wide settings workloads need outside our table: IPv4 forwarding and the
@@ -176,13 +176,8 @@ pub struct Reconciler<D, A, R> {
     /// `None` before the first load and after a failed transaction (the next load is
     /// then whole).
     committed: Option<NftTable>,
-    /// Counts commits, so a read-back fingerprint names the table it was taken of.
-    nft_generation: u64,
     /// The periodic check is due: read our table back and compare.
     nft_verify: bool,
-    /// (generation, fingerprint of the kernel's table read back right after that
-    /// generation was loaded whole): what the periodic check compares against.
-    nft_fingerprint: Option<(u64, u64)>,
     last_statuses: BTreeMap<String, ContainerStatus>,
     /// The host-wide settings ([`Dataplane::ensure_host`]) were checked since the last
     /// resync or Docker event.
@@ -201,9 +196,7 @@ impl<D: Dataplane, A: AddressManager, R: WorkloadResolver> Reconciler<D, A, R> {
             plumbed: BTreeMap::new(),
             last_bird: None,
             committed: None,
-            nft_generation: 0,
             nft_verify: false,
-            nft_fingerprint: None,
             last_statuses: BTreeMap::new(),
             host_checked: false,
         }

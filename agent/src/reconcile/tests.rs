@@ -22,8 +22,11 @@ struct FakeDp {
     /// Interface prefixes `ensure_host` was called with.
     host_checks: Mutex<Vec<String>>,
     host_fails: Mutex<bool>,
-    /// What `nft_fingerprint` reports; `None`: cannot read back.
-    fingerprint: Mutex<Option<u64>>,
+    /// Whether `nft_listing` reads back at all (a real dataplane does).
+    reads_back: Mutex<bool>,
+    /// The table as the fake kernel lists it: a whole load's table text; tests stand in
+    /// for the kernel applying a delta, or tamper with it.
+    kernel: Mutex<Option<String>>,
 }
 
 impl Dataplane for FakeDp {
@@ -54,8 +57,12 @@ impl Dataplane for FakeDp {
             .cloned()
             .collect())
     }
-    async fn apply_nft(&self, json: &[u8]) -> Result<(), StepError> {
-        *self.nft.lock().unwrap() = String::from_utf8(json.to_vec()).unwrap();
+    async fn apply_nft(&self, text: &[u8]) -> Result<(), StepError> {
+        let text = String::from_utf8(text.to_vec()).unwrap();
+        if let Some(table) = text.strip_prefix("add table inet calico\ndelete table inet calico\n") {
+            *self.kernel.lock().unwrap() = Some(table.to_string());
+        }
+        *self.nft.lock().unwrap() = text;
         *self.nft_loads.lock().unwrap() += 1;
         Ok(())
     }
@@ -66,8 +73,11 @@ impl Dataplane for FakeDp {
     async fn apply_bird(&self, _conf: &str) -> Result<(), StepError> {
         Ok(())
     }
-    async fn nft_fingerprint(&self) -> Result<Option<u64>, StepError> {
-        Ok(*self.fingerprint.lock().unwrap())
+    async fn nft_listing(&self) -> Result<Option<String>, StepError> {
+        if !*self.reads_back.lock().unwrap() {
+            return Ok(None);
+        }
+        Ok(self.kernel.lock().unwrap().clone())
     }
     async fn ensure_host(&self, prefix: &str) -> Result<(), StepError> {
         self.host_checks.lock().unwrap().push(prefix.to_string());
@@ -149,10 +159,14 @@ fn state_of(changed: &[(String, Option<ContainerStatus>)], name: &str) -> Option
 #[tokio::test]
 async fn a_resync_that_finds_the_table_as_loaded_sends_nothing() {
     let mut r = rec();
-    *r.dp.fingerprint.lock().unwrap() = Some(1);
+    *r.dp.reads_back.lock().unwrap() = true;
     let c = cache(&[container("x", Some("10.65.0.9"))]);
     let (report, _) = r.reconcile(&c).await;
     assert_eq!((report.nft_loads, *r.dp.nft_loads.lock().unwrap()), (1, 1));
+    assert!(
+        r.dp.nft.lock().unwrap().contains("table inet calico {"),
+        "loads are nft text"
+    );
     // Resyncs with the kernel's table as it was after the load: nothing sent.
     for _ in 0..3 {
         r.forget_plumbing();
@@ -160,8 +174,14 @@ async fn a_resync_that_finds_the_table_as_loaded_sends_nothing() {
         assert_eq!(report.nft_loads, 0);
     }
     assert_eq!(*r.dp.nft_loads.lock().unwrap(), 1);
-    // Someone changed our table: the next check loads it whole, once.
-    *r.dp.fingerprint.lock().unwrap() = Some(2);
+    // Someone deleted a rule from our table: the next check loads it whole, once.
+    {
+        let mut k = r.dp.kernel.lock().unwrap();
+        let text = k.clone().unwrap();
+        let tampered: Vec<&str> = text.lines().filter(|l| !l.contains("ct state invalid")).collect();
+        assert!(tampered.len() < text.lines().count());
+        *k = Some(tampered.join("\n"));
+    }
     r.reconcile(&c).await;
     assert_eq!(*r.dp.nft_loads.lock().unwrap(), 1, "only the periodic check reads back");
     r.forget_plumbing();
@@ -170,21 +190,43 @@ async fn a_resync_that_finds_the_table_as_loaded_sends_nothing() {
     r.forget_plumbing();
     r.reconcile(&c).await;
     assert_eq!(*r.dp.nft_loads.lock().unwrap(), 2);
-    // A changed ruleset is loaded at once; the next check loads it once more and
-    // reads it back, and later checks send nothing.
+    // A changed ruleset is sent at once as a delta; once the kernel holds it, later
+    // checks compare the listing with the printed table and send nothing: no reload
+    // after deltas.
     let c2 = cache(&[container("x", Some("10.65.0.9")), container("y", Some("10.65.0.8"))]);
-    r.reconcile(&c2).await;
-    assert_eq!(*r.dp.nft_loads.lock().unwrap(), 3);
-    for want in [4, 4] {
-        r.forget_plumbing();
-        r.reconcile(&c2).await;
-        assert_eq!(*r.dp.nft_loads.lock().unwrap(), want);
+    let (report, _) = r.reconcile(&c2).await;
+    assert_eq!((report.nft_loads, report.nft_whole_loads), (1, 0), "a delta");
+    assert!(
+        r.dp.nft.lock().unwrap().starts_with("add "),
+        "{}",
+        r.dp.nft.lock().unwrap()
+    );
+    // The fake kernel applies the delta: its listing becomes the new table, its
+    // elements in another order, as a real hash set may list them.
+    let printed = r.committed.as_ref().unwrap().to_text().unwrap();
+    let mut lines: Vec<String> = printed.lines().map(str::to_string).collect();
+    if let Some(at) = lines.iter().position(|l| l.starts_with("\t\telements = { \"cali")) {
+        let (a, b) = (lines[at].clone(), lines[at + 1].clone());
+        let first = a
+            .trim_start_matches("\t\telements = { ")
+            .trim_end_matches(',')
+            .to_string();
+        let second = b.trim_start().trim_end_matches(" }").to_string();
+        lines[at] = format!("\t\telements = {{ {second},");
+        lines[at + 1] = format!("\t\t\t     {first} }}");
     }
+    *r.dp.kernel.lock().unwrap() = Some(lines.join("\n"));
+    for _ in 0..2 {
+        r.forget_plumbing();
+        let (report, _) = r.reconcile(&c2).await;
+        assert_eq!(report.nft_loads, 0, "an untouched table after deltas was sent again");
+    }
+    assert_eq!(*r.dp.nft_loads.lock().unwrap(), 3);
     // Without read-back (the table cannot be listed), every check loads.
-    *r.dp.fingerprint.lock().unwrap() = None;
+    *r.dp.reads_back.lock().unwrap() = false;
     r.forget_plumbing();
     r.reconcile(&c2).await;
-    assert_eq!(*r.dp.nft_loads.lock().unwrap(), 5);
+    assert_eq!(*r.dp.nft_loads.lock().unwrap(), 4);
 }
 
 #[tokio::test]

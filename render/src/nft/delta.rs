@@ -20,23 +20,48 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
+use std::fmt::Write as _;
 
 use nftables::expr::Expression;
-use nftables::schema::{Element, FlushObject, NfCmd, NfListObject};
+use nftables::schema::{Element, FlushObject, NfCmd, NfListObject, SetType};
 
 use super::batch::{jump_elem, Batch, Item};
 use super::builder::{chain_object, rule_object, set_object, Elems, NftTable};
-use super::{FAMILY, TABLE_NAME};
+use super::text::{quoted, rule_text, set_type_name, TextError};
+use super::{NftRule, FAMILY, TABLE_NAME};
 
 /// What it takes to turn the committed table into the wanted one.
 #[derive(Debug)]
 pub enum Delta<'a> {
     /// The tables are equal: send nothing.
     Unchanged,
-    /// This batch, committed, makes the kernel's table equal the wanted one.
-    Patch(Batch<'a>),
+    /// These commands, committed as one transaction, make the kernel's table equal the
+    /// wanted one.
+    Patch(Patch<'a>),
     /// Only a whole replacement can do it; the reason is for the log.
     Whole(&'static str),
+}
+
+/// A delta's commands, in order; [`Patch::to_text`] for `nft -f -`, [`Patch::to_batch`]
+/// for `nft -j -f -`.
+#[derive(Debug)]
+pub struct Patch<'a> {
+    ops: Vec<Op<'a>>,
+}
+
+#[derive(Debug)]
+enum Op<'a> {
+    AddChain(&'a str),
+    AddSet(&'a str, SetType, &'a Elems),
+    AddMap(&'a str, SetType, &'a std::collections::BTreeMap<String, String>),
+    AddMapElems(&'a str, Vec<(&'a str, &'a str)>),
+    DelMapElems(&'a str, Vec<&'a str>),
+    AddSetElems(&'a str, Elems),
+    DelSetElems(&'a str, Elems),
+    FlushChain(&'a str),
+    AddRule(&'a str, &'a NftRule),
+    DeleteChain(&'a str),
+    DeleteSet(&'a str, SetType, &'a Elems),
 }
 
 impl NftTable {
@@ -64,57 +89,57 @@ impl NftTable {
             return Delta::Whole("a map was removed");
         }
 
-        let mut out: Vec<Item<'a>> = Vec::new();
+        let mut out: Vec<Op<'a>> = Vec::new();
         // 1. New chains, sets and maps.
         for name in self.chains.keys().filter(|n| !old.chains.contains_key(*n)) {
-            out.push(Item::add(NfListObject::Chain(chain_object(name))));
+            out.push(Op::AddChain(name));
         }
         for (name, (ty, elems)) in self.sets.iter().filter(|(n, _)| !old.sets.contains_key(*n)) {
-            out.push(Item::add(set_object(name, *ty, elems, true)));
+            out.push(Op::AddSet(name, *ty, elems));
         }
         for (name, (key, elems)) in self.vmaps.iter().filter(|(n, _)| !old.vmaps.contains_key(*n)) {
-            out.push(Item::add_jump_map(name, *key, elems.iter()));
+            out.push(Op::AddMap(name, *key, elems));
         }
 
         // 2. Kept maps: a changed verdict is a delete then an add; then the new keys.
-        let mut map_gone: Vec<(&'a str, Vec<Expression<'a>>)> = Vec::new();
+        let mut map_gone: Vec<(&'a str, Vec<&'a str>)> = Vec::new();
         for (name, (_, elems)) in &self.vmaps {
             let Some((_, old_elems)) = old.vmaps.get(name) else {
                 continue;
             };
-            let changed: Vec<Expression<'a>> = elems
+            let changed: Vec<&'a str> = elems
                 .iter()
                 .filter(|(k, t)| old_elems.get(*k).is_some_and(|ot| ot != *t))
-                .map(|(k, _)| key_elem(k))
+                .map(|(k, _)| k.as_str())
                 .collect();
             if !changed.is_empty() {
-                out.push(element(NfCmd::Delete, name, changed));
+                out.push(Op::DelMapElems(name, changed));
             }
-            let added: Vec<Expression<'a>> = elems
+            let added: Vec<(&'a str, &'a str)> = elems
                 .iter()
                 .filter(|(k, t)| old_elems.get(*k) != Some(*t))
-                .map(|(k, t)| jump_elem(k, t))
+                .map(|(k, t)| (k.as_str(), t.as_str()))
                 .collect();
             if !added.is_empty() {
-                out.push(element(NfCmd::Add, name, added));
+                out.push(Op::AddMapElems(name, added));
             }
-            let gone: Vec<Expression<'a>> = old_elems
+            let gone: Vec<&'a str> = old_elems
                 .keys()
                 .filter(|k| !elems.contains_key(*k))
-                .map(|k| key_elem(k))
+                .map(String::as_str)
                 .collect();
             if !gone.is_empty() {
                 map_gone.push((name, gone));
             }
         }
-        let mut set_gone: Vec<(&'a str, Vec<Expression<'static>>)> = Vec::new();
+        let mut set_gone: Vec<(&'a str, Elems)> = Vec::new();
         for (name, (_, elems)) in &self.sets {
             let Some((_, old_elems)) = old.sets.get(name) else {
                 continue;
             };
             let (added, gone) = elems_diff(elems, old_elems);
             if !added.is_empty() {
-                out.push(element(NfCmd::Add, name, added));
+                out.push(Op::AddSetElems(name, added));
             }
             if !gone.is_empty() {
                 set_gone.push((name, gone));
@@ -127,41 +152,144 @@ impl NftTable {
             let new = self.base_rules.get(b.name).map(Vec::as_slice).unwrap_or_default();
             let was = old.base_rules.get(b.name).map(Vec::as_slice).unwrap_or_default();
             if new != was {
-                out.push(Item::cmd(NfCmd::Flush(FlushObject::Chain(chain_object(b.name)))));
-                out.extend(new.iter().map(|r| Item::add(rule_object(b.name, r))));
+                out.push(Op::FlushChain(b.name));
+                out.extend(new.iter().map(|r| Op::AddRule(b.name, r)));
             }
         }
         for (name, rules) in &self.chains {
             match old.chains.get(name) {
                 Some(was) if was == rules => {}
                 Some(_) => {
-                    out.push(Item::cmd(NfCmd::Flush(FlushObject::Chain(chain_object(name)))));
-                    out.extend(rules.iter().map(|r| Item::add(rule_object(name, r))));
+                    out.push(Op::FlushChain(name));
+                    out.extend(rules.iter().map(|r| Op::AddRule(name, r)));
                 }
-                None => out.extend(rules.iter().map(|r| Item::add(rule_object(name, r)))),
+                None => out.extend(rules.iter().map(|r| Op::AddRule(name, r))),
             }
         }
 
         // 4. Elements no longer wanted.
         for (name, gone) in map_gone {
-            out.push(element(NfCmd::Delete, name, gone));
+            out.push(Op::DelMapElems(name, gone));
         }
         for (name, gone) in set_gone {
-            out.push(element(NfCmd::Delete, name, gone));
+            out.push(Op::DelSetElems(name, gone));
         }
 
         // 5. Removed chains (flushed first: one may jump to another), then removed sets.
         let removed: Vec<&'a String> = old.chains.keys().filter(|n| !self.chains.contains_key(*n)).collect();
         for name in &removed {
-            out.push(Item::cmd(NfCmd::Flush(FlushObject::Chain(chain_object(name)))));
+            out.push(Op::FlushChain(name));
         }
         for name in &removed {
-            out.push(Item::cmd(NfCmd::Delete(NfListObject::Chain(chain_object(name)))));
+            out.push(Op::DeleteChain(name));
         }
         for (name, (ty, elems)) in old.sets.iter().filter(|(n, _)| !self.sets.contains_key(*n)) {
-            out.push(Item::cmd(NfCmd::Delete(set_object(name, *ty, elems, false))));
+            out.push(Op::DeleteSet(name, *ty, elems));
         }
-        Delta::Patch(Batch { items: out })
+        Delta::Patch(Patch { ops: out })
+    }
+}
+
+impl<'a> Patch<'a> {
+    /// How many commands the patch sends.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Whether it sends nothing.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// How many rules it adds.
+    pub fn rules_added(&self) -> usize {
+        self.ops.iter().filter(|o| matches!(o, Op::AddRule(..))).count()
+    }
+
+    /// The commands as nft's JSON batch.
+    pub fn to_batch(&self) -> Batch<'a> {
+        let items = self
+            .ops
+            .iter()
+            .map(|op| match op {
+                Op::AddChain(name) => Item::add(NfListObject::Chain(chain_object(name))),
+                Op::AddSet(name, ty, elems) => Item::add(set_object(name, *ty, elems, true)),
+                Op::AddMap(name, key, elems) => Item::add_jump_map(name, *key, elems.iter()),
+                Op::AddMapElems(name, elems) => {
+                    element(NfCmd::Add, name, elems.iter().map(|(k, t)| jump_elem(k, t)).collect())
+                }
+                Op::DelMapElems(name, keys) => element(NfCmd::Delete, name, keys.iter().map(|k| key_elem(k)).collect()),
+                Op::AddSetElems(name, elems) => element(NfCmd::Add, name, elems.exprs()),
+                Op::DelSetElems(name, elems) => element(NfCmd::Delete, name, elems.exprs()),
+                Op::FlushChain(name) => Item::cmd(NfCmd::Flush(FlushObject::Chain(chain_object(name)))),
+                Op::AddRule(chain, r) => Item::add(rule_object(chain, r)),
+                Op::DeleteChain(name) => Item::cmd(NfCmd::Delete(NfListObject::Chain(chain_object(name)))),
+                Op::DeleteSet(name, ty, elems) => Item::cmd(NfCmd::Delete(set_object(name, *ty, elems, false))),
+            })
+            .collect();
+        Batch { items }
+    }
+
+    /// The commands in nft's own syntax, one a line, for `nft -f -` (one transaction).
+    pub fn to_text(&self) -> Result<String, TextError> {
+        let t = format!("inet {TABLE_NAME}");
+        let mut out = String::new();
+        for op in &self.ops {
+            match op {
+                Op::AddChain(name) => {
+                    let _ = writeln!(out, "add chain {t} {name}");
+                }
+                Op::AddSet(name, ty, elems) => {
+                    let _ = write!(out, "add set {t} {name} {{ type {};", set_type_name(*ty));
+                    if matches!(elems, Elems::Nets(_)) {
+                        out.push_str(" flags interval;");
+                    }
+                    let items = elems.texts();
+                    if !items.is_empty() {
+                        let _ = write!(out, " elements = {{ {} }};", items.join(", "));
+                    }
+                    out.push_str(" }\n");
+                }
+                Op::AddMap(name, key, elems) => {
+                    let _ = write!(out, "add map {t} {name} {{ type {} : verdict;", set_type_name(*key));
+                    if !elems.is_empty() {
+                        let items: Vec<String> =
+                            elems.iter().map(|(k, c)| format!("{} : jump {c}", quoted(k))).collect();
+                        let _ = write!(out, " elements = {{ {} }};", items.join(", "));
+                    }
+                    out.push_str(" }\n");
+                }
+                Op::AddMapElems(name, elems) => {
+                    let items: Vec<String> = elems.iter().map(|(k, c)| format!("{} : jump {c}", quoted(k))).collect();
+                    let _ = writeln!(out, "add element {t} {name} {{ {} }}", items.join(", "));
+                }
+                Op::DelMapElems(name, keys) => {
+                    let items: Vec<String> = keys.iter().map(|k| quoted(k)).collect();
+                    let _ = writeln!(out, "delete element {t} {name} {{ {} }}", items.join(", "));
+                }
+                Op::AddSetElems(name, elems) => {
+                    let _ = writeln!(out, "add element {t} {name} {{ {} }}", elems.texts().join(", "));
+                }
+                Op::DelSetElems(name, elems) => {
+                    let _ = writeln!(out, "delete element {t} {name} {{ {} }}", elems.texts().join(", "));
+                }
+                Op::FlushChain(name) => {
+                    let _ = writeln!(out, "flush chain {t} {name}");
+                }
+                Op::AddRule(chain, r) => {
+                    let _ = write!(out, "add rule {t} {chain} ");
+                    rule_text(&mut out, chain, r)?;
+                    out.push('\n');
+                }
+                Op::DeleteChain(name) => {
+                    let _ = writeln!(out, "delete chain {t} {name}");
+                }
+                Op::DeleteSet(name, _, _) => {
+                    let _ = writeln!(out, "delete set {t} {name}");
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -179,22 +307,24 @@ fn element<'a>(cmd: fn(NfListObject<'a>) -> NfCmd<'a>, set: &'a str, elem: Vec<E
 }
 
 /// Elements in `new` and not in `old`, and the other way round.
-fn elems_diff(new: &Elems, old: &Elems) -> (Vec<Expression<'static>>, Vec<Expression<'static>>) {
-    fn diff<T: Ord, F: Fn(&T) -> Expression<'static>>(
-        a: &BTreeSet<T>,
-        b: &BTreeSet<T>,
-        expr: F,
-    ) -> (Vec<Expression<'static>>, Vec<Expression<'static>>) {
-        (
-            a.difference(b).map(&expr).collect(),
-            b.difference(a).map(&expr).collect(),
-        )
+fn elems_diff(new: &Elems, old: &Elems) -> (Elems, Elems) {
+    fn diff<T: Ord + Clone>(a: &BTreeSet<T>, b: &BTreeSet<T>) -> (BTreeSet<T>, BTreeSet<T>) {
+        (a.difference(b).cloned().collect(), b.difference(a).cloned().collect())
     }
     match (new, old) {
-        (Elems::Addrs(n), Elems::Addrs(o)) => diff(n, o, super::addr_expr),
-        (Elems::Nets(n), Elems::Nets(o)) => diff(n, o, super::net_expr),
-        (Elems::Names(n), Elems::Names(o)) => diff(n, o, |i: &String| super::st(i.clone())),
+        (Elems::Addrs(n), Elems::Addrs(o)) => {
+            let (a, g) = diff(n, o);
+            (Elems::Addrs(a), Elems::Addrs(g))
+        }
+        (Elems::Nets(n), Elems::Nets(o)) => {
+            let (a, g) = diff(n, o);
+            (Elems::Nets(a), Elems::Nets(g))
+        }
+        (Elems::Names(n), Elems::Names(o)) => {
+            let (a, g) = diff(n, o);
+            (Elems::Names(a), Elems::Names(g))
+        }
         // Checked by the caller: a changed kind is a whole replacement.
-        _ => (Vec::new(), Vec::new()),
+        _ => (Elems::Names(BTreeSet::new()), Elems::Names(BTreeSet::new())),
     }
 }

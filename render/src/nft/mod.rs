@@ -36,13 +36,15 @@ mod delta;
 mod expr;
 mod policy;
 mod table;
+mod text;
 
 pub use batch::{Batch, Item};
 pub use builder::{NftTable, TableCounts};
-pub use delta::Delta;
+pub use delta::{Delta, Patch};
 use expr::*;
 use policy::*;
 pub use table::{render_nft, render_nft_json};
+pub use text::{normalize_listing, TextError};
 
 pub const TABLE_NAME: &str = "calico";
 /// The named set of every local workload interface.

@@ -102,7 +102,8 @@ pub(super) fn port_proto(rule: &Rule) -> &'static str {
 }
 
 pub(super) fn ports_expr(ports: &[calico_schema::Port]) -> E {
-    one_or_set(
+    super::text::canonical_values(
+        true,
         ports
             .iter()
             .map(|p| {
@@ -116,6 +117,41 @@ pub(super) fn ports_expr(ports: &[calico_schema::Port]) -> E {
             })
             .collect(),
     )
+}
+
+/// nft up to 1.0.9 (Debian 12 has 1.0.6) merges `tcp sport != A` and `tcp dport != B`
+/// in one rule into one 4-byte `cmp neq` of both ports, which matches when either
+/// differs instead of when both do (fixed upstream in 2024: "Wrong payload merge of
+/// rule filter"). A one-port range (`B-B`) compiles to a `range neq`, which nft does
+/// not merge: the destination's negated port is written so whenever the source's is a
+/// single port too. Same meaning, same packets, on every nft.
+pub(super) fn keep_port_negations_apart(stmts: &mut [S]) {
+    let single_neq = |s: &S, field: &str| -> Option<(String, u32)> {
+        let Statement::Match(m) = s else { return None };
+        let (
+            Expression::Named(nftables::expr::NamedExpression::Payload(nftables::expr::Payload::PayloadField(pf))),
+            Operator::NEQ,
+            Expression::Number(n),
+        ) = (&m.left, m.op, &m.right)
+        else {
+            return None;
+        };
+        (pf.field == field).then(|| (pf.protocol.to_string(), *n))
+    };
+    let Some((proto, _)) = stmts.iter().find_map(|s| single_neq(s, "sport")) else {
+        return;
+    };
+    for s in stmts.iter_mut() {
+        if let Some((p, n)) = single_neq(s, "dport") {
+            if p == proto {
+                if let Statement::Match(m) = s {
+                    m.right = Expression::Range(Box::new(Range {
+                        range: [num(n), num(n)],
+                    }));
+                }
+            }
+        }
+    }
 }
 
 /// Evaluation chains already rendered, by direction, the endpoint's shared policy list
@@ -235,11 +271,11 @@ impl<'v> Renderer<'v> {
             };
             let nets = fam_nets(&e.nets);
             if !nets.is_empty() {
-                out.push(m(addr(), Operator::EQ, one_or_set(nets)));
+                out.push(m(addr(), Operator::EQ, super::text::canonical_values(false, nets)));
             }
             let not_nets = fam_nets(&e.not_nets);
             if !not_nets.is_empty() {
-                out.push(m(addr(), Operator::NEQ, one_or_set(not_nets)));
+                out.push(m(addr(), Operator::NEQ, super::text::canonical_values(false, not_nets)));
             }
         }
         let proto = port_proto(rule);
@@ -288,6 +324,7 @@ impl<'v> Renderer<'v> {
                 // empty member set).
                 continue;
             }
+            keep_port_negations_apart(&mut s);
             match (rule.action, owner) {
                 (Action::Allow, _) => {
                     s.push(mark_or(MARK_ACCEPT));
