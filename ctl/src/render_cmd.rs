@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use anyhow::{anyhow, Result};
 use calico_render::{render_bird, render_nft, render_routes, NodeView, RTPROT_CALICO, TABLE_NAME};
 use calico_schema::Resource;
-use calico_store::ipam::{container_handle, Ipam};
+use calico_store::ipam::Ipam;
 use clap::{Args, ValueEnum};
 use ipnet::IpNet;
 
@@ -84,19 +84,10 @@ pub async fn run(g: &GlobalOpts, args: &RenderArgs) -> Result<()> {
 /// (by its handle), and the node's affine blocks.
 async fn from_etcd(g: &GlobalOpts, node: &str) -> Result<(Vec<Resource>, BTreeMap<String, Vec<IpAddr>>, Vec<IpNet>)> {
     let ctx = Ctx::connect(g).await?;
-    let listing = ctx.call("list resources", ctx.store.list(None)).await?;
+    let (resources, addrs) = crate::desired::from_etcd(&ctx).await?;
     let ipam = Ipam::new(ctx.store.client(), ctx.cfg.timeout);
-    let handles = ipam.handles().await.map_err(|e| anyhow!("IPAM: {e}"))?;
     let blocks = ipam.node_blocks(node).await.map_err(|e| anyhow!("IPAM: {e}"))?;
-    let mut addrs = BTreeMap::new();
-    for r in &listing.resources {
-        if let Resource::Container(c) = r {
-            if let Some(h) = handles.get(&container_handle(&c.metadata.name)) {
-                addrs.insert(c.metadata.name.clone(), h.ips.clone());
-            }
-        }
-    }
-    Ok((listing.resources, addrs, blocks))
+    Ok((resources, addrs, blocks))
 }
 
 /// Renders `node`'s artefacts from `resources`. `addrs` gives Containers' addresses by
