@@ -249,6 +249,26 @@ fn node_status_diags_stop_on_a_namespace_host() {
 
     // /healthz answers.
     assert_eq!(http_get(&http, "/healthz").map(|(c, _)| c), Some(200));
+    // And the agent listens on nothing but loopback (its HTTP; the plugin sockets are
+    // unix sockets): every TCP listening socket of its pid is 127.0.0.1 or ::1.
+    let ss = Command::new("ss").args(["-Hltnp"]).output().unwrap();
+    assert!(ss.status.success(), "ss: {ss:?}");
+    let ss = String::from_utf8_lossy(&ss.stdout);
+    let mine: Vec<&str> = ss
+        .lines()
+        .filter(|l| l.contains(&format!("pid={agent_pid},")))
+        .collect();
+    assert!(
+        !mine.is_empty(),
+        "no listening socket of the agent (pid {agent_pid}):\n{ss}"
+    );
+    for l in &mine {
+        let local = l.split_whitespace().nth(3).unwrap_or_default();
+        assert!(
+            local.starts_with("127.0.0.1:") || local.starts_with("[::1]:"),
+            "the agent listens beyond loopback: {l}"
+        );
+    }
 
     // A second agent for the same run directory is refused.
     let r = ctl(&ep, &node_args);
