@@ -232,16 +232,16 @@ pub struct EntityRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_selector: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = crate::limits::MAX_NETS_PER_LIST))]
     pub nets: Vec<Cidr>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = crate::limits::MAX_NETS_PER_LIST))]
     pub not_nets: Vec<Cidr>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 50))]
+    #[schemars(length(max = crate::limits::MAX_PORTS_PER_LIST))]
     pub ports: Vec<Port>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 50))]
+    #[schemars(length(max = crate::limits::MAX_PORTS_PER_LIST))]
     pub not_ports: Vec<Port>,
 }
 
@@ -295,9 +295,11 @@ impl Rule {
 pub struct GroupSpec {
     /// Absent: accept only from this group's own members.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::limits::MAX_RULES_PER_DIRECTION))]
     pub ingress: Option<Vec<Rule>>,
     /// Absent: allow everything out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::limits::MAX_RULES_PER_DIRECTION))]
     pub egress: Option<Vec<Rule>>,
 }
 
@@ -390,8 +392,10 @@ pub struct PolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub types: Option<Vec<PolicyType>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = crate::limits::MAX_RULES_PER_DIRECTION))]
     pub ingress: Vec<Rule>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = crate::limits::MAX_RULES_PER_DIRECTION))]
     pub egress: Vec<Rule>,
 }
 

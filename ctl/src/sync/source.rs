@@ -151,6 +151,9 @@ fn read_once(dir: &Path) -> Result<Snapshot, ReadError> {
         h.update(rel.as_bytes());
         h.update(message.as_bytes());
     }
+    // Every file is checked and sized before any is read: a directory too large in all
+    // is refused whole, without reading (or later parsing) part of it.
+    let mut to_read = Vec::with_capacity(walk.files.len());
     for p in walk.files {
         let rel = rel_of(&p);
         // The directory is written by whoever can push to the repository: a symlink in
@@ -158,6 +161,7 @@ fn read_once(dir: &Path) -> Result<Snapshot, ReadError> {
         // this host, such as /etc/shadow.
         let real = std::fs::canonicalize(&p).map_err(changing)?;
         let meta = std::fs::metadata(&real).map_err(changing)?;
+        let size = meta.len();
         let why = if !real.starts_with(&root) {
             Some(format!(
                 "a symlink to {}, outside the sync directory; refused, not read",
@@ -166,26 +170,34 @@ fn read_once(dir: &Path) -> Result<Snapshot, ReadError> {
         } else if !meta.is_file() {
             // A FIFO or a device would block the read or never end it.
             Some("not a regular file; refused, not read".to_string())
+        } else if size > MAX_FILE_BYTES {
+            Some(format!("the file is {size} bytes; at most {MAX_FILE_BYTES} are read"))
         } else {
-            let size = meta.len();
-            total += size;
-            if size > MAX_FILE_BYTES {
-                Some(format!("the file is {size} bytes; at most {MAX_FILE_BYTES} are read"))
-            } else if total > MAX_DIR_BYTES {
-                Some(format!(
-                    "the directory's YAML files add up to more than {MAX_DIR_BYTES} bytes by here; refused"
-                ))
-            } else {
-                None
-            }
+            None
         };
-        if let Some(message) = why {
-            h.update(b"refused\0");
-            h.update(rel.as_bytes());
-            h.update(message.as_bytes());
-            refused.push((rel, message));
-            continue;
+        match why {
+            Some(message) => {
+                h.update(b"refused\0");
+                h.update(rel.as_bytes());
+                h.update(message.as_bytes());
+                refused.push((rel, message));
+            }
+            None => {
+                total += size;
+                to_read.push((rel, real));
+            }
         }
+    }
+    if total > MAX_DIR_BYTES {
+        let message = format!(
+            "the directory's YAML files add up to {total} bytes; at most {MAX_DIR_BYTES} are read, so none was"
+        );
+        h.update(b"refused\0");
+        h.update(message.as_bytes());
+        refused.push((".".to_string(), message));
+        to_read.clear();
+    }
+    for (rel, real) in to_read {
         let bytes = std::fs::read(&real).map_err(changing)?;
         h.update((rel.len() as u64).to_le_bytes());
         h.update(rel.as_bytes());
@@ -466,6 +478,40 @@ mod tests {
             e.contains("shadow.yaml") && e.contains("outside the sync directory"),
             "{e}"
         );
+    }
+
+    /// Too many bytes in all: refused whole, before any file is read (five sparse
+    /// files of 15 MiB, each under the per-file limit).
+    #[test]
+    fn a_directory_too_large_in_all_is_refused_unread() {
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..5 {
+            let f = std::fs::File::create(d.path().join(format!("f{i}.yaml"))).unwrap();
+            f.set_len(15 * 1024 * 1024).unwrap();
+        }
+        let started = std::time::Instant::now();
+        let s = read_settled(d.path(), Duration::from_millis(1)).unwrap();
+        assert!(s.files.is_empty(), "{} files read", s.files.len());
+        assert_eq!(s.refused.len(), 1, "{:?}", s.refused);
+        assert!(
+            s.refused[0].1.contains(&format!("at most {MAX_DIR_BYTES} are read")),
+            "{:?}",
+            s.refused
+        );
+        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+        assert!(s.load().is_err());
+    }
+
+    #[test]
+    fn a_directory_of_too_many_files_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..=MAX_DIR_FILES {
+            std::fs::write(d.path().join(format!("g{i}.yaml")), "").unwrap();
+        }
+        let e = read_settled(d.path(), Duration::from_millis(1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("more than {MAX_DIR_FILES} YAML files")), "{e}");
     }
 
     #[test]
