@@ -164,8 +164,7 @@ fn ten_thousand_etcd_writes_in_ten_seconds_bounded_memory_and_convergence() {
     assert!(c.agents.get_mut("host1").expect("agent").alive(), "the agent died");
     assert!(
         peak < RSS_BOUND_MIB * 1024,
-        "agent RSS peaked at {} KiB, over {RSS_BOUND_MIB} MiB",
-        peak
+        "agent RSS peaked at {peak} KiB, over {RSS_BOUND_MIB} MiB"
     );
     assert_eq!(c.agents["host1"].metric("calico_invalid_data"), Some(0.0));
     // Still programmed after the storm.
