@@ -23,6 +23,9 @@ pub const MAX_NODES_PER_FILE: usize = 2_000_000;
 pub const MAX_DEPTH: usize = 64;
 /// Bytes of one selector expression.
 pub const MAX_SELECTOR_BYTES: usize = 4096;
+/// Levels of `(` or `!` in one selector: deeper input would overflow the stack of the
+/// recursive-descent parser (or of the evaluator and destructor).
+pub const MAX_SELECTOR_DEPTH: usize = 100;
 /// Bytes of one value read from etcd (a resource, an IPAM block or handle). etcd's own
 /// default request limit is 1.5 MiB; a larger value was written around calicoctl.
 pub const MAX_ETCD_VALUE_BYTES: usize = 1024 * 1024;
