@@ -136,3 +136,19 @@ fn limit_malloc_arenas() {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The HTTP endpoint (/metrics, /status) is for the host itself: unless --http says
+    /// otherwise it listens on loopback only (docs/security.md).
+    #[test]
+    fn http_listens_on_loopback_by_default() {
+        let args = Args::try_parse_from(["calico-node", "--name", "n1"]).expect("parse");
+        let addr: SocketAddr = args.http.parse().expect("a HOST:PORT");
+        assert!(addr.ip().is_loopback(), "{addr}");
+        let args = Args::try_parse_from(["calico-node", "--name", "n1", "--http", "0.0.0.0:9099"]).expect("parse");
+        assert_eq!(args.http, "0.0.0.0:9099", "told otherwise, it listens where told");
+    }
+}

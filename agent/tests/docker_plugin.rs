@@ -714,6 +714,55 @@ async fn malformed_requests_get_clear_errors() {
 }
 
 /// Optional notifications Docker may send are accepted and need no backend.
+/// A body over the plugin's 1 MiB limit is refused with a 400 and `{"Err": ...}`
+/// naming the request, whether it says its length up front or not, without reaching
+/// the backend; the server keeps serving.
+#[tokio::test]
+async fn oversized_bodies_are_refused_and_the_server_keeps_serving() {
+    let mock = Arc::new(Mock::default());
+    let (_dir, server) = start(mock.clone()).await;
+    let net = server.network_socket().to_path_buf();
+    let big = vec![b' '; (1 << 20) + 1];
+    for chunked in [false, true] {
+        let mut stream = UnixStream::connect(&net).await.unwrap();
+        let framing = if chunked {
+            "Transfer-Encoding: chunked".to_string()
+        } else {
+            format!("Content-Length: {}", big.len())
+        };
+        let head = format!(
+            "POST /NetworkDriver.CreateNetwork HTTP/1.1\r\nHost: plugin\r\n{framing}\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        // The server may answer and close before it has read everything: a failed
+        // write here is the refusal arriving early, not an error of the test.
+        let body = if chunked {
+            let mut b = format!("{:x}\r\n", big.len()).into_bytes();
+            b.extend_from_slice(&big);
+            b.extend_from_slice(b"\r\n0\r\n\r\n");
+            b
+        } else {
+            big.clone()
+        };
+        let _ = stream.write_all(&body).await;
+        let mut buf = Vec::new();
+        let _ = stream.read_to_end(&mut buf).await;
+        let text = String::from_utf8_lossy(&buf);
+        assert!(text.starts_with("HTTP/1.1 400"), "chunked {chunked}: {text}");
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+        let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{body:?}: {e}"));
+        let err = v["Err"].as_str().unwrap_or_default();
+        assert!(
+            err.contains("NetworkDriver.CreateNetwork") && err.contains("body"),
+            "{err}"
+        );
+    }
+    assert!(mock.calls().is_empty(), "the backend was called: {:?}", mock.calls());
+    // Still serving.
+    ok(server.ipam_socket(), "IpamDriver.GetCapabilities", Value::Null).await;
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn discovery_and_free_network_are_accepted() {
     let (_dir, server) = start(Arc::new(Mock::default())).await;

@@ -79,6 +79,13 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// `calicoctl node` hands the agent a loopback --http unless told otherwise.
+    #[test]
+    fn the_default_endpoint_is_loopback() {
+        let addr: std::net::SocketAddr = DEFAULT_HTTP.parse().unwrap();
+        assert!(addr.ip().is_loopback(), "{addr}");
+    }
+
     /// Serves one connection with `reply`, after reading the request.
     async fn serve_once(reply: &'static [u8]) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -14,6 +14,11 @@
 //!   fields named like passwords, secrets, tokens or private keys are replaced);
 //! - `diags.txt`: this calicoctl's etcd settings (TLS files by path, never contents).
 //!
+//! Files are collected by name, never the run directory whole, so a key file kept
+//! beside the agent's files is not taken. Whatever is collected is scrubbed
+//! ([`scrub_text`]): PEM private keys and BIRD passwords are left out of every file,
+//! even one that is a symlink to a key, and of every text in the datastore dump.
+//!
 //! The members are staged in a temporary directory `calico-diags-<time>/`, which is
 //! archived whole (the tar and flate2 crates: no `tar` program needed on the host).
 
@@ -67,15 +72,71 @@ pub fn redact(v: &mut Value) {
         Value::Object(map) => {
             for (k, val) in map.iter_mut() {
                 if is_secret_field(k) {
-                    *val = Value::String("(left out of diags)".into());
+                    *val = Value::String(LEFT_OUT.into());
                 } else {
                     redact(val);
                 }
             }
         }
         Value::Array(items) => items.iter_mut().for_each(redact),
+        // A key can hide in any text, a description or a label.
+        Value::String(text) => *text = scrub_text(text),
         _ => {}
     }
+}
+
+/// What a secret left out is replaced with.
+const LEFT_OUT: &str = "(left out of diags)";
+
+/// Leaves secrets out of free text (a log, bird.conf, a value that is not JSON): PEM
+/// private-key blocks (`-----BEGIN ... PRIVATE KEY-----` to its END line, or to the end
+/// of the text when the END is missing) and BIRD's `password "..."`. Field names are no
+/// help in text, so it looks for the secrets' own shapes.
+pub fn scrub_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("-----BEGIN ") {
+        let after = &rest[i + "-----BEGIN ".len()..];
+        let Some(label_end) = after.find("-----") else { break };
+        let label = &after[..label_end];
+        if !label.ends_with("PRIVATE KEY") {
+            out.push_str(&rest[..i + "-----BEGIN ".len()]);
+            rest = after;
+            continue;
+        }
+        out.push_str(&rest[..i]);
+        out.push_str(LEFT_OUT);
+        let end_marker = format!("-----END {label}-----");
+        rest = match after.find(&end_marker) {
+            Some(j) => &after[j + end_marker.len()..],
+            None => "",
+        };
+    }
+    out.push_str(rest);
+    scrub_bird_passwords(&out)
+}
+
+/// `password "x"` (BIRD's BGP session password) becomes `password "(left out of diags)"`.
+fn scrub_bird_passwords(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("password") {
+        let (head, tail) = rest.split_at(i + "password".len());
+        out.push_str(head);
+        let quoted = tail.trim_start_matches([' ', '\t']);
+        match quoted.strip_prefix('"').and_then(|q| q.find('"').map(|j| &q[j + 1..])) {
+            Some(after) => {
+                out.push_str(&tail[..tail.len() - quoted.len()]);
+                out.push('"');
+                out.push_str(LEFT_OUT);
+                out.push('"');
+                rest = after;
+            }
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Every key under /calico/v1/: JSON values as JSON (redacted), anything else as text.
@@ -92,7 +153,7 @@ async fn datastore_dump(g: &GlobalOpts) -> Result<Value> {
                 redact(&mut v);
                 v
             }
-            Err(_) => Value::String(String::from_utf8_lossy(&raw).into_owned()),
+            Err(_) => Value::String(scrub_text(&String::from_utf8_lossy(&raw))),
         };
         items.insert(key, serde_json::json!({ "modRevision": mod_revision, "value": value }));
     }
@@ -124,13 +185,12 @@ impl Collector {
         }
     }
 
+    /// Copies a text file of the agent's, with secrets scrubbed ([`scrub_text`]): a log
+    /// may have caught a key, and bird.conf may hold BGP passwords.
     fn copy(&mut self, name: &str, src: &Path) {
         let r = std::fs::read(src).with_context(|| format!("read {}", src.display()));
         match r {
-            Ok(bytes) => match std::fs::write(self.dir.join(name), bytes) {
-                Ok(()) => self.members.push(name.into()),
-                Err(e) => self.errors.push(format!("{name}: write: {e}")),
-            },
+            Ok(bytes) => self.put(name, &scrub_text(&String::from_utf8_lossy(&bytes))),
             Err(e) => self.errors.push(format!("{name}: {e:#}")),
         }
     }
@@ -253,6 +313,27 @@ fn pack(output: &Path, top: &str, dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scrubs_private_keys_and_bird_passwords_from_text() {
+        let text = "before\n-----BEGIN RSA PRIVATE KEY-----\nMIIsecret\n-----END RSA PRIVATE KEY-----\nmid \
+            -----BEGIN CERTIFICATE-----\nMIIcert\n-----END CERTIFICATE-----\n\
+            protocol bgp p1 { password \"s3cret\"; neighbor 10.0.0.1; }\n\
+            -----BEGIN PRIVATE KEY-----\nMIItruncated";
+        let out = scrub_text(text);
+        assert!(!out.contains("MIIsecret") && !out.contains("MIItruncated"), "{out}");
+        assert!(!out.contains("s3cret"), "{out}");
+        assert!(out.contains("MIIcert"), "certificates are public: {out}");
+        assert!(out.starts_with("before\n(left out of diags)\nmid "), "{out}");
+        assert!(
+            out.contains("password \"(left out of diags)\"; neighbor 10.0.0.1;"),
+            "{out}"
+        );
+        assert_eq!(
+            scrub_text("no secrets; a password field name alone"),
+            "no secrets; a password field name alone"
+        );
+    }
 
     #[test]
     fn redacts_secret_fields_only() {

@@ -123,3 +123,69 @@ fn sync_survives_a_hostile_commit_and_never_reads_outside_its_directory() {
     assert!(r.stderr.contains("outside the sync directory"), "{r:?}");
     assert!(!r.stderr.contains("SECRET-CONTENT"), "{r:?}");
 }
+
+/// The master's sync (the leader runs it) meets a hostile git commit: an alias bomb, a
+/// committed symlink to /etc/shadow and a symlink loop. It is reported like any
+/// invalid revision, the last good state stays, the master keeps leading, and the next
+/// good commit applies.
+#[test]
+fn the_master_survives_a_hostile_commit() {
+    let etcd = TestEtcd::start();
+    let ep = etcd.endpoint();
+    let db = Db::connect(&ep);
+    let mut repo = Repo::new();
+    let c1 = repo.commit(&[("g.yaml", Some(&docs(&[group("g1", "1")])))], "good");
+    repo.publish(&c1);
+    let current = repo.current();
+    let mut master = Proc::spawn(
+        "master",
+        &ep,
+        &[
+            "master",
+            "--ip",
+            "127.0.0.1",
+            "--name",
+            "m1",
+            "--sync-dir",
+            current.to_str().unwrap(),
+            "--sync-id",
+            "hm",
+            "--sync-interval",
+            "500ms",
+        ],
+    );
+    wait_for(Duration::from_secs(15), || db.get(Kind::Group, "g1"))
+        .unwrap_or_else(|| panic!("first revision not applied:\n{}", master.log()));
+    let before = db.versions();
+
+    std::os::unix::fs::symlink("/etc/shadow", repo.work.join("shadow.yaml")).unwrap();
+    std::os::unix::fs::symlink(".", repo.work.join("loop")).unwrap();
+    let laughs = billion_laughs();
+    let more = docs(&[group("g2", "1")]);
+    let c2 = repo.commit(&[("laughs.yaml", Some(&laughs)), ("more.yaml", Some(&more))], "hostile");
+    repo.publish(&c2);
+    let status = wait_for(Duration::from_secs(15), || {
+        db.status("hm")
+            .filter(|s| s["lastError"].to_string().contains("shadow.yaml"))
+    })
+    .unwrap_or_else(|| panic!("no error reported; status {:?}\n{}", db.status("hm"), master.log()));
+    let err = status["lastError"].to_string();
+    assert!(
+        err.contains("a symlink to /etc/shadow, outside the sync directory"),
+        "{err}"
+    );
+    assert!(err.contains("laughs.yaml:7:"), "{err}");
+    assert!(!err.contains("root:"), "shadow's content in the report: {err}");
+    assert!(master.alive(), "the master died: {}", master.log());
+    assert_eq!(db.versions(), before, "nothing of the hostile revision was applied");
+    assert!(db.get(Kind::Group, "g2").is_none());
+
+    // Still the leader, still syncing: the next good commit applies.
+    std::fs::remove_file(repo.work.join("shadow.yaml")).unwrap();
+    std::fs::remove_file(repo.work.join("loop")).unwrap();
+    let c3 = repo.commit(&[("laughs.yaml", None)], "fixed");
+    repo.publish(&c3);
+    wait_for(Duration::from_secs(15), || db.get(Kind::Group, "g2"))
+        .unwrap_or_else(|| panic!("good revision not applied:\n{}", master.log()));
+    assert!(master.alive());
+}

@@ -319,3 +319,89 @@ fn diags_without_an_agent() {
     assert!(errors.contains("birdc-protocols.txt"), "{errors}");
     assert!(top.join("diags.txt").exists());
 }
+
+/// A private key planted in the run directory is never archived: diags collects files
+/// by name (not the directory), and what it collects is scrubbed, even when one of
+/// those names is a symlink to the key, a log caught the key, bird.conf holds a BGP
+/// password, or an etcd value (JSON or not) carries a key.
+#[test]
+fn diags_leaves_out_a_key_planted_in_the_run_dir() {
+    let etcd = TestEtcd::start();
+    let ep = etcd.endpoint();
+    setup(&ep);
+    let pem = "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIPLANTEDKEYMATERIAL0123456789\n-----END EC PRIVATE KEY-----\n";
+    put(
+        &ep,
+        "status/planted",
+        &serde_json::json!({"note": format!("oops {pem}")}),
+    );
+    put_raw(&ep, "status/planted-raw", format!("not json {pem}").as_bytes());
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("etcd-key.pem"), pem).unwrap();
+    std::os::unix::fs::symlink(run.join("etcd-key.pem"), run.join("nft.json")).unwrap();
+    std::fs::write(
+        run.join("bird.conf"),
+        "protocol bgp peer1 {\n  neighbor 10.0.0.2 as 64512;\n  password \"PLANTEDBGPPASSWORD\";\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("calico-node.log"),
+        format!("INFO started\nERROR could not parse key file: {pem}INFO still running\n"),
+    )
+    .unwrap();
+    let out = dir.path().join("d.tar.gz");
+    let r = ctl(
+        &ep,
+        &[
+            "diags",
+            "--run-dir",
+            run.to_str().unwrap(),
+            "--log-dir",
+            dir.path().to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    r.assert_ok();
+    let x = dir.path().join("x");
+    std::fs::create_dir_all(&x).unwrap();
+    let st = std::process::Command::new("tar")
+        .args(["xzf", out.to_str().unwrap(), "-C", x.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let top = std::fs::read_dir(&x).unwrap().next().unwrap().unwrap().path();
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(&top).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        let text = String::from_utf8_lossy(&std::fs::read(&p).unwrap()).into_owned();
+        assert!(
+            !text.contains("PLANTEDKEYMATERIAL"),
+            "the key leaked into {name}:\n{text}"
+        );
+        assert!(!text.contains("PRIVATE KEY-----"), "a key block in {name}:\n{text}");
+        assert!(
+            !text.contains("PLANTEDBGPPASSWORD"),
+            "the BGP password leaked into {name}:\n{text}"
+        );
+        names.push(name);
+    }
+    names.sort();
+    assert!(!names.iter().any(|n| n.contains("etcd-key")), "{names:?}");
+    // The files themselves were collected, scrubbed rather than dropped.
+    let log = std::fs::read_to_string(top.join("calico-node.log")).unwrap();
+    assert!(
+        log.contains("INFO still running") && log.contains("(left out of diags)"),
+        "{log}"
+    );
+    let conf = std::fs::read_to_string(top.join("bird.conf")).unwrap();
+    assert!(conf.contains("neighbor 10.0.0.2 as 64512;"), "{conf}");
+    let ds = std::fs::read_to_string(top.join("datastore.json")).unwrap();
+    assert!(
+        ds.contains("/calico/v1/status/planted-raw") && ds.contains("not json"),
+        "{ds}"
+    );
+}

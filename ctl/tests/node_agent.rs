@@ -249,6 +249,26 @@ fn node_status_diags_stop_on_a_namespace_host() {
 
     // /healthz answers.
     assert_eq!(http_get(&http, "/healthz").map(|(c, _)| c), Some(200));
+    // And the agent listens on nothing but loopback (its HTTP; the plugin sockets are
+    // unix sockets): every TCP listening socket of its pid is 127.0.0.1 or ::1.
+    let ss = Command::new("ss").args(["-Hltnp"]).output().unwrap();
+    assert!(ss.status.success(), "ss: {ss:?}");
+    let ss = String::from_utf8_lossy(&ss.stdout);
+    let mine: Vec<&str> = ss
+        .lines()
+        .filter(|l| l.contains(&format!("pid={agent_pid},")))
+        .collect();
+    assert!(
+        !mine.is_empty(),
+        "no listening socket of the agent (pid {agent_pid}):\n{ss}"
+    );
+    for l in &mine {
+        let local = l.split_whitespace().nth(3).unwrap_or_default();
+        assert!(
+            local.starts_with("127.0.0.1:") || local.starts_with("[::1]:"),
+            "the agent listens beyond loopback: {l}"
+        );
+    }
 
     // A second agent for the same run directory is refused.
     let r = ctl(&ep, &node_args);
@@ -293,6 +313,36 @@ fn node_status_diags_stop_on_a_namespace_host() {
         .unwrap_or_else(|| panic!("no session with the global peer:\n{out}"));
     assert!(peer.contains("global (tor)"), "{peer}");
     assert!(out.contains("0 failed, 0 pending"), "{out}");
+    // The running agent's /metrics, as scraped, passes promtool (scripts/install-deps.sh
+    // installs it with Debian's prometheus package; missing, this fails), with the
+    // reconciles it has run counted in histograms.
+    let (code, page) = http_get(&http, "/metrics").expect("GET /metrics");
+    assert_eq!(code, 200, "{page}");
+    for line in [
+        "# TYPE calico_reconcile_seconds histogram",
+        "# TYPE calico_reconciles_total counter",
+    ] {
+        assert!(page.lines().any(|l| l == line), "no {line:?} in\n{page}");
+    }
+    assert!(page.contains("calico_reconcile_seconds_bucket{le=\"+Inf\"}"), "{page}");
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("promtool: {e} (scripts/install-deps.sh installs prometheus)"));
+    {
+        use std::io::Write;
+        promtool.stdin.take().unwrap().write_all(page.as_bytes()).unwrap();
+    }
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics on the scraped page: {}{}\n{page}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The workload was really plumbed in the host namespace.
     let links = host.exec(&["ip", "-o", "link", "show"]);
     assert!(links.contains("cali"), "{links}");

@@ -23,6 +23,16 @@ pub const MAX_NODES_PER_FILE: usize = 2_000_000;
 pub const MAX_DEPTH: usize = 64;
 /// Bytes of one selector expression.
 pub const MAX_SELECTOR_BYTES: usize = 4096;
+/// Levels of `(` or `!` in one selector: deeper input would overflow the stack of the
+/// recursive-descent parser (or of the evaluator and destructor).
+pub const MAX_SELECTOR_DEPTH: usize = 100;
 /// Bytes of one value read from etcd (a resource, an IPAM block or handle). etcd's own
 /// default request limit is 1.5 MiB; a larger value was written around calicoctl.
 pub const MAX_ETCD_VALUE_BYTES: usize = 1024 * 1024;
+/// Rules in one direction (ingress or egress) of a Group or Policy. A rule costs a few
+/// nft rules per endpoint it applies to; a thousand is far past any real policy.
+pub const MAX_RULES_PER_DIRECTION: usize = 1000;
+/// Ports (or port ranges) in one `ports` or `notPorts` list of a rule.
+pub const MAX_PORTS_PER_LIST: usize = 50;
+/// Nets in one `nets` or `notNets` list of a rule.
+pub const MAX_NETS_PER_LIST: usize = 256;

@@ -270,22 +270,41 @@ pub fn check_loaded_set(set: &[Loaded], existing: &Existing<'_>) -> Result<(), D
 /// dot-directories (git's metadata, git-sync's staging, editors' swap files).
 pub fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
+    // Each directory is listed once, by its resolved path: a `loop -> .` link would
+    // otherwise list the tree again at every depth (2^40 paths with two such links).
+    let mut seen = std::collections::HashSet::new();
+    seen.insert(std::fs::canonicalize(dir)?);
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d)? {
-            let entry = entry?;
-            let name = entry.file_name();
+        let mut names = std::fs::read_dir(&d)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<Vec<_>, _>>()?;
+        names.sort();
+        for name in names {
+            let path = d.join(&name);
             let name = name.to_string_lossy();
             if name.starts_with('.') {
                 continue;
             }
-            let path = entry.path();
             // Follows symlinks, so a git-sync style `current -> rev-xyz` link works.
             let meta = std::fs::metadata(&path)?;
             if meta.is_dir() {
-                stack.push(path);
+                if seen.insert(std::fs::canonicalize(&path)?) {
+                    stack.push(path);
+                }
             } else if name.ends_with(".yaml") || name.ends_with(".yml") {
                 out.push(path);
+            }
+            // Past the limit the caller refuses the directory: listing on would only
+            // cost time and memory.
+            if seen.len() > MAX_DIR_FILES {
+                return Err(std::io::Error::other(format!(
+                    "more than {MAX_DIR_FILES} directories; at most {MAX_DIR_FILES} are read"
+                )));
+            }
+            if out.len() > MAX_DIR_FILES {
+                out.sort();
+                return Ok(out);
             }
         }
     }
@@ -323,18 +342,28 @@ pub fn load_path(path: &Path) -> Result<Vec<Loaded>, Diagnostics> {
     if files.len() > MAX_DIR_FILES {
         return Err(refuse(
             path,
-            format!(
-                "{} YAML files; at most {MAX_DIR_FILES} are read from one directory",
-                files.len()
-            ),
+            format!("more than {MAX_DIR_FILES} YAML files; at most {MAX_DIR_FILES} are read from one directory"),
         ));
     }
     let mut out = Vec::new();
     let mut diags = Vec::new();
-    let mut total: u64 = 0;
-    for f in files {
-        // Sized before reading, so a huge file is never read into memory.
-        let size = std::fs::metadata(&f).map(|m| m.len()).unwrap_or(0);
+    // Every file is sized before any is read, so neither a huge file nor a directory
+    // too large in all is read into memory or parsed in part.
+    let sized: Vec<(PathBuf, u64)> = files
+        .into_iter()
+        .map(|f| {
+            let size = std::fs::metadata(&f).map(|m| m.len()).unwrap_or(0);
+            (f, size)
+        })
+        .collect();
+    let total: u64 = sized.iter().map(|(_, n)| *n).filter(|n| *n <= MAX_FILE_BYTES).sum();
+    if total > MAX_DIR_BYTES {
+        return Err(refuse(
+            path,
+            format!("the YAML files add up to {total} bytes; at most {MAX_DIR_BYTES} are read from one directory"),
+        ));
+    }
+    for (f, size) in sized {
         if size > MAX_FILE_BYTES {
             diags.extend(
                 refuse(
@@ -344,13 +373,6 @@ pub fn load_path(path: &Path) -> Result<Vec<Loaded>, Diagnostics> {
                 .0,
             );
             continue;
-        }
-        total += size;
-        if total > MAX_DIR_BYTES {
-            return Err(refuse(
-                path,
-                format!("the YAML files add up to more than {MAX_DIR_BYTES} bytes; refused"),
-            ));
         }
         let text = match std::fs::read_to_string(&f) {
             Ok(t) => t,
@@ -379,6 +401,91 @@ mod tests {
         load_str("t.yaml", text)
             .map(|mut l| l.remove(0).resource)
             .map_err(|d| d.to_string())
+    }
+
+    /// Rules per direction, ports and nets per list are bounded (calico_schema::limits),
+    /// in Groups and Policies alike, and the refusal names the list.
+    #[test]
+    fn rules_ports_and_nets_are_bounded() {
+        use crate::limits::{MAX_NETS_PER_LIST, MAX_PORTS_PER_LIST, MAX_RULES_PER_DIRECTION};
+        let rules = |n: usize| "\n".to_string() + &"    - action: Allow\n".repeat(n);
+        for kind in ["Group", "Policy"] {
+            for dir in ["ingress", "egress"] {
+                let doc = |n: usize| {
+                    format!(
+                        "apiVersion: calico/v1\nkind: {kind}\nmetadata: {{name: p}}\nspec:\n  {dir}:{}",
+                        rules(n)
+                    )
+                };
+                assert!(
+                    one(&doc(MAX_RULES_PER_DIRECTION)).is_ok(),
+                    "{kind} {dir}: the limit itself is allowed"
+                );
+                let e = one(&doc(MAX_RULES_PER_DIRECTION + 1)).unwrap_err();
+                assert!(
+                    e.contains(&format!("spec.{dir}")) && e.contains("1000"),
+                    "{kind} {dir}: {e}"
+                );
+            }
+        }
+        let list = |field: &str, item: &dyn Fn(usize) -> String, n: usize| {
+            let items: Vec<String> = (0..n).map(item).collect();
+            format!(
+                "apiVersion: calico/v1\nkind: Policy\nmetadata: {{name: p}}\nspec:\n  ingress:\n    - action: Allow\n      protocol: TCP\n      source:\n        {field}: [{}]\n",
+                items.join(", ")
+            )
+        };
+        let port = |i: usize| (1000 + i).to_string();
+        let net = |i: usize| format!("10.{}.{}.0/24", i / 256, i % 256);
+        for (field, item, max) in [
+            ("ports", &port as &dyn Fn(usize) -> String, MAX_PORTS_PER_LIST),
+            ("notPorts", &port, MAX_PORTS_PER_LIST),
+            ("nets", &net, MAX_NETS_PER_LIST),
+            ("notNets", &net, MAX_NETS_PER_LIST),
+        ] {
+            assert!(
+                one(&list(field, item, max)).is_ok(),
+                "{field}: the limit itself is allowed"
+            );
+            let e = one(&list(field, item, max + 1)).unwrap_err();
+            assert!(e.contains(&format!("spec.ingress[0].source.{field}")), "{field}: {e}");
+        }
+    }
+
+    /// A directory is bounded in files and bytes, refused as a whole and before any
+    /// file is read; a symlink loop is listed once.
+    #[test]
+    fn directories_are_bounded() {
+        let group = |i: usize| format!("apiVersion: calico/v1\nkind: Group\nmetadata: {{name: g{i}}}\n");
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("a.yaml"), group(1)).unwrap();
+        std::os::unix::fs::symlink(".", d.path().join("loop1")).unwrap();
+        std::os::unix::fs::symlink(".", d.path().join("loop2")).unwrap();
+        let loaded = load_path(d.path()).unwrap();
+        assert_eq!(loaded.len(), 1, "the loop was listed more than once");
+
+        // Bytes: five sparse files of 15 MiB, each under MAX_FILE_BYTES; 75 MiB in all.
+        let big = tempfile::tempdir().unwrap();
+        for i in 0..5 {
+            let f = std::fs::File::create(big.path().join(format!("f{i}.yaml"))).unwrap();
+            f.set_len(15 * 1024 * 1024).unwrap();
+        }
+        let started = std::time::Instant::now();
+        let e = load_path(big.path()).unwrap_err().to_string();
+        assert!(e.contains(&format!("at most {MAX_DIR_BYTES} are read")), "{e}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "read before refusing: {:?}",
+            started.elapsed()
+        );
+
+        // Files: one more than MAX_DIR_FILES.
+        let many = tempfile::tempdir().unwrap();
+        for i in 0..=MAX_DIR_FILES {
+            std::fs::write(many.path().join(format!("g{i}.yaml")), "").unwrap();
+        }
+        let e = load_path(many.path()).unwrap_err().to_string();
+        assert!(e.contains(&format!("at most {MAX_DIR_FILES} are read")), "{e}");
     }
 
     /// `kind: Group` with no spec, or an empty one, is `addgroup G`: every default.

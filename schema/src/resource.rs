@@ -239,19 +239,19 @@ pub struct EntityRule {
     pub not_selector: Option<String>,
     /// Addresses in any of these networks (a bare address is one host).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = crate::limits::MAX_NETS_PER_LIST))]
     pub nets: Vec<Cidr>,
     /// Addresses in none of these networks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = crate::limits::MAX_NETS_PER_LIST))]
     pub not_nets: Vec<Cidr>,
     /// Ports or ranges ("first:last"); needs a port protocol (TCP, UDP, SCTP, UDPLite).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 50))]
+    #[schemars(length(max = crate::limits::MAX_PORTS_PER_LIST))]
     pub ports: Vec<Port>,
     /// Ports or ranges not matched; needs a port protocol.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 50))]
+    #[schemars(length(max = crate::limits::MAX_PORTS_PER_LIST))]
     pub not_ports: Vec<Port>,
 }
 
@@ -313,9 +313,11 @@ impl Rule {
 pub struct GroupSpec {
     /// Absent: accept only from this group's own members.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::limits::MAX_RULES_PER_DIRECTION))]
     pub ingress: Option<Vec<Rule>>,
     /// Absent: allow everything out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::limits::MAX_RULES_PER_DIRECTION))]
     pub egress: Option<Vec<Rule>>,
 }
 
@@ -413,9 +415,11 @@ pub struct PolicySpec {
     pub types: Option<Vec<PolicyType>>,
     /// Rules for traffic into the selected Containers, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = crate::limits::MAX_RULES_PER_DIRECTION))]
     pub ingress: Vec<Rule>,
     /// Rules for traffic out of the selected Containers, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = crate::limits::MAX_RULES_PER_DIRECTION))]
     pub egress: Vec<Rule>,
 }
 

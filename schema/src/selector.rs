@@ -35,7 +35,7 @@ pub type LabelSet = BTreeMap<String, Vec<String>>;
 
 /// Hostile or generated input such as `((((...` must not overflow the stack
 /// of the recursive-descent parser (or of the evaluator / destructor).
-const MAX_NESTING: usize = 100;
+const MAX_NESTING: usize = crate::limits::MAX_SELECTOR_DEPTH;
 
 const OPERATORS: &str = "==, !=, in, not in, contains, starts with, ends with";
 

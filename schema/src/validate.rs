@@ -5,6 +5,7 @@
 //! fields, address conflicts). Both return issues as field paths, which the loader
 //! turns into `file:line:col` through the document's span map.
 
+use crate::limits::{MAX_NETS_PER_LIST, MAX_PORTS_PER_LIST, MAX_RULES_PER_DIRECTION};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
@@ -270,6 +271,12 @@ fn check_pool(out: &mut Vec<Issue>, p: &IpPool) {
 }
 
 fn check_rules(out: &mut Vec<Issue>, base: &str, rules: &[Rule]) {
+    if rules.len() > MAX_RULES_PER_DIRECTION {
+        out.push(Issue::new(
+            base.to_string(),
+            format!("at most {MAX_RULES_PER_DIRECTION} rules, found {}", rules.len()),
+        ));
+    }
     for (i, r) in rules.iter().enumerate() {
         check_rule(out, &format!("{base}[{i}]"), r);
     }
@@ -290,18 +297,18 @@ fn check_rule(out: &mut Vec<Issue>, p: &str, r: &Rule) {
             }
         }
         for (field, list) in [("ports", &e.ports), ("notPorts", &e.not_ports)] {
-            if list.len() > 50 {
+            if list.len() > MAX_PORTS_PER_LIST {
                 out.push(Issue::new(
                     format!("{sp}.{field}"),
-                    format!("at most 50 ports, found {}", list.len()),
+                    format!("at most {MAX_PORTS_PER_LIST} ports, found {}", list.len()),
                 ));
             }
         }
         for (field, list) in [("nets", &e.nets), ("notNets", &e.not_nets)] {
-            if list.len() > 256 {
+            if list.len() > MAX_NETS_PER_LIST {
                 out.push(Issue::new(
                     format!("{sp}.{field}"),
-                    format!("at most 256 nets, found {}", list.len()),
+                    format!("at most {MAX_NETS_PER_LIST} nets, found {}", list.len()),
                 ));
             }
             if let Some(v) = r.ip_version {

@@ -163,7 +163,12 @@ fn check_handle(key: &str, value: &[u8]) -> Result<(), TestCaseError> {
         |v| decode_handle(key, v),
         ipam_key,
         |(_, info)| to_vec(info),
-        |_| Ok(()),
+        |(name, _)| {
+            // One handle, one key: the name read must lead back to the key it was read
+            // from, or a release would touch another key.
+            prop_assert_eq!(handle_key(name), key);
+            Ok(())
+        },
     )
 }
 
@@ -256,6 +261,39 @@ proptest! {
     ) {
         check_handle(&handle_key(&name), &value)?;
     }
+
+    /// Keys spelled any way under the handles prefix, not only as `handle_key` writes
+    /// them (`%2f`, a lone `%`, `%41`...).
+    #[test]
+    fn handles_under_any_key(escaped in "[a-zA-Z/%2F5]{0,12}") {
+        let value = to_vec(&HandleInfo { ips: vec!["10.65.0.5".parse().expect("literal")], node: "node1".into() });
+        check_handle(&format!("/calico/v1/ipam/handles/{escaped}"), &value)?;
+    }
+}
+
+/// Regression (found in review of issue 11): a lowercase `%2f` decoded as `/`, so the
+/// handle read from `.../handles/a%2fb` was `a/b`, whose own key is `a%2Fb`; and
+/// (found by `handles_under_any_key`) a key nested below the prefix, `handles/a/b`,
+/// read as the handle `a/b`, whose key is also `a%2Fb`.
+#[test]
+fn non_canonical_handle_keys_are_refused() {
+    let value = to_vec(&HandleInfo {
+        ips: vec!["10.65.0.5".parse().expect("literal")],
+        node: "node1".into(),
+    });
+    for bad in ["a%2fb", "a%b", "a%", "%41", "", "a/b"] {
+        let key = format!("/calico/v1/ipam/handles/{bad}");
+        match decode_handle(&key, &value) {
+            Err(IpamError::Invalid { key: k, .. }) => assert_eq!(k, key),
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+    assert!(
+        decode_handle("/calico/v1/ipam/blocks/x", &value).is_err(),
+        "not a handle key"
+    );
+    let (name, _) = decode_handle("/calico/v1/ipam/handles/a%2Fb%25", &value).expect("canonical");
+    assert_eq!(name, "a/b%");
 }
 
 /// The seeds decode: the mutations start from valid values.

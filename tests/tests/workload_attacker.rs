@@ -4,7 +4,8 @@
 //! - a workload reaches no service of its host (etcd's port, BGP, the agent's HTTP
 //!   port, anything else) while endpointToHostAction is Drop, reaches them with
 //!   Accept, and never BGP, even with Accept;
-//! - an ARP reply claiming another workload's address does not redirect its traffic.
+//! - an ARP reply or an IPv6 neighbour advertisement claiming another workload's
+//!   address (on the same host or another) does not redirect its traffic.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -240,4 +241,129 @@ fn arp_replies_claiming_another_workload_do_not_redirect_traffic() {
     );
     // A stray neighbour probe may arrive; the two echo requests (or more) must not.
     assert!(y <= x + 1, "a received {} packets meant for c", y - x);
+}
+
+/// An unsolicited IPv6 neighbour advertisement (override flag set, and the solicited
+/// form too) for `target`, with `mac` as its link-layer address, sent to all nodes on
+/// `eth0` from inside `ns`. Crafted on a raw ICMPv6 socket (the kernel fills in the
+/// checksum) with hop limit 255, as receivers require. Returns how many were sent.
+fn send_neighbour_advertisements(ns: &std::path::Path, target: std::net::Ipv6Addr, mac: [u8; 6]) -> usize {
+    calico_e2e::probe::in_netns(ns, move || {
+        let ifname = std::ffi::CString::new("eth0").expect("literal");
+        // SAFETY: plain libc calls on a socket this closure owns, with valid pointers
+        // and lengths; the socket is closed before returning.
+        unsafe {
+            let ifindex = libc::if_nametoindex(ifname.as_ptr());
+            assert!(ifindex != 0, "no eth0");
+            let fd = libc::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6);
+            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            let hops: libc::c_int = 255;
+            for opt in [libc::IPV6_MULTICAST_HOPS, libc::IPV6_UNICAST_HOPS] {
+                let r = libc::setsockopt(
+                    fd,
+                    libc::IPPROTO_IPV6,
+                    opt,
+                    (&hops as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+                assert_eq!(r, 0, "hop limit: {}", std::io::Error::last_os_error());
+            }
+            let mut dst: libc::sockaddr_in6 = std::mem::zeroed();
+            dst.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            dst.sin6_addr.s6_addr = "ff02::1".parse::<std::net::Ipv6Addr>().expect("literal").octets();
+            dst.sin6_scope_id = ifindex;
+            let mut sent = 0;
+            // Flags: override (0x20), and solicited + override (0x60).
+            for flags in [0x20u8, 0x60] {
+                let mut pkt = vec![136u8, 0, 0, 0, flags, 0, 0, 0];
+                pkt.extend_from_slice(&target.octets());
+                pkt.extend_from_slice(&[2, 1]); // target link-layer address option
+                pkt.extend_from_slice(&mac);
+                for _ in 0..3 {
+                    let n = libc::sendto(
+                        fd,
+                        pkt.as_ptr().cast(),
+                        pkt.len(),
+                        0,
+                        (&dst as *const libc::sockaddr_in6).cast(),
+                        std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                    );
+                    assert_eq!(n, pkt.len() as isize, "sendto: {}", std::io::Error::last_os_error());
+                    sent += 1;
+                }
+            }
+            libc::close(fd);
+            sent
+        }
+    })
+    .expect("in a's namespace")
+}
+
+fn counter(ns: &calico_e2e::Netns, path: &str) -> u64 {
+    ns.exec(&["cat", path])
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// IPv6's version of the ARP test, and both against a remote workload: a announces
+/// c's IPv6 address (neighbour advertisements crafted on a raw socket, which reach the
+/// host: its veth counts them) and d's IPv4 address (d is on the other host). The
+/// host's routes still lead to the real c and to host2, b still reaches c over IPv6, d
+/// still reaches c, b still reaches d, and a sees none of that traffic.
+#[test]
+fn neighbour_advertisements_claiming_another_workload_do_not_redirect_traffic() {
+    let _g = serial();
+    let c = cluster("Drop");
+    let (a, b, d) = (c.wl("a"), c.wl("b"), c.wl("d"));
+    let host = c.host_ns(0);
+    let (c6, d4) = ("fd00:65::3", "10.65.0.4");
+    let (a_iface, c_iface) = (iface(&c, "a"), iface(&c, "c"));
+    let route_to_d = host.exec(&["ip", "route", "get", d4]).expect("route get");
+    assert!(!route_to_d.contains(&a_iface), "{route_to_d}");
+    // (The fabric's Nodes have IPv4 addresses only, so IPv6 is tried on one host.)
+    await_ping(&c, "b", ip(c6), Duration::from_secs(20));
+
+    a.exec(&["ip", "-6", "addr", "add", &format!("{c6}/128"), "dev", "eth0", "nodad"])
+        .expect("claim c's IPv6 address");
+    a.exec(&["ip", "addr", "add", &format!("{d4}/32"), "dev", "eth0"])
+        .expect("claim d's IPv4 address");
+    let mac_text = a.exec(&["cat", "/sys/class/net/eth0/address"]).expect("a's MAC");
+    let mut mac = [0u8; 6];
+    for (i, part) in mac_text.trim().split(':').enumerate().take(6) {
+        mac[i] = u8::from_str_radix(part, 16).expect("MAC");
+    }
+    let host_rx = format!("/sys/class/net/{a_iface}/statistics/rx_packets");
+    let rx0 = counter(host, &host_rx);
+    let sent = send_neighbour_advertisements(&a.path(), c6.parse().expect("literal"), mac);
+    let announce = a.exec(&["busybox", "arping", "-A", "-c", "3", "-I", "eth0", "-s", d4, d4]);
+    assert!(announce.is_ok(), "{announce:?}");
+    let arrived = counter(host, &host_rx) - rx0;
+    assert!(
+        arrived >= sent as u64 + 3,
+        "the host's end of a's veth counted {arrived} packets of {sent} advertisements and 3 ARP replies"
+    );
+
+    // The host's routes are unchanged: per interface for c, via BGP for d.
+    let route = host.exec(&["ip", "-6", "route", "get", c6]).expect("route get");
+    assert!(
+        route.contains(&c_iface) && !route.contains(&a_iface),
+        "route to c now: {route}"
+    );
+    let now = host.exec(&["ip", "route", "get", d4]).expect("route get");
+    assert_eq!(now, route_to_d, "the route to d changed");
+
+    // Traffic still reaches the real c and d; a sees none of it.
+    let a_rx = "/sys/class/net/eth0/statistics/rx_packets";
+    let before = counter(a, a_rx);
+    assert!(can_ping(b, ip(c6), 2), "b lost c over IPv6");
+    assert!(can_ping(d, ip("10.65.0.3"), 2), "d lost c");
+    assert!(can_ping(b, ip(d4), 2), "b lost d");
+    let after = counter(a, a_rx);
+    // A stray neighbour probe may arrive; the echo requests (six or more) must not.
+    assert!(
+        after <= before + 2,
+        "a received {} packets meant for c or d",
+        after - before
+    );
 }

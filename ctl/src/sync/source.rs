@@ -127,55 +127,77 @@ fn read_once(dir: &Path) -> Result<Snapshot, ReadError> {
             ReadError::Fatal(anyhow!("cannot read the sync directory {}: {e}", dir.display()))
         }
     };
-    let paths = calico_schema::load::yaml_files(&root).map_err(changing)?;
-    if paths.len() > MAX_DIR_FILES {
-        return Err(ReadError::Fatal(anyhow!(
-            "{} holds {} YAML files; at most {MAX_DIR_FILES} are read",
-            dir.display(),
-            paths.len()
-        )));
-    }
-    let mut files = Vec::with_capacity(paths.len());
-    let mut refused = Vec::new();
-    let mut total: u64 = 0;
-    let mut h = Sha256::new();
-    for p in paths {
-        let rel = p
-            .strip_prefix(&root)
-            .unwrap_or(&p)
+    let walk = walk(&root).map_err(|e| match e {
+        WalkError::Io(e) => changing(e),
+        WalkError::TooMany => ReadError::Fatal(anyhow!(
+            "{} holds more than {MAX_DIR_FILES} YAML files (or directories); at most {MAX_DIR_FILES} are read",
+            dir.display()
+        )),
+    })?;
+    let rel_of = |p: &Path| {
+        p.strip_prefix(&root)
+            .unwrap_or(p)
             .components()
             .map(|c| c.as_os_str().to_string_lossy().into_owned())
             .collect::<Vec<_>>()
-            .join("/");
+            .join("/")
+    };
+    let mut files = Vec::with_capacity(walk.files.len());
+    let mut refused: Vec<(String, String)> = walk.refused.iter().map(|(p, m)| (rel_of(p), m.clone())).collect();
+    let mut total: u64 = 0;
+    let mut h = Sha256::new();
+    for (rel, message) in &refused {
+        h.update(b"refused\0");
+        h.update(rel.as_bytes());
+        h.update(message.as_bytes());
+    }
+    // Every file is checked and sized before any is read: a directory too large in all
+    // is refused whole, without reading (or later parsing) part of it.
+    let mut to_read = Vec::with_capacity(walk.files.len());
+    for p in walk.files {
+        let rel = rel_of(&p);
         // The directory is written by whoever can push to the repository: a symlink in
         // it must not make the sync read (and report, and apply) a file elsewhere on
         // this host, such as /etc/shadow.
         let real = std::fs::canonicalize(&p).map_err(changing)?;
+        let meta = std::fs::metadata(&real).map_err(changing)?;
+        let size = meta.len();
         let why = if !real.starts_with(&root) {
             Some(format!(
                 "a symlink to {}, outside the sync directory; refused, not read",
                 real.display()
             ))
+        } else if !meta.is_file() {
+            // A FIFO or a device would block the read or never end it.
+            Some("not a regular file; refused, not read".to_string())
+        } else if size > MAX_FILE_BYTES {
+            Some(format!("the file is {size} bytes; at most {MAX_FILE_BYTES} are read"))
         } else {
-            let size = std::fs::metadata(&real).map_err(changing)?.len();
-            total += size;
-            if size > MAX_FILE_BYTES {
-                Some(format!("the file is {size} bytes; at most {MAX_FILE_BYTES} are read"))
-            } else if total > MAX_DIR_BYTES {
-                Some(format!(
-                    "the directory's YAML files add up to more than {MAX_DIR_BYTES} bytes by here; refused"
-                ))
-            } else {
-                None
-            }
+            None
         };
-        if let Some(message) = why {
-            h.update(b"refused\0");
-            h.update(rel.as_bytes());
-            h.update(message.as_bytes());
-            refused.push((rel, message));
-            continue;
+        match why {
+            Some(message) => {
+                h.update(b"refused\0");
+                h.update(rel.as_bytes());
+                h.update(message.as_bytes());
+                refused.push((rel, message));
+            }
+            None => {
+                total += size;
+                to_read.push((rel, real));
+            }
         }
+    }
+    if total > MAX_DIR_BYTES {
+        let message = format!(
+            "the directory's YAML files add up to {total} bytes; at most {MAX_DIR_BYTES} are read, so none was"
+        );
+        h.update(b"refused\0");
+        h.update(message.as_bytes());
+        refused.push((".".to_string(), message));
+        to_read.clear();
+    }
+    for (rel, real) in to_read {
         let bytes = std::fs::read(&real).map_err(changing)?;
         h.update((rel.len() as u64).to_le_bytes());
         h.update(rel.as_bytes());
@@ -190,6 +212,78 @@ fn read_once(dir: &Path) -> Result<Snapshot, ReadError> {
         refused,
         hash,
     })
+}
+
+/// What a walk of a sync directory found: its YAML files (by path under the root, not
+/// yet checked), and directories it refused to enter, with why.
+struct Walk {
+    files: Vec<PathBuf>,
+    refused: Vec<(PathBuf, String)>,
+}
+
+enum WalkError {
+    Io(std::io::Error),
+    TooMany,
+}
+
+/// Lists the YAML files under `root` (itself canonical), skipping dot entries, as
+/// `calico_schema::load::yaml_files` does, but for a directory someone else writes: a
+/// symlinked directory is entered only when it resolves inside `root` (so a git-sync
+/// `current -> .worktrees/X` link works) and only once (a `loop -> .` link would
+/// otherwise list the tree again at every depth, 2^40 paths with two such links), and
+/// the walk stops at [`MAX_DIR_FILES`] files or directories instead of listing a tree
+/// of any size first. A symlink to a directory outside `root` is refused, not listed.
+fn walk(root: &Path) -> Result<Walk, WalkError> {
+    let mut out = Walk {
+        files: Vec::new(),
+        refused: Vec::new(),
+    };
+    let mut seen = std::collections::HashSet::new();
+    seen.insert(root.to_path_buf());
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        // Sorted, so that which of two names of one directory is walked is the same
+        // on every read (the revision's hash includes the names).
+        let mut entries = std::fs::read_dir(&d)
+            .map_err(WalkError::Io)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(WalkError::Io)?;
+        entries.sort();
+        for name in entries {
+            let path = d.join(&name);
+            let name = name.to_string_lossy();
+            if name.starts_with('.') {
+                continue;
+            }
+            let meta = std::fs::metadata(&path).map_err(WalkError::Io)?;
+            if meta.is_dir() {
+                let real = std::fs::canonicalize(&path).map_err(WalkError::Io)?;
+                if !real.starts_with(root) {
+                    out.refused.push((
+                        path,
+                        format!(
+                            "a symlink to the directory {}, outside the sync directory; refused, not read",
+                            real.display()
+                        ),
+                    ));
+                } else if seen.insert(real) {
+                    if seen.len() > MAX_DIR_FILES {
+                        return Err(WalkError::TooMany);
+                    }
+                    stack.push(path);
+                }
+            } else if name.ends_with(".yaml") || name.ends_with(".yml") {
+                out.files.push(path);
+                if out.files.len() > MAX_DIR_FILES {
+                    return Err(WalkError::TooMany);
+                }
+            }
+        }
+    }
+    out.files.sort();
+    out.refused.sort();
+    Ok(out)
 }
 
 /// Reads the directory until two consecutive reads, `settle` apart, are the same.
@@ -340,6 +434,84 @@ mod tests {
         let s2 = read_settled(&d.path().join("current"), Duration::from_millis(1)).unwrap();
         assert_eq!(s2.files[0].1, b"two");
         assert!(s2.root.ends_with("rev-2"));
+    }
+
+    /// Symlinks inside the directory never make it read elsewhere: a file link to
+    /// /etc/shadow or out of the directory, and a directory link out of it, are refused
+    /// and reported (not read, not listed); a link loop is walked once; a FIFO is
+    /// refused instead of blocking the read.
+    #[test]
+    fn symlinks_never_lead_out_of_the_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("repo");
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("sub/ok.yaml"), "ok").unwrap();
+        std::fs::create_dir(d.path().join("outside")).unwrap();
+        std::fs::write(d.path().join("outside/secret.yaml"), "SECRET").unwrap();
+        std::os::unix::fs::symlink("/etc/shadow", dir.join("shadow.yaml")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("outside/secret.yaml"), dir.join("s.yaml")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("outside"), dir.join("out")).unwrap();
+        std::os::unix::fs::symlink("/etc", dir.join("etc")).unwrap();
+        std::os::unix::fs::symlink(".", dir.join("loop1")).unwrap();
+        std::os::unix::fs::symlink("..", dir.join("sub/loop2")).unwrap();
+        std::os::unix::fs::symlink("sub/ok.yaml", dir.join("inside.yaml")).unwrap();
+        let st = Command::new("mkfifo").arg(dir.join("fifo.yaml")).status().unwrap();
+        assert!(st.success());
+
+        let s = read_settled(&dir, Duration::from_millis(1)).unwrap();
+        let names: Vec<&str> = s.files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["inside.yaml", "sub/ok.yaml"], "{:?}", s.refused);
+        let refused: std::collections::BTreeMap<&str, &str> =
+            s.refused.iter().map(|(r, m)| (r.as_str(), m.as_str())).collect();
+        assert_eq!(
+            refused.keys().copied().collect::<Vec<_>>(),
+            ["etc", "fifo.yaml", "out", "s.yaml", "shadow.yaml"],
+            "{refused:?}"
+        );
+        assert!(refused["shadow.yaml"].contains("a symlink to /etc/shadow, outside the sync directory"));
+        assert!(refused["etc"].contains("a symlink to the directory /etc, outside"));
+        assert!(refused["out"].contains("outside the sync directory; refused, not read"));
+        assert!(refused["fifo.yaml"].contains("not a regular file"));
+        assert!(s.files.iter().all(|(_, b)| b != b"SECRET"));
+        let e = s.load().unwrap_err().to_string();
+        assert!(
+            e.contains("shadow.yaml") && e.contains("outside the sync directory"),
+            "{e}"
+        );
+    }
+
+    /// Too many bytes in all: refused whole, before any file is read (five sparse
+    /// files of 15 MiB, each under the per-file limit).
+    #[test]
+    fn a_directory_too_large_in_all_is_refused_unread() {
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..5 {
+            let f = std::fs::File::create(d.path().join(format!("f{i}.yaml"))).unwrap();
+            f.set_len(15 * 1024 * 1024).unwrap();
+        }
+        let started = std::time::Instant::now();
+        let s = read_settled(d.path(), Duration::from_millis(1)).unwrap();
+        assert!(s.files.is_empty(), "{} files read", s.files.len());
+        assert_eq!(s.refused.len(), 1, "{:?}", s.refused);
+        assert!(
+            s.refused[0].1.contains(&format!("at most {MAX_DIR_BYTES} are read")),
+            "{:?}",
+            s.refused
+        );
+        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+        assert!(s.load().is_err());
+    }
+
+    #[test]
+    fn a_directory_of_too_many_files_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..=MAX_DIR_FILES {
+            std::fs::write(d.path().join(format!("g{i}.yaml")), "").unwrap();
+        }
+        let e = read_settled(d.path(), Duration::from_millis(1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("more than {MAX_DIR_FILES} YAML files")), "{e}");
     }
 
     #[test]

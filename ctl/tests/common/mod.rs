@@ -147,6 +147,16 @@ pub fn put(endpoint: &str, suffix: &str, value: &serde_json::Value) {
     });
 }
 
+/// Puts raw bytes (not JSON) at /calico/v1/<suffix>, as a hostile or broken writer would.
+pub fn put_raw(endpoint: &str, suffix: &str, value: &[u8]) {
+    rt().block_on(async {
+        let s = store(endpoint).await;
+        calico_store::testing::raw_put_txn(&s, vec![(format!("{}{suffix}", calico_store::PREFIX), value.to_vec())])
+            .await
+            .expect("raw put");
+    });
+}
+
 /// Writes `text` to `dir/name` and returns the path as a string.
 pub fn write_file(dir: &Path, name: &str, text: &str) -> String {
     let p = dir.join(name);

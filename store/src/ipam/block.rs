@@ -161,7 +161,18 @@ pub fn decode_block(key: &str, value: &[u8]) -> Result<BlockDoc, IpamError> {
 /// what it holds; `Invalid`, naming the key, when the value does not decode. Public so
 /// that the fuzz tests can feed it hostile values without an etcd.
 pub fn decode_handle(key: &str, value: &[u8]) -> Result<(String, HandleInfo), IpamError> {
-    let name = unescape(key.strip_prefix(HANDLES_PREFIX).unwrap_or(key));
+    let invalid = |detail: &str| IpamError::Invalid {
+        key: key.to_string(),
+        detail: detail.to_string(),
+    };
+    let escaped = key
+        .strip_prefix(HANDLES_PREFIX)
+        .ok_or_else(|| invalid("not a handle key"))?;
+    // One handle, one key: a name read from a non-canonical spelling would be released
+    // (or looked up) under another key than the one it was read from.
+    let name = unescape(escaped)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| invalid("the key is not a handle name escaped as calico-docker writes it (only %25 and %2F)"))?;
     let info: HandleInfo = serde_json::from_slice(value).map_err(|e| IpamError::Invalid {
         key: key.to_string(),
         detail: format!("bad handle JSON: {e}"),

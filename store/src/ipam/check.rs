@@ -83,7 +83,7 @@ impl Ipam {
             } else if let Some(rest) = key.strip_prefix(AFFINITY_PREFIX) {
                 match rest
                     .split_once('/')
-                    .and_then(|(n, c)| Some((unescape(n), parse_block_suffix(c)?)))
+                    .and_then(|(n, c)| Some((unescape(n)?, parse_block_suffix(c)?)))
                 {
                     Some(entry) => {
                         index.insert(entry);

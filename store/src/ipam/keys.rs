@@ -35,7 +35,15 @@ pub(super) fn escape(s: &str) -> String {
     s.replace('%', "%25").replace('/', "%2F")
 }
 
-pub(super) fn unescape(s: &str) -> String {
+/// The inverse of [`escape`], strict: only `%25` and `%2F` are accepted, so that a name
+/// has exactly one key (`escape(unescape(s)) == s`). A lenient decoder would read
+/// `a%2fb` as `a/b`, whose key is `a%2Fb`: releasing that handle would touch a
+/// different key than the one read. `None` for any other `%`, and for a raw `/` (a
+/// key nested below a handle's, which no name escapes to).
+pub(super) fn unescape(s: &str) -> Option<String> {
+    if s.contains('/') {
+        return None;
+    }
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(i) = rest.find('%') {
@@ -44,16 +52,15 @@ pub(super) fn unescape(s: &str) -> String {
         if let Some(r) = tail.strip_prefix("%25") {
             out.push('%');
             rest = r;
-        } else if let Some(r) = tail.strip_prefix("%2F").or_else(|| tail.strip_prefix("%2f")) {
+        } else if let Some(r) = tail.strip_prefix("%2F") {
             out.push('/');
             rest = r;
         } else {
-            out.push('%');
-            rest = &tail[1..];
+            return None;
         }
     }
     out.push_str(rest);
-    out
+    Some(out)
 }
 
 pub(super) fn key_string(kv: &KeyValue) -> Result<String, IpamError> {
@@ -85,9 +92,22 @@ mod tests {
         for s in ["container/web", "a%2Fb", "%", "x/y/z%25", "plain"] {
             let e = escape(s);
             assert!(!e.contains('/'), "{e}");
-            assert_eq!(unescape(&e), s);
+            assert_eq!(unescape(&e).as_deref(), Some(s));
         }
         assert_eq!(handle_key("container/web"), "/calico/v1/ipam/handles/container%2Fweb");
+    }
+
+    /// Regression: `%2f` was read as `/`, so the handle read from `a%2fb` was `a/b`,
+    /// whose key is `a%2Fb`, another key. Every spelling but the canonical one is refused.
+    #[test]
+    fn only_canonical_escapes_decode() {
+        for bad in ["a%2fb", "a%2", "%", "100%", "a%41", "%2F%2f", "x%25%", "a/b", "/"] {
+            assert_eq!(unescape(bad), None, "{bad}");
+        }
+        for good in ["a%2Fb", "%25", "plain", "", "x%252F"] {
+            let name = unescape(good).unwrap_or_else(|| panic!("{good} refused"));
+            assert_eq!(escape(&name), good);
+        }
     }
 
     #[test]
