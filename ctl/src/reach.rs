@@ -411,12 +411,18 @@ fn svg(m: &Matrix, bands: &[String]) -> String {
                 _ => "#f5c46b",
             };
             let (x, y) = (origin + j * CELL, origin + i * CELL);
+            // The tooltip: the verdict of each probe and what decides it.
+            let mut title = format!("{} -> {}: {label}", m.names[i], m.names[j]);
+            if let (Some(verdicts), Some(why)) = (cell, m.why[i].get(j)) {
+                for ((p, ok), by) in m.probes.iter().zip(verdicts).zip(why) {
+                    let word = if *ok { "allowed" } else { "dropped" };
+                    let _ = write!(title, "\n{p}: {word} by {by}");
+                }
+            }
             let _ = writeln!(
                 s,
-                r##"<rect x="{x}" y="{y}" width="{CELL}" height="{CELL}" fill="{fill}" stroke="#999"><title>{} -> {}: {}</title></rect>"##,
-                escape(&m.names[i]),
-                escape(&m.names[j]),
-                escape(&label)
+                r##"<rect x="{x}" y="{y}" width="{CELL}" height="{CELL}" fill="{fill}" stroke="#999"><title>{}</title></rect>"##,
+                escape(&title)
             );
             // Long lists wrap, a probe a line.
             for (k, part) in label.split(',').enumerate().take(5) {

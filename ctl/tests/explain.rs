@@ -321,7 +321,9 @@ fn reach_prints_the_matrix_as_text_json_and_svg() {
     );
     assert!(r.stdout.trim_end().ends_with("</svg>"));
     assert!(
-        r.stdout.contains("<title>workload-b -> workload-c: none</title>"),
+        r.stdout.contains(
+            "<title>workload-b -&gt; workload-c: none\ntcp/80: dropped by Policy db-no-http spec.ingress[0]\n"
+        ),
         "{}",
         r.stdout
     );

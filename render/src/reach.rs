@@ -101,6 +101,9 @@ pub struct Matrix {
     /// `cells[src][dst]`: per probe, allowed or not; None on the diagonal and where the
     /// two share no IP version (or one has no address yet).
     pub cells: Vec<Vec<Option<Vec<bool>>>>,
+    /// `why[src][dst]`: per probe, what decides it ([`decided_by`]); empty where the
+    /// cell is None.
+    pub why: Vec<Vec<Vec<String>>>,
 }
 
 /// The IP version two Containers can talk over: IPv4 when both have it, else IPv6.
@@ -130,27 +133,35 @@ fn explain_pair(w: &World<'_>, src: &str, dst: &str, probe: &Probe) -> Option<Ex
 }
 
 pub fn matrix(w: &World<'_>, names: &[String], probes: &[Probe]) -> Matrix {
-    let cells = names
-        .iter()
-        .map(|src| {
-            names
-                .iter()
-                .map(|dst| {
-                    if src == dst {
-                        return None;
-                    }
-                    probes
-                        .iter()
-                        .map(|p| explain_pair(w, src, dst, p).map(|e| e.verdict == Verdict::Allow))
-                        .collect()
-                })
-                .collect()
-        })
-        .collect();
+    let mut cells = Vec::new();
+    let mut why = Vec::new();
+    for src in names {
+        let (mut row, mut row_why) = (Vec::new(), Vec::new());
+        for dst in names {
+            let explained: Option<Vec<Explanation>> = if src == dst {
+                None
+            } else {
+                probes.iter().map(|p| explain_pair(w, src, dst, p)).collect()
+            };
+            row.push(
+                explained
+                    .as_ref()
+                    .map(|es| es.iter().map(|e| e.verdict == Verdict::Allow).collect()),
+            );
+            row_why.push(
+                explained
+                    .map(|es| es.iter().map(decided_by).collect())
+                    .unwrap_or_default(),
+            );
+        }
+        cells.push(row);
+        why.push(row_why);
+    }
     Matrix {
         names: names.to_vec(),
         probes: probes.to_vec(),
         cells,
+        why,
     }
 }
 
