@@ -310,6 +310,19 @@ impl DockerHost {
     pub fn running(&self) -> bool {
         self.child.is_some()
     }
+
+    /// dockerd's pid while it runs.
+    pub fn dockerd_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// `docker exec CONTAINER ping -c 1 -W 2 TO`: a ping sent by the container's own
+    /// busybox, as a user would try it.
+    pub fn exec_ping(&self, container: &str, to: &str) -> bool {
+        self.docker(&["exec", container, "ping", "-c", "1", "-W", "2", to])
+            .status
+            .success()
+    }
 }
 
 impl Drop for DockerHost {
