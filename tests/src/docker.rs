@@ -415,3 +415,119 @@ pub fn seed_ip(d: &DockerHost, name: &str) -> Option<String> {
     let word = out.split_whitespace().skip_while(|w| *w != "inet").nth(1)?;
     word.split('/').next().map(str::to_string)
 }
+
+/// A host's agent started the way users start it, `calicoctl node`, connected to a
+/// [`DockerHost`]; stopped on drop (`node stop --force`, then SIGKILL for anything of
+/// its run directory still alive), also when the test failed half-way.
+pub struct CtlNode {
+    pub name: String,
+    pub run_dir: PathBuf,
+    etcd: Vec<String>,
+}
+
+impl CtlNode {
+    /// `calicoctl --docker-host H node --ip ADDR/24 --name hostN ...` for fabric host
+    /// `i` (its run and log directory under the cluster's), with `extra` flags (e.g.
+    /// `--as`); the guard and calicoctl's output.
+    pub fn start(
+        c: &crate::cluster::Cluster,
+        i: usize,
+        d: &DockerHost,
+        extra: &[&str],
+    ) -> anyhow::Result<(CtlNode, String)> {
+        let name = format!("host{}", i + 1);
+        let run_dir = c.dir.path().join(format!("node-{name}"));
+        std::fs::create_dir_all(&run_dir)?;
+        // The guard exists before the agent does, so a half-done start is reaped.
+        let node = CtlNode {
+            name: name.clone(),
+            run_dir,
+            etcd: c.etcd_flags(),
+        };
+        let (ip, rd) = (format!("{}/24", c.fabric.hosts[i].addr), node.rd());
+        let ns = c.host_ns(i).path().display().to_string();
+        let http = format!("127.0.0.1:{}", crate::cluster::free_port());
+        let plugins = d.plugin_dir().display().to_string();
+        #[rustfmt::skip]
+        let mut args = vec![
+            "--docker-host", &d.host(), "node", "--ip", &ip, "--name", &name, "--netns", &ns,
+            "--run-dir", &rd, "--log-dir", &rd, "--http", &http, "--plugin-dir", &plugins,
+        ].into_iter().map(str::to_string).collect::<Vec<_>>();
+        args.extend(extra.iter().map(ToString::to_string));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = c.ctl(&args)?;
+        Ok((node, out))
+    }
+
+    pub fn rd(&self) -> String {
+        self.run_dir.display().to_string()
+    }
+
+    /// `calicoctl status --run-dir ...`: stdout and stderr together, and whether it
+    /// exited 0.
+    pub fn status(&self) -> (bool, String) {
+        let out = Command::new(crate::cluster::bin("calicoctl"))
+            .args(&self.etcd)
+            .args(["status", "--run-dir", &self.rd()])
+            .output();
+        match out {
+            Ok(o) => (
+                o.status.success(),
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+            ),
+            Err(e) => (false, format!("running calicoctl: {e}")),
+        }
+    }
+
+    /// The agent's and BIRD's logs.
+    pub fn logs(&self) -> String {
+        ["calico-node.log", "bird.log"]
+            .iter()
+            .map(|f| {
+                let p = self.run_dir.join(f);
+                format!(
+                    "----- {} -----\n{}\n",
+                    p.display(),
+                    std::fs::read_to_string(&p).unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+
+    /// BIRD's pid from the run directory, if it is alive.
+    pub fn bird_alive(&self) -> bool {
+        self.pid_if("bird.pid", "bird").is_some()
+    }
+
+    pub fn agent_alive(&self) -> bool {
+        self.pid_if("calico-node.pid", "calico-node").is_some()
+    }
+
+    /// The pid in `file` while that process is still a `comm` (pids get reused).
+    fn pid_if(&self, file: &str, comm: &str) -> Option<String> {
+        let pid = std::fs::read_to_string(self.run_dir.join(file)).ok()?;
+        let pid = pid.trim().to_string();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let state = stat.rsplit(") ").next()?.chars().next()?;
+        let now = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        (now.trim() == comm && state != 'Z').then_some(pid)
+    }
+}
+
+impl Drop for CtlNode {
+    fn drop(&mut self) {
+        let _ = Command::new(crate::cluster::bin("calicoctl"))
+            .args(&self.etcd)
+            .args(["node", "stop", "--force", "--run-dir", &self.rd()])
+            .output();
+        for (file, comm) in [("calico-node.pid", "calico-node"), ("bird.pid", "bird")] {
+            if let Some(pid) = self.pid_if(file, comm) {
+                let _ = Command::new("kill").args(["-9", &pid]).status();
+            }
+        }
+    }
+}

@@ -11,12 +11,11 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use calico_e2e::cluster::{bin, free_port, Cluster};
-use calico_e2e::docker::{calico_net, seed_ip, wait_for, DockerHost, IMAGE};
+use calico_e2e::cluster::{bin, Cluster};
+use calico_e2e::docker::{calico_net, seed_ip, wait_for, CtlNode, DockerHost, IMAGE};
 
 /// Where `--keep` leaves its teardown script and shell helpers.
 pub const KEEP_DIR: &str = "/run/calico-demo";
@@ -74,35 +73,6 @@ fn step(title: &str) {
 
 fn short(name: &str) -> &str {
     name.trim_start_matches("workload-")
-}
-
-/// The agents `calicoctl node` started, stopped on drop (`node stop`, then SIGKILL for
-/// anything left), also when the demo fails half-way.
-struct Nodes {
-    etcd: String,
-    run_dirs: Vec<PathBuf>,
-}
-
-impl Drop for Nodes {
-    fn drop(&mut self) {
-        for rd in &self.run_dirs {
-            let _ = Command::new(bin("calicoctl"))
-                .args(["--etcd", &self.etcd, "node", "stop", "--force", "--run-dir"])
-                .arg(rd)
-                .output();
-            for (file, comm) in [("calico-node.pid", "calico-node"), ("bird.pid", "bird")] {
-                let Ok(pid) = std::fs::read_to_string(rd.join(file)) else {
-                    continue;
-                };
-                let pid = pid.trim();
-                // Only a pid that is still ours: it may have been reused since.
-                let now = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-                if now.trim() == comm {
-                    let _ = Command::new("kill").args(["-9", pid]).status();
-                }
-            }
-        }
-    }
 }
 
 /// Which container may reach which, by the groups they are in: a group with no rules
@@ -323,10 +293,7 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
 
     // Declared before the dockerds so it is dropped after them: containers go first,
     // while their agents still run.
-    let mut nodes = Nodes {
-        etcd: etcd.clone(),
-        run_dirs: Vec::new(),
-    };
+    let mut nodes: Vec<CtlNode> = Vec::new();
     step("a dockerd on each host, with its defaults (iptables on), and a busybox image (docker import, no registry)");
     let (n1, n2) = (c.host_ns(0).path(), c.host_ns(1).path());
     let t1 = std::thread::spawn(move || DockerHost::start(&n1));
@@ -345,21 +312,14 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
 
     step("calicoctl node on each host: the agent and its BIRD, serving the Docker plugin");
     for (i, d) in docker.iter().enumerate() {
-        let rd = c.dir.path().join(format!("host{}", i + 1));
-        std::fs::create_dir_all(&rd)?;
-        nodes.run_dirs.push(rd.clone());
-        let (ip, name) = (format!("{}/24", c.fabric.hosts[i].addr), format!("host{}", i + 1));
-        let (rd, ns) = (rd.display().to_string(), c.host_ns(i).path().display().to_string());
-        let (http, plugins) = (
-            format!("127.0.0.1:{}", free_port()),
-            d.plugin_dir().display().to_string(),
+        println!(
+            "  host{}$ calicoctl node --ip {}/24 --name host{}",
+            i + 1,
+            c.fabric.hosts[i].addr,
+            i + 1
         );
-        println!("  host{}$ calicoctl node --ip {ip} --name {name}", i + 1);
-        #[rustfmt::skip]
-        let out = c.ctl(&[
-            "--docker-host", &d.host(), "node", "--ip", &ip, "--name", &name, "--netns", &ns,
-            "--run-dir", &rd, "--log-dir", &rd, "--http", &http, "--plugin-dir", &plugins,
-        ])?;
+        let (node, out) = CtlNode::start(&c, i, d, &[])?;
+        nodes.push(node);
         print!("{}", indent(&out));
     }
     for d in &docker {
@@ -436,10 +396,7 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
     step("calicoctl showgroups --detailed");
     print!("{}", indent(&c.ctl(&["showgroups", "--detailed"])?));
     step("calicoctl status   (on host1)");
-    print!(
-        "{}",
-        indent(&c.ctl(&["status", "--run-dir", &nodes.run_dirs[0].display().to_string()])?)
-    );
+    print!("{}", indent(&c.ctl(&["status", "--run-dir", &nodes[0].rd()])?));
     step("routes host1 learned over BGP (ip route show proto bird)");
     print!(
         "{}",
@@ -490,23 +447,15 @@ fn indent(text: &str) -> String {
     text.lines().map(|l| format!("  {l}\n")).collect()
 }
 
-fn logs(nodes: &Nodes) -> String {
-    nodes
-        .run_dirs
-        .iter()
-        .flat_map(|rd| ["calico-node.log", "bird.log"].map(|f| rd.join(f)))
-        .map(|f| {
-            let text = std::fs::read_to_string(&f).unwrap_or_default();
-            format!("----- {} -----\n{text}\n", f.display())
-        })
-        .collect()
+fn logs(nodes: &[CtlNode]) -> String {
+    nodes.iter().map(CtlNode::logs).collect()
 }
 
 /// `--keep`: writes the teardown script and shell helpers, then leaves every process,
 /// namespace and directory as it is (their guards are forgotten, not dropped).
 fn keep_running(
     c: Cluster,
-    nodes: Nodes,
+    nodes: Vec<CtlNode>,
     docker: [DockerHost; 2],
     ips: &[String],
     started: Instant,
@@ -521,7 +470,7 @@ fn keep_running(
         etcd: c.etcd.endpoint(),
         etcd_pid: c.etcd.pid(),
         dockerds: docker.iter().map(|d| (d.host(), d.dockerd_pid())).collect(),
-        run_dirs: nodes.run_dirs.clone(),
+        run_dirs: nodes.iter().map(|n| n.run_dir.clone()).collect(),
         netns,
         dirs,
     };
@@ -545,7 +494,7 @@ fn keep_running(
         "left running (--keep), after {:.0} s",
         started.elapsed().as_secs_f64()
     ));
-    let rd1 = nodes.run_dirs[0].display().to_string();
+    let rd1 = nodes[0].rd();
     println!(
         "  . {KEEP_DIR}/env   # defines calicoctl, docker1 (host1's dockerd), docker2 (host2's)\n\
          \x20 docker1 ps\n\
