@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use calico_e2e::cluster::{bin, Cluster};
-use calico_e2e::docker::{calico_net, seed_ip, wait_for, CtlNode, DockerHost, IMAGE};
+use calico_e2e::docker::{allowed, calico_net, seed_ip, wait_for, CtlNode, DockerHost, IMAGE};
 
 /// Where `--keep` leaves its teardown script and shell helpers.
 pub const KEEP_DIR: &str = "/run/calico-demo";
@@ -73,23 +73,6 @@ fn step(title: &str) {
 
 fn short(name: &str) -> &str {
     name.trim_start_matches("workload-")
-}
-
-/// Which container may reach which, by the groups they are in: a group with no rules
-/// accepts traffic only from its members and may send anywhere, so `i` reaches `j`
-/// when they share a group.
-pub fn allowed(groups: &[Vec<String>]) -> Vec<Vec<bool>> {
-    groups
-        .iter()
-        .enumerate()
-        .map(|(i, gi)| {
-            groups
-                .iter()
-                .enumerate()
-                .map(|(j, gj)| i != j && gi.iter().any(|g| gj.contains(g)))
-                .collect()
-        })
-        .collect()
 }
 
 /// The measured matrix next to the policy's, a `!` on each cell where they differ;
@@ -533,16 +516,6 @@ mod tests {
             .iter()
             .map(|n| n.iter().map(ToString::to_string).collect())
             .collect()
-    }
-
-    #[test]
-    fn shared_groups_decide_and_two_groups_join_both() {
-        let groups = g(&[&["A_C_E"], &["B"], &["A_C_E"], &["D", "A_C_E"], &[]]);
-        let m = allowed(&groups);
-        assert!(m[0][2] && m[2][0] && m[0][3] && m[3][2]);
-        assert!(!m[0][1] && !m[1][3] && !m[4][0] && !m[0][4]);
-        assert!((0..5).all(|i| !m[i][i]));
-        assert_eq!(m.iter().flatten().filter(|b| **b).count(), 6);
     }
 
     #[test]
