@@ -107,7 +107,7 @@ fn the_matrix_follows_every_group_change() {
     // match what they allow after every change.
     let mut groups: Vec<Vec<String>> = CONTAINERS
         .iter()
-        .map(|(_, _, net)| net.iter().map(|g| g.to_string()).collect())
+        .map(|(_, _, net)| net.iter().map(ToString::to_string).collect())
         .collect();
     let index = |name: &str| CONTAINERS.iter().position(|w| w.0 == name).unwrap();
     let check = |step: &str, groups: &[Vec<String>], first: bool| {
