@@ -245,7 +245,10 @@ fn schema_issue(file: &str, spans: &SpanMap, e: &jsonschema::ValidationError<'_>
         K::Pattern { pattern } if pattern.as_str() == CIDR_PATTERN => (
             path,
             At::Value,
-            format!("{} is not a CIDR (expected e.g. 10.65.0.0/16 or fd00::/64)", e.instance()),
+            format!(
+                "{} is not a CIDR (expected e.g. 10.65.0.0/16 or fd00::/64)",
+                e.instance()
+            ),
         ),
         K::Pattern { .. } if path.ends_with("name") => (
             path,
