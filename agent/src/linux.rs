@@ -426,4 +426,11 @@ impl crate::reconcile::AddressManager for StoreIpam {
             .map(|_| ())
             .map_err(|e| StepError::wrap("release", e))
     }
+    async fn release_ips(&self, handle: &str, ips: &[std::net::IpAddr]) -> Result<(), StepError> {
+        self.0
+            .release_ips(handle, ips)
+            .await
+            .map(|_| ())
+            .map_err(|e| StepError::wrap("release", e))
+    }
 }

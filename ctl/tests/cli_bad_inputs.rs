@@ -69,7 +69,7 @@ fn cases() -> Vec<Case> {
         case("blockSize out of range", pool("p2") + "spec:\n  cidr: 10.70.0.0/16\n  blockSize: 33\n", 7, 14, "spec.blockSize", "must be 20-32"),
         case("explicit IP outside pools", c("c9") + "spec:\n  node: host1\n  netns: /x\n  ips: [10.99.0.1]\n", 8, 9, "spec.ips[0]", "10.99.0.1 is not in any IPPool"),
         case("IP held by another Container", c("c9") + "spec:\n  node: host1\n  netns: /x\n  ips: [10.65.0.1]\n", 8, 9, "spec.ips[0]", "already held by Container 'workload-a'"),
-        case("invalid IP", c("c9") + "spec:\n  node: host1\n  netns: /x\n  ips: [10.65.0.300]\n", 8, 9, "spec.ips[0]", "invalid IP address"),
+        case("invalid IP", c("c9") + "spec:\n  node: host1\n  netns: /x\n  ips: [10.65.0.300]\n", 8, 9, "spec.ips[0]", "'10.65.0.300' is not an IP address"),
         case("both container and netns", c("c9") + "spec:\n  node: host1\n  container: web-1\n  netns: /x\n", 8, 10, "spec.netns", "not both"),
         case("neither container nor netns", c("c9") + "spec:\n  node: host1\n", 6, 3, "spec", "one of container"),
         case("relative netns", c("c9") + "spec:\n  node: host1\n  netns: var/run/x\n", 7, 10, "spec.netns", "must be an absolute path"),

@@ -131,7 +131,11 @@ fn load_doc(file: &str, mut doc: yaml::YamlDoc) -> Result<Loaded, Vec<Diagnostic
 
     let resource = match Resource::from_json_kind(kind, doc.value.clone()) {
         Ok(r) => r,
-        Err((path, msg)) => return Err(vec![issue(&clean_path(&path), At::Value, msg)]),
+        Err((path, msg)) => {
+            let path = clean_path(&path);
+            let msg = plain_decode_message(&path, value_at(&doc.value, &path), msg);
+            return Err(vec![issue(&path, At::Value, msg)]);
+        }
     };
 
     let loaded = Loaded {
@@ -146,6 +150,42 @@ fn load_doc(file: &str, mut doc: yaml::YamlDoc) -> Result<Loaded, Vec<Diagnostic
         return Err(issues.iter().map(|i| loaded.diagnostic(i)).collect());
     }
     Ok(loaded)
+}
+
+/// The value at a decode error's path (`spec.ips[0]`), to name it in the message.
+fn value_at<'a>(root: &'a Value, path: &str) -> Option<&'a Value> {
+    let mut v = root;
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        let (key, rest) = part.split_once('[').unwrap_or((part, ""));
+        if !key.is_empty() {
+            v = v.get(key)?;
+        }
+        for idx in rest.split('[') {
+            if let Some(i) = idx.strip_suffix(']') {
+                v = v.get(i.parse::<usize>().ok()?)?;
+            }
+        }
+    }
+    Some(v)
+}
+
+/// The decoder's wording names neither the value nor what would do ("invalid IP
+/// address syntax", "invalid value: integer `4294967296`, expected u32"); say both.
+fn plain_decode_message(path: &str, value: Option<&Value>, msg: String) -> String {
+    let shown = match value {
+        Some(Value::String(s)) => format!("'{s}'"),
+        Some(v) => v.to_string(),
+        None => return msg,
+    };
+    if msg == "invalid IP address syntax" {
+        format!("{shown} is not an IP address (expected e.g. 10.65.0.1 or fd00::1)")
+    } else if msg.ends_with("expected u32") && path.ends_with("asNumber") {
+        format!("{shown} is not an AS number (1 to 4294967295)")
+    } else if msg.ends_with("expected u32") {
+        format!("{shown} is out of range (0 to 4294967295)")
+    } else {
+        msg
+    }
 }
 
 /// serde_path_to_error writes `.` for the root and may append `?` for untagged paths.
@@ -198,6 +238,8 @@ fn sorted(mut v: Vec<Diagnostic>) -> Vec<Diagnostic> {
     v.sort_by_key(|d| (d.line, d.col));
     v
 }
+/// The published schema's pattern for a Cidr (schema/calico-v1.schema.json).
+const CIDR_PATTERN: &str = "^[0-9A-Fa-f:.]+(/[0-9]{1,3})?$";
 
 fn schema_issue(file: &str, spans: &SpanMap, e: &jsonschema::ValidationError<'_>) -> Diagnostic {
     use jsonschema::error::ValidationErrorKind as K;
@@ -232,6 +274,27 @@ fn schema_issue(file: &str, spans: &SpanMap, e: &jsonschema::ValidationError<'_>
                 format!("{} is not one of {}", e.instance(), choices.join(", ")),
             )
         }
+        // A Node's ipv4/ipv6 is an interface address, with the same pattern as a CIDR.
+        K::Pattern { pattern }
+            if pattern.as_str() == CIDR_PATTERN && (path.ends_with(".ipv4") || path.ends_with(".ipv6")) =>
+        {
+            (
+                path,
+                At::Value,
+                format!(
+                    "'{}' is not an IP address (expected e.g. 10.0.0.1 or 10.0.0.1/24)",
+                    e.instance().as_str().unwrap_or_default()
+                ),
+            )
+        }
+        K::Pattern { pattern } if pattern.as_str() == CIDR_PATTERN => (
+            path,
+            At::Value,
+            format!(
+                "{} is not a CIDR (expected e.g. 10.65.0.0/16 or fd00::/64)",
+                e.instance()
+            ),
+        ),
         K::Pattern { .. } if path.ends_with("name") => (
             path,
             At::Value,
@@ -486,6 +549,39 @@ mod tests {
         }
         let e = load_path(many.path()).unwrap_err().to_string();
         assert!(e.contains(&format!("at most {MAX_DIR_FILES} are read")), "{e}");
+    }
+
+    /// Bad addresses, CIDRs and AS numbers are named with their value and what would do.
+    #[test]
+    fn bad_addresses_cidrs_and_as_numbers_say_what_and_what_would_do() {
+        let doc = |kind: &str, name: &str, spec: &str| {
+            format!("apiVersion: calico/v1\nkind: {kind}\nmetadata: {{name: {name}}}\nspec: {spec}\n")
+        };
+        for (text, want) in [
+            (
+                doc("BGPPeer", "p", "{peerIP: 10.0.0.300, asNumber: 64512}"),
+                "spec.peerIP: '10.0.0.300' is not an IP address (expected e.g. 10.65.0.1 or fd00::1)",
+            ),
+            (
+                doc("Container", "c", "{node: n, netns: /x, ips: [10.65.0.1, 10.65.0.300]}"),
+                "spec.ips[1]: '10.65.0.300' is not an IP address",
+            ),
+            (
+                doc("ClusterConfig", "default", "{asNumber: 4294967296}"),
+                "spec.asNumber: 4294967296 is not an AS number (1 to 4294967295)",
+            ),
+            (
+                doc("IPPool", "p", "{cidr: ten}"),
+                "spec.cidr: \"ten\" is not a CIDR (expected e.g. 10.65.0.0/16 or fd00::/64)",
+            ),
+            (
+                doc("Node", "n", "{ipv4: ten}"),
+                "spec.ipv4: 'ten' is not an IP address (expected e.g. 10.0.0.1 or 10.0.0.1/24)",
+            ),
+        ] {
+            let e = one(&text).unwrap_err();
+            assert!(e.contains(want), "{text}\n{e}");
+        }
     }
 
     /// `kind: Group` with no spec, or an empty one, is `addgroup G`: every default.

@@ -76,7 +76,7 @@ impl FromStr for IfaceAddr {
         }
         s.parse::<IpNet>()
             .map(IfaceAddr)
-            .map_err(|_| format!("'{s}' is not an address with prefix (expected e.g. 10.0.0.1/24)"))
+            .map_err(|_| format!("'{s}' is not an IP address (expected e.g. 10.0.0.1 or 10.0.0.1/24)"))
     }
 }
 

@@ -96,6 +96,16 @@ impl TestEtcd {
         std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
     }
 
+    /// etcd's pid while it runs (the demo's `--keep` hands it to its teardown script).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Its data directory and log.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     /// Stops etcd, keeping its data, so a test can see how clients behave without it.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -194,6 +194,48 @@ async fn explicit_addresses_conflict_names_the_holder() {
     assert!(report.is_clean(), "{report:?}");
 }
 
+/// A handle gives up some of its addresses (a Container whose spec dropped one): only
+/// those it holds, the rest stays, and the handle goes with its last address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_ips_frees_only_the_handles_own_and_keeps_the_rest() {
+    let e = TestEtcd::start();
+    let pools = [
+        pool("10.65.0.0/16", None, false),
+        pool("fd00:65::/64", Some(122), false),
+    ];
+    let ipam = ipam(&e).await;
+    let (m, other) = (container_handle("multi"), container_handle("other"));
+    ipam.assign_ips(&m, "n1", &[ip("10.65.2.1"), ip("fd00:65::2:1")], &pools)
+        .await
+        .unwrap();
+    ipam.assign_ips(&other, "n1", &[ip("10.65.2.9")], &pools).await.unwrap();
+
+    // Another handle's address and a free one are not released through this handle.
+    let r = ipam
+        .release_ips(&m, &[ip("fd00:65::2:1"), ip("10.65.2.9"), ip("10.65.3.3")])
+        .await
+        .unwrap();
+    assert_eq!(r, vec![ip("fd00:65::2:1")]);
+    assert_eq!(ipam.handle_ips(&m).await.unwrap(), vec![ip("10.65.2.1")]);
+    assert_eq!(ipam.handle_ips(&other).await.unwrap(), vec![ip("10.65.2.9")]);
+    // Idempotent; and the freed address can be taken.
+    assert!(ipam.release_ips(&m, &[ip("fd00:65::2:1")]).await.unwrap().is_empty());
+    ipam.assign_ips(&other, "n1", &[ip("fd00:65::2:1")], &pools)
+        .await
+        .unwrap();
+    let report = ipam.check(&live(&[&m, &other]), &pools).await.unwrap();
+    assert!(report.is_clean(), "{report:?}");
+
+    // The last address: the handle goes too.
+    assert_eq!(
+        ipam.release_ips(&m, &[ip("10.65.2.1")]).await.unwrap(),
+        vec![ip("10.65.2.1")]
+    );
+    assert!(!ipam.handles().await.unwrap().contains_key(&m));
+    let report = ipam.check(&live(&[&other]), &pools).await.unwrap();
+    assert!(report.is_clean(), "{report:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabled_pools_are_never_used() {
     let e = TestEtcd::start();

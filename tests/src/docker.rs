@@ -310,6 +310,19 @@ impl DockerHost {
     pub fn running(&self) -> bool {
         self.child.is_some()
     }
+
+    /// dockerd's pid while it runs.
+    pub fn dockerd_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// `docker exec CONTAINER ping -c 1 -W 2 TO`: a ping sent by the container's own
+    /// busybox, as a user would try it.
+    pub fn exec_ping(&self, container: &str, to: &str) -> bool {
+        self.docker(&["exec", container, "ping", "-c", "1", "-W", "2", to])
+            .status
+            .success()
+    }
 }
 
 impl Drop for DockerHost {
@@ -401,4 +414,159 @@ pub fn seed_ip(d: &DockerHost, name: &str) -> Option<String> {
         .ok()?;
     let word = out.split_whitespace().skip_while(|w| *w != "inet").nth(1)?;
     word.split('/').next().map(str::to_string)
+}
+
+/// A host's agent started the way users start it, `calicoctl node`, connected to a
+/// [`DockerHost`]; stopped on drop (`node stop --force`, then SIGKILL for anything of
+/// its run directory still alive), also when the test failed half-way.
+pub struct CtlNode {
+    pub name: String,
+    pub run_dir: PathBuf,
+    etcd: Vec<String>,
+}
+
+impl CtlNode {
+    /// `calicoctl --docker-host H node --ip ADDR/24 --name hostN ...` for fabric host
+    /// `i` (its run and log directory under the cluster's), with `extra` flags (e.g.
+    /// `--as`); the guard and calicoctl's output.
+    pub fn start(
+        c: &crate::cluster::Cluster,
+        i: usize,
+        d: &DockerHost,
+        extra: &[&str],
+    ) -> anyhow::Result<(CtlNode, String)> {
+        let name = format!("host{}", i + 1);
+        let run_dir = c.dir.path().join(format!("node-{name}"));
+        std::fs::create_dir_all(&run_dir)?;
+        // The guard exists before the agent does, so a half-done start is reaped.
+        let node = CtlNode {
+            name: name.clone(),
+            run_dir,
+            etcd: c.etcd_flags(),
+        };
+        let (ip, rd) = (format!("{}/24", c.fabric.hosts[i].addr), node.rd());
+        let ns = c.host_ns(i).path().display().to_string();
+        let http = format!("127.0.0.1:{}", crate::cluster::free_port());
+        let plugins = d.plugin_dir().display().to_string();
+        #[rustfmt::skip]
+        let mut args = vec![
+            "--docker-host", &d.host(), "node", "--ip", &ip, "--name", &name, "--netns", &ns,
+            "--run-dir", &rd, "--log-dir", &rd, "--http", &http, "--plugin-dir", &plugins,
+        ].into_iter().map(str::to_string).collect::<Vec<_>>();
+        args.extend(extra.iter().map(ToString::to_string));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = c.ctl(&args)?;
+        Ok((node, out))
+    }
+
+    pub fn rd(&self) -> String {
+        self.run_dir.display().to_string()
+    }
+
+    /// `calicoctl status --run-dir ...`: stdout and stderr together, and whether it
+    /// exited 0.
+    pub fn status(&self) -> (bool, String) {
+        let out = Command::new(crate::cluster::bin("calicoctl"))
+            .args(&self.etcd)
+            .args(["status", "--run-dir", &self.rd()])
+            .output();
+        match out {
+            Ok(o) => (
+                o.status.success(),
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+            ),
+            Err(e) => (false, format!("running calicoctl: {e}")),
+        }
+    }
+
+    /// The agent's and BIRD's logs.
+    pub fn logs(&self) -> String {
+        ["calico-node.log", "bird.log"]
+            .iter()
+            .map(|f| {
+                let p = self.run_dir.join(f);
+                format!(
+                    "----- {} -----\n{}\n",
+                    p.display(),
+                    std::fs::read_to_string(&p).unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+
+    /// BIRD's pid from the run directory, if it is alive.
+    pub fn bird_alive(&self) -> bool {
+        self.pid_if("bird.pid", "bird").is_some()
+    }
+
+    pub fn agent_alive(&self) -> bool {
+        self.pid_if("calico-node.pid", "calico-node").is_some()
+    }
+
+    /// The pid in `file` while that process is still a `comm` (pids get reused).
+    fn pid_if(&self, file: &str, comm: &str) -> Option<String> {
+        let pid = std::fs::read_to_string(self.run_dir.join(file)).ok()?;
+        let pid = pid.trim().to_string();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let state = stat.rsplit(") ").next()?.chars().next()?;
+        let now = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        (now.trim() == comm && state != 'Z').then_some(pid)
+    }
+}
+
+impl Drop for CtlNode {
+    fn drop(&mut self) {
+        let _ = Command::new(crate::cluster::bin("calicoctl"))
+            .args(&self.etcd)
+            .args(["node", "stop", "--force", "--run-dir", &self.rd()])
+            .output();
+        for (file, comm) in [("calico-node.pid", "calico-node"), ("bird.pid", "bird")] {
+            if let Some(pid) = self.pid_if(file, comm) {
+                let _ = Command::new("kill").args(["-9", &pid]).status();
+            }
+        }
+    }
+}
+
+/// Which container may reach which, by the groups they are in: a group with no rules
+/// accepts traffic only from its members and may send anywhere, so `i` reaches `j`
+/// when they share a group.
+pub fn allowed(groups: &[Vec<String>]) -> Vec<Vec<bool>> {
+    groups
+        .iter()
+        .enumerate()
+        .map(|(i, gi)| {
+            groups
+                .iter()
+                .enumerate()
+                .map(|(j, gj)| i != j && gi.iter().any(|g| gj.contains(g)))
+                .collect()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn g(names: &[&[&str]]) -> Vec<Vec<String>> {
+        names
+            .iter()
+            .map(|n| n.iter().map(ToString::to_string).collect())
+            .collect()
+    }
+
+    #[test]
+    fn shared_groups_decide_and_two_groups_join_both() {
+        let groups = g(&[&["A_C_E"], &["B"], &["A_C_E"], &["D", "A_C_E"], &[]]);
+        let m = allowed(&groups);
+        assert!(m[0][2] && m[2][0] && m[0][3] && m[3][2]);
+        assert!(!m[0][1] && !m[1][3] && !m[4][0] && !m[0][4]);
+        assert!((0..5).all(|i| !m[i][i]));
+        assert_eq!(m.iter().flatten().filter(|b| **b).count(), 6);
+    }
 }

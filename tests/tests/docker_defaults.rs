@@ -233,6 +233,9 @@ fn calicoctl_node_before_dockerd_on_two_hosts() {
         assert!(chain_in_place(d), "{}", forward_rules(d));
     }
 
+    // The containers go while their plugin still answers: removing a driver container
+    // after its agent stopped costs dockerd a minute of plugin timeouts.
+    d1.must(&["rm", "-f", "a1"]);
     // Stop host1's agent, reset: our table and chain are gone from host1, Docker's stay.
     let rd1 = run_dirs[0].display().to_string();
     c.ctl(&["node", "stop", "--force", "--run-dir", &rd1])
@@ -262,6 +265,8 @@ fn calicoctl_node_before_dockerd_on_two_hosts() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("is running"), "{text}");
     assert!(chain_in_place(d2));
+    // b1 goes while its plugin still answers (see a1 above).
+    d2.must(&["rm", "-f", "b1"]);
     c.ctl(&["node", "stop", "--force", "--run-dir", &rd2])
         .expect("node stop 2");
 }

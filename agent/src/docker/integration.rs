@@ -136,6 +136,9 @@ impl<A: AddressManager> AddressManager for DockerAwareIpam<A> {
     async fn release(&self, handle: &str) -> Result<(), StepError> {
         self.inner.release(handle).await
     }
+    async fn release_ips(&self, handle: &str, ips: &[IpAddr]) -> Result<(), StepError> {
+        self.inner.release_ips(handle, ips).await
+    }
     fn spare(&self, handle: &str) -> bool {
         let Some(ctx) = &self.ctx else { return false };
         let Some(name) = handle.strip_prefix("container/") else {

@@ -102,6 +102,8 @@ pub trait AddressManager: Send + Sync {
         pools: &[IpPool],
     ) -> impl Future<Output = Result<(), StepError>> + Send;
     fn release(&self, handle: &str) -> impl Future<Output = Result<(), StepError>> + Send;
+    /// Releases those of `ips` that `handle` holds, keeping the rest.
+    fn release_ips(&self, handle: &str, ips: &[IpAddr]) -> impl Future<Output = Result<(), StepError>> + Send;
     /// A handle with no Container that must not be released yet: the Docker plugin
     /// assigns an address before Docker says which container it is for.
     fn spare(&self, _handle: &str) -> bool {

@@ -87,6 +87,19 @@ pub fn stale_handles(cache: &Cache, node: &str, containers: &[&Container]) -> Ve
         .collect()
 }
 
+/// Addresses IPAM records for this node's Container `c` that its explicit `ips` no
+/// longer list (an address taken out of the spec, or auto-assigned ones before `ips`
+/// was given): to be released, so they are free for others.
+pub fn surplus(cache: &Cache, node: &str, c: &Container) -> Vec<IpAddr> {
+    let (Some(ips), true) = (&c.spec.ips, c.spec.node == node) else {
+        return Vec::new();
+    };
+    match cache.handle(&container_handle(&c.metadata.name)) {
+        Some(h) if h.node == node => h.ips.iter().copied().filter(|ip| !ips.contains(ip)).collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// How one Container gets its addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Addresses {

@@ -50,6 +50,18 @@ impl<D: Dataplane, A: AddressManager, R: WorkloadResolver> Reconciler<D, A, R> {
                 Err(e) => report.errors.push(format!("release {h}: {e}")),
             }
         }
+        // Addresses a live Container's spec no longer lists.
+        for c in containers {
+            let gone = plan::surplus(cache, &self.node, c);
+            if gone.is_empty() {
+                continue;
+            }
+            let h = container_handle(&c.metadata.name);
+            match self.ipam.release_ips(&h, &gone).await {
+                Ok(()) => info!(handle = %h, ips = ?gone, "released addresses the Container no longer lists"),
+                Err(e) => report.errors.push(format!("release {gone:?} of {h}: {e}")),
+            }
+        }
         let names: BTreeSet<&String> = containers.iter().map(|c| &c.metadata.name).collect();
         self.claimed.retain(|n, _| names.contains(n));
         self.assigned.retain(|n, _| names.contains(n));

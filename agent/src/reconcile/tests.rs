@@ -93,6 +93,7 @@ struct FakeIpam {
     fail: Mutex<Option<String>>,
     next: Mutex<u8>,
     claims: Mutex<usize>,
+    released_ips: Mutex<Vec<(String, Vec<IpAddr>)>>,
 }
 
 impl AddressManager for FakeIpam {
@@ -109,6 +110,10 @@ impl AddressManager for FakeIpam {
         Ok(())
     }
     async fn release(&self, _h: &str) -> Result<(), StepError> {
+        Ok(())
+    }
+    async fn release_ips(&self, h: &str, ips: &[IpAddr]) -> Result<(), StepError> {
+        self.released_ips.lock().unwrap().push((h.to_string(), ips.to_vec()));
         Ok(())
     }
 }
@@ -402,4 +407,31 @@ async fn explicit_ips_already_recorded_are_not_claimed_again() {
     let c = cache(&[container("y", Some("10.65.0.7"))]);
     r.reconcile(&c).await;
     assert_eq!(*r.ipam.claims.lock().unwrap(), 1);
+}
+
+#[tokio::test]
+async fn an_address_taken_out_of_the_spec_is_released_and_only_that_one() {
+    let mut r = rec();
+    let handle = |ips: &str| {
+        (
+            "/calico/v1/ipam/handles/container%2Fx",
+            format!(r#"{{"ips":[{ips}],"node":"h1"}}"#),
+        )
+    };
+    // The spec lists 10.65.0.9 only; IPAM still records fd00::9 for it too.
+    let c = cache(&[container("x", Some("10.65.0.9")), handle(r#""10.65.0.9","fd00::9""#)]);
+    let (report, _) = r.reconcile(&c).await;
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(
+        *r.ipam.released_ips.lock().unwrap(),
+        vec![("container/x".to_string(), vec!["fd00::9".parse::<IpAddr>().unwrap()])]
+    );
+    // Spec and record agree: nothing more is released.
+    let c = cache(&[container("x", Some("10.65.0.9")), handle(r#""10.65.0.9""#)]);
+    r.reconcile(&c).await;
+    assert_eq!(r.ipam.released_ips.lock().unwrap().len(), 1);
+    // A Container whose addresses IPAM assigns (no ips in its spec) keeps them all.
+    let c = cache(&[container("x", None), handle(r#""10.65.0.9","fd00::9""#)]);
+    r.reconcile(&c).await;
+    assert_eq!(r.ipam.released_ips.lock().unwrap().len(), 1);
 }

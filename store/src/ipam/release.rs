@@ -47,6 +47,56 @@ impl Ipam {
         Err(IpamError::Contended { attempts: MAX_ATTEMPTS })
     }
 
+    /// Releases those of `ips` that `handle` holds, keeping its other addresses (the
+    /// handle goes when it has none left); returns what was released. An address held
+    /// by another handle, or by none, is left alone: a Container that dropped an
+    /// address from its spec frees only its own. Idempotent.
+    pub async fn release_ips(&self, handle: &str, ips: &[IpAddr]) -> Result<Vec<IpAddr>, IpamError> {
+        let hkey = handle_key(handle);
+        for attempt in 0..MAX_ATTEMPTS {
+            let (h, cidrs) = self.read_handle_and_cidrs(handle).await?;
+            let Some(h) = h else {
+                return Ok(Vec::new());
+            };
+            let gone: Vec<IpAddr> = h.info.ips.iter().copied().filter(|ip| ips.contains(ip)).collect();
+            if gone.is_empty() {
+                return Ok(gone);
+            }
+            let blocks = self.blocks_holding(&cidrs, &gone).await?;
+            let mut plan = Plan::default();
+            for ip in &gone {
+                let Some(b) = blocks.iter().find(|b| b.doc.cidr.contains(ip)) else {
+                    warn!(%handle, %ip, "released address is in no block");
+                    continue;
+                };
+                let b = plan.block(b);
+                match b.offset_of(*ip) {
+                    Some(off) if b.doc.allocations.get(&off).map(String::as_str) == Some(handle) => {
+                        b.doc.allocations.remove(&off);
+                    }
+                    _ => warn!(%handle, %ip, "released address was not allocated to the handle"),
+                }
+            }
+            plan.guard_handle(&hkey, Some(&h));
+            let rest: Vec<IpAddr> = h.info.ips.iter().copied().filter(|ip| !gone.contains(ip)).collect();
+            if rest.is_empty() {
+                plan.ops.push(TxnOp::delete(hkey.as_str(), None));
+            } else {
+                let doc = HandleInfo {
+                    ips: rest,
+                    node: h.info.node.clone(),
+                };
+                plan.ops.push(TxnOp::put(hkey.as_str(), to_json(&hkey, &doc)?, None));
+            }
+            if self.commit("release addresses", plan).await? {
+                debug!(%handle, ips = ?gone, "released addresses");
+                return Ok(gone);
+            }
+            backoff(attempt).await;
+        }
+        Err(IpamError::Contended { attempts: MAX_ATTEMPTS })
+    }
+
     /// Releases one address, whoever holds it; returns the handle that held it, or None
     /// when it was free. The handle keeps its other addresses (and goes when it has none).
     pub async fn release_ip(&self, ip: IpAddr) -> Result<Option<String>, IpamError> {

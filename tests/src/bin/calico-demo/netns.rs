@@ -1,4 +1,5 @@
-//! The main job: the seed's two-host demo, for real, on this machine.
+//! `calico-demo --netns`: the seed's two-host demo with namespace workloads instead
+//! of Docker containers.
 //!
 //! A private etcd; two hosts as network namespaces on a bridge; a `calico-node` agent
 //! (with its BIRD) per host; `examples/` applied with `calicoctl`; five workloads as
@@ -86,7 +87,7 @@ fn step(title: &str) {
     println!("\n== {title}");
 }
 
-fn main() -> anyhow::Result<()> {
+pub fn run() -> anyhow::Result<()> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
     let ex = |f: &str| format!("{root}/{f}");
 
