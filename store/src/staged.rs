@@ -326,7 +326,11 @@ impl Store {
                     &format!("rolling back the staged write at {INTENT_KEY} to revision {pre}"),
                 )
             })?;
-        let before: HashMap<Vec<u8>, Vec<u8>> = before.take_kvs().into_iter().map(etcd_client::KeyValue::into_key_value).collect();
+        let before: HashMap<Vec<u8>, Vec<u8>> = before
+            .take_kvs()
+            .into_iter()
+            .map(etcd_client::KeyValue::into_key_value)
+            .collect();
         let (now, _) = self.range(RESOURCES_PREFIX).await?;
         let mut ops: Vec<Op> = Vec::new();
         let mut seen = std::collections::HashSet::new();
