@@ -161,3 +161,22 @@ fn a_writer_killed_mid_apply_leaves_the_old_state_and_the_next_apply_restores_it
     ctl(&ep, &["apply", "-f", b.to_str().expect("utf8")]).assert_ok();
     assert_eq!(view(&ep), BTreeMap::from([("b".to_string(), N), ("n".to_string(), 1)]));
 }
+
+#[test]
+fn a_sync_revision_of_ten_thousand_applies_and_prunes_whole() {
+    let etcd = TestEtcd::start();
+    let ep = etcd.endpoint();
+    let d = tempfile::tempdir().expect("tmp");
+    let dir = d.path().join("conf");
+    std::fs::create_dir(&dir).expect("mkdir");
+    std::fs::write(dir.join("c.yaml"), containers_yaml(N, "a")).expect("write");
+    let d_arg = dir.to_str().expect("utf8");
+    let sync = ["sync", "--dir", d_arg, "--id", "big", "--prune", "--once"];
+    ctl(&ep, &sync).assert_ok();
+    assert_eq!(view(&ep), only("a", N));
+    // The next revision changes every Container and prunes half of them.
+    std::fs::write(dir.join("c.yaml"), containers_yaml(N / 2, "b")).expect("write");
+    ctl(&ep, &sync).assert_ok();
+    assert_eq!(view(&ep), only("b", N / 2));
+    assert!(!intent_present(&ep));
+}
