@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use anyhow::{bail, Result};
-use calico_schema::validate::{At, Existing, Issue};
+use calico_schema::validate::{dependencies, At, Existing, Issue};
 use calico_schema::{check_loaded_set, Kind, Loaded, Resource, OWNER_ANNOTATION, SOURCE_ANNOTATION};
 use calico_store::{Change, Changes, Listing, Step, StoreError, WriteMode};
 
@@ -112,11 +112,17 @@ fn keep_sync_ownership(resources: &[Resource], listing: &Listing) -> Vec<Resourc
 pub async fn write(g: &GlobalOpts, args: &WriteArgs, mode: WriteMode) -> Result<()> {
     let loaded = load_sources(&args.files.files)?;
     let resources: Vec<Resource> = loaded.iter().map(|l| l.resource.clone()).collect();
+    // Only what the checks read, guarded by its mod revisions: an apply of one
+    // resource costs the same whatever else is stored.
+    let deps = dependencies(&resources);
     let ctx = Ctx::connect(g).await?;
     let done = ctx
         .store
         .transact("applying", async || -> Result<Step<()>> {
-            let listing = ctx.call("list", ctx.store.list(None)).await?;
+            let read = ctx
+                .store
+                .read_scope(deps.keys.iter().cloned(), deps.kinds.iter().copied());
+            let (listing, scope) = ctx.call("read", read).await?;
             check_against(&loaded, &listing, mode)?;
             let resources = if args.force {
                 keep_sync_ownership(&resources, &listing)
@@ -124,7 +130,9 @@ pub async fn write(g: &GlobalOpts, args: &WriteArgs, mode: WriteMode) -> Result<
                 check_sync_owned(&loaded, &listing)?;
                 resources.clone()
             };
-            let changes = Changes::write(resources, mode, Some(listing.revision)).dry_run(args.dry_run);
+            let changes = Changes::write(resources, mode, Some(listing.revision))
+                .scoped(scope)
+                .dry_run(args.dry_run);
             Ok(Step::Commit(changes, ()))
         })
         .await
@@ -156,8 +164,10 @@ pub fn validate(args: &FileArgs) -> Result<()> {
 /// `diff`: what apply would change. Returns whether anything would.
 pub async fn diff(g: &GlobalOpts, args: &FileArgs) -> Result<bool> {
     let loaded = load_sources(&args.files)?;
+    let deps = dependencies(loaded.iter().map(|l| &l.resource));
     let ctx = Ctx::connect(g).await?;
-    let listing = ctx.call("list", ctx.store.list(None)).await?;
+    let read = ctx.store.read_scope(deps.keys, deps.kinds);
+    let (listing, _) = ctx.call("read", read).await?;
     check_against(&loaded, &listing, WriteMode::Apply)?;
     let stored: HashMap<(Kind, &str), &Resource> =
         listing.resources.iter().map(|r| ((r.kind(), r.name()), r)).collect();

@@ -67,8 +67,8 @@ impl Store {
     }
 
     /// Whether a guard still holds, checked by a transaction with only its compares.
-    pub(crate) async fn guard_holds(&self, guard: i64) -> Result<bool, StoreError> {
-        let txn = Txn::new().when(Self::guard_compares(Some(guard)));
+    pub(crate) async fn guard_holds(&self, guard: &[Compare]) -> Result<bool, StoreError> {
+        let txn = Txn::new().when(guard.to_vec());
         let resp = self.kv_call(|kv| kv_txn(kv, &txn)).await?;
         Ok(resp.succeeded())
     }
@@ -116,6 +116,20 @@ impl Store {
         guard_revision: Option<i64>,
         dry_run: bool,
     ) -> Result<Vec<Outcome>, StoreError> {
+        let guard = guard_revision.map(|g| Self::guard_compares(Some(g)));
+        self.commit_guarded(puts, deletes, mode, guard, dry_run).await
+    }
+
+    /// [`Store::commit`] guarded by `guard`'s compares (what the caller read, e.g. a
+    /// [`crate::Scope`]): `Stale` when they fail.
+    pub(crate) async fn commit_guarded(
+        &self,
+        puts: &[Resource],
+        deletes: &[(Kind, String, Option<String>)],
+        mode: WriteMode,
+        guard: Option<Vec<Compare>>,
+        dry_run: bool,
+    ) -> Result<Vec<Outcome>, StoreError> {
         if puts.is_empty() && deletes.is_empty() {
             return Ok(Vec::new());
         }
@@ -145,7 +159,7 @@ impl Store {
             let (expected, ops, mut outcomes) = match prepared {
                 Ok(p) => p,
                 Err(e) => {
-                    if let Some(g) = guard_revision {
+                    if let Some(g) = &guard {
                         if !self.guard_holds(g).await? {
                             return Err(StoreError::Stale);
                         }
@@ -153,9 +167,9 @@ impl Store {
                     return Err(e);
                 }
             };
-            let guard = Self::guard_compares(guard_revision);
-            if fits_one_txn(&ops, guard.len() + expected.len() + 1) {
-                let mut compares = guard;
+            let guard_now = guard.clone().unwrap_or_default();
+            if fits_one_txn(&ops, guard_now.len() + expected.len() + 1) {
+                let mut compares = guard_now;
                 compares.push(no_intent());
                 compares.extend(expected);
                 let txn = Txn::new().when(compares).and_then(if dry_run {
@@ -175,7 +189,7 @@ impl Store {
                     return Ok(outcomes);
                 }
             } else {
-                let staged = self.write_staged(guard, &expected, &ops, dry_run).await;
+                let staged = self.write_staged(guard_now, &expected, &ops, dry_run).await;
                 match staged.map_err(|e| txn_limit_hint(e, 1))? {
                     Staged::Done(revisions) => {
                         let changed = outcomes.iter_mut().filter(|o| o.change != Change::Unchanged);
@@ -194,7 +208,7 @@ impl Store {
             // A failed guard is the caller's to handle (re-validate); anything else is
             // re-read, and the checks then report a real conflict or the retry goes through.
             self.settle_intent().await?;
-            if let Some(g) = guard_revision {
+            if let Some(g) = &guard {
                 if !self.guard_holds(g).await? {
                     return Err(StoreError::Stale);
                 }

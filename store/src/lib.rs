@@ -17,7 +17,8 @@
 //! nothing to every reader (see `staged`).
 //!
 //! Where each part lives: [`Store`] and its connection in `client`; the resource codec
-//! in `codec`; reads (`get`, `list`, dumps) in `read`; guarded writes (`write`, `delete`,
+//! in `codec`; reads (`get`, `list`, dumps) in `read`; the reads of only what a change
+//! depends on, and their guard ([`Scope`]), in `scope`; guarded writes (`write`, `delete`,
 //! `commit`, `update`) in `commit`; the read, decide, commit loop ([`Store::transact`]) in
 //! `transact`; JSON values beside the resources in `json`; the
 //! watch in `watch`; the one etcd call wrapper, backoff and limits in `retry`; the
@@ -37,6 +38,7 @@ pub mod ipam;
 mod json;
 mod read;
 mod retry;
+mod scope;
 mod staged;
 pub mod testing;
 mod transact;
@@ -49,6 +51,7 @@ pub use config::{StoreConfig, TlsFiles, DEFAULT_TIMEOUT};
 pub use error::{EtcdFailure, StoreError};
 pub use json::decode_json;
 pub use read::Listing;
+pub use scope::{Scope, SCOPE_MAX_READS};
 pub use staged::{HEARTBEAT_PREFIX, INTENT_KEY, PAUSE_ENV, PIECE_BYTES, PIECE_OPS};
 pub use transact::{Changes, Step, Transacted, TRANSACT_ATTEMPTS};
 pub use watch::{WatchEvent, WatchStream};

@@ -82,7 +82,7 @@ pub(crate) struct Intent {
 }
 
 impl Intent {
-    fn from_kv(kv: &etcd_client::KeyValue) -> Intent {
+    pub(crate) fn from_kv(kv: &etcd_client::KeyValue) -> Intent {
         Intent {
             create_revision: kv.create_revision(),
             mod_revision: kv.mod_revision(),
