@@ -51,7 +51,7 @@ fn raw_put(endpoint: &str, n: usize, tag: &str) -> Duration {
 fn bench_apply_vs_raw_puts() {
     let etcd = TestEtcd::start();
     let dir = tempfile::tempdir().expect("tmp");
-    for n in [100usize, 1000, 3000] {
+    for n in [100usize, 1000, 10_000] {
         let file = dir.path().join(format!("g{n}.yaml"));
         std::fs::write(&file, groups_yaml(n, &format!("a{n}"))).expect("write");
         let t = Instant::now();
@@ -90,14 +90,22 @@ fn fill(endpoint: &str, n: usize) {
         let store = calico_store::Store::connect(&calico_store::StoreConfig::from_list(endpoint))
             .await
             .expect("connect");
-        let mut text = String::from(
+        let mut texts = vec![String::from(
             "apiVersion: calico/v1\nkind: Node\nmetadata: {name: host-a}\nspec: {ipv4: 10.0.0.1/24}\n---\napiVersion: calico/v1\nkind: Group\nmetadata: {name: web}\nspec: {}\n",
-        );
-        for i in 0..n {
-            text.push_str("---\n");
-            text.push_str(&container_yaml(&format!("fill{i:06}"), "fill"));
+        )];
+        // The loader takes up to 50k documents a file.
+        for start in (0..n).step_by(10_000) {
+            let mut text = String::new();
+            for i in start..n.min(start + 10_000) {
+                text.push_str("---\n");
+                text.push_str(&container_yaml(&format!("fill{i:06}"), "fill"));
+            }
+            texts.push(text);
         }
-        let loaded = calico_schema::load_str("fill.yaml", &text).expect("valid");
+        let loaded: Vec<calico_schema::Loaded> = texts
+            .iter()
+            .flat_map(|t| calico_schema::load_str("fill.yaml", t).expect("valid"))
+            .collect();
         let items: Vec<(String, Vec<u8>)> = loaded
             .iter()
             .map(|l| {
