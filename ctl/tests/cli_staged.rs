@@ -180,3 +180,60 @@ fn a_sync_revision_of_ten_thousand_applies_and_prunes_whole() {
     assert_eq!(view(&ep), only("b", N / 2));
     assert!(!intent_present(&ep));
 }
+
+/// A child process killed when dropped, even when the test fails.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_master_rolls_back_a_killed_writers_half_change() {
+    const M: usize = 1_000;
+    let etcd = TestEtcd::start();
+    let ep = etcd.endpoint();
+    let dir = tempfile::tempdir().expect("tmp");
+    let (a, b) = (dir.path().join("a.yaml"), dir.path().join("b.yaml"));
+    std::fs::write(&a, containers_yaml(M, "a")).expect("write");
+    std::fs::write(&b, containers_yaml(M, "b")).expect("write");
+    ctl(&ep, &["apply", "-f", a.to_str().expect("utf8")]).assert_ok();
+
+    let mut writer = Reaped(
+        command(&ep, &["apply", "-f", b.to_str().expect("utf8")])
+            .env(calico_store::PAUSE_ENV, "3")
+            .spawn()
+            .expect("spawn calicoctl"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while raw_tagged(&ep, "b") < 3 * calico_store::PIECE_OPS {
+        assert!(Instant::now() < deadline, "the paused apply never wrote its pieces");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    writer.0.kill().expect("SIGKILL calicoctl");
+    writer.0.wait().expect("reap");
+    assert_eq!(view(&ep), only("a", M));
+
+    // No other writer comes: the master's next pass after the lease expires cleans up.
+    let _master = Reaped(
+        command(&ep, &["master", "--ip", "127.0.0.1", "--gc-interval", "200ms"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn master"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while intent_present(&ep) {
+        assert!(
+            Instant::now() < deadline,
+            "the master did not roll back the dead writer's intent"
+        );
+        assert_eq!(view(&ep), only("a", M), "readers saw the dead writer's change");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(raw_tagged(&ep, "b"), 0, "the dead writer's pieces are still stored");
+    assert_eq!(view(&ep), only("a", M));
+}

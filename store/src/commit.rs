@@ -73,7 +73,8 @@ impl Store {
         Ok(resp.succeeded())
     }
 
-    /// Writes a set of resources in one etcd transaction: all or nothing. Per resource,
+    /// Writes a set of resources in one etcd transaction (staged above etcd's limits;
+    /// see `staged`): all or nothing. Per resource,
     /// `Apply` creates or updates, `Create` requires it to be absent, `Replace` requires
     /// it to exist (both `Conflict` otherwise). A non-empty `metadata.resourceVersion` is a compare-and-swap on the
     /// key's mod revision. `guard_revision` makes the write fail with `Stale` if any
