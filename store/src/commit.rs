@@ -160,6 +160,12 @@ impl Store {
             let (expected, ops, mut outcomes) = match prepared {
                 Ok(p) => p,
                 Err(e) => {
+                    // What was read may be a staged write's uncommitted pieces: decide
+                    // again once it has committed or been rolled back.
+                    if self.read_intent().await?.is_some() {
+                        self.settle_intent().await?;
+                        continue;
+                    }
                     if let Some(g) = &guard {
                         if !self.guard_holds(g).await? {
                             return Err(StoreError::Stale);

@@ -386,8 +386,9 @@ impl Store {
         ops: &[Op],
         dry_run: bool,
     ) -> Result<Staged, StoreError> {
-        if dry_run {
-            // Advisory, like every dry run: each chunk is checked at its own revision.
+        if dry_run || ops.is_empty() {
+            // Nothing to write (a dry run, or everything unchanged): checking each chunk
+            // at its own revision is as good as a read, and takes no intent.
             for chunk in expected.chunks(PIECE_OPS) {
                 let mut when = guard.clone();
                 when.push(no_intent());

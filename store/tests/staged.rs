@@ -180,6 +180,34 @@ async fn a_dry_run_of_a_large_set_writes_nothing() {
     assert_eq!(out.len(), 500);
     assert!(store.list(None).await.unwrap().resources.is_empty());
     assert!(store.client().get(INTENT_KEY, None).await.unwrap().kvs().is_empty());
+
+    // Re-writing a large set unchanged writes nothing at all, not even an intent.
+    store
+        .write(&containers(500, "a"), WriteMode::Apply, None, false)
+        .await
+        .unwrap();
+    let before = store
+        .client()
+        .get("/", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    let out = store
+        .write(&containers(500, "a"), WriteMode::Apply, None, false)
+        .await
+        .unwrap();
+    assert!(out.iter().all(|o| o.change == Change::Unchanged));
+    let after = store
+        .client()
+        .get("/", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    assert_eq!(before, after, "an unchanged large write bumped the revision");
 }
 
 #[tokio::test]
@@ -262,11 +290,13 @@ async fn a_dead_writers_half_change_is_invisible_and_the_next_writer_rolls_it_ba
     assert!(store.get(Kind::Container, "c00199").await.unwrap().is_some());
     assert!(store.get(Kind::Container, "c00300").await.unwrap().is_none());
 
-    // The next writer rolls it back and then writes.
-    store
-        .write(&[container("new", "n")], WriteMode::Apply, None, false)
+    // The next writer rolls it back and then writes. It creates a key the dead writer
+    // had put: what the uncommitted piece holds is no conflict.
+    let out = store
+        .write(&[container("c00300", "n")], WriteMode::Create, None, false)
         .await
         .unwrap();
+    assert_eq!(out[0].change, Change::Created);
     assert!(store.client().get(INTENT_KEY, None).await.unwrap().kvs().is_empty());
     let after = store.list(None).await.unwrap();
     assert_eq!(
