@@ -237,3 +237,39 @@ fn the_master_rolls_back_a_killed_writers_half_change() {
     assert_eq!(raw_tagged(&ep, "b"), 0, "the dead writer's pieces are still stored");
     assert_eq!(view(&ep), only("a", M));
 }
+
+/// A set of about a hundred: its scoped guard and its own compares together exceed one
+/// transaction, so even writing nothing (unchanged, or a dry run) checks in chunks.
+#[test]
+fn a_hundred_resources_apply_re_apply_unchanged_and_dry_run() {
+    let etcd = TestEtcd::start();
+    let ep = etcd.endpoint();
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("c.yaml");
+    std::fs::write(&file, containers_yaml(99, "a")).expect("write");
+    let f = file.to_str().expect("utf8");
+    let run = ctl(&ep, &["apply", "-f", f]);
+    run.assert_ok();
+    assert_eq!(run.stdout.lines().filter(|l| l.ends_with(" created")).count(), 100);
+    let run = ctl(&ep, &["apply", "-f", f]);
+    run.assert_ok();
+    assert_eq!(
+        run.stdout.lines().filter(|l| l.ends_with(" unchanged")).count(),
+        100,
+        "{run:?}"
+    );
+    std::fs::write(&file, containers_yaml(99, "b")).expect("write");
+    let run = ctl(&ep, &["apply", "--dry-run", "-f", f]);
+    run.assert_ok();
+    assert_eq!(
+        run.stdout
+            .lines()
+            .filter(|l| l.ends_with(" configured (dry run)"))
+            .count(),
+        99,
+        "{run:?}"
+    );
+    assert_eq!(view(&ep), only("a", 99));
+    ctl(&ep, &["apply", "-f", f]).assert_ok();
+    assert_eq!(view(&ep), only("b", 99));
+}

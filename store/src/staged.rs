@@ -389,10 +389,10 @@ impl Store {
         if dry_run || ops.is_empty() {
             // Nothing to write (a dry run, or everything unchanged): checking each chunk
             // at its own revision is as good as a read, and takes no intent.
-            for chunk in expected.chunks(PIECE_OPS) {
-                let mut when = guard.clone();
+            let checks: Vec<Compare> = guard.into_iter().chain(expected.iter().cloned()).collect();
+            for chunk in checks.chunks(PIECE_OPS - 1) {
+                let mut when = chunk.to_vec();
                 when.push(no_intent());
-                when.extend(chunk.iter().cloned());
                 if !self.txn(Txn::new().when(when)).await?.succeeded() {
                     return Ok(Staged::Raced);
                 }
