@@ -238,8 +238,8 @@ fn the_master_rolls_back_a_killed_writers_half_change() {
     assert_eq!(view(&ep), only("a", M));
 }
 
-/// A set of about a hundred: its scoped guard and its own compares together exceed one
-/// transaction, so even writing nothing (unchanged, or a dry run) checks in chunks.
+/// A set of about a hundred, near the one-transaction limit with its guard: applied,
+/// re-applied unchanged, dry-run changed, applied changed.
 #[test]
 fn a_hundred_resources_apply_re_apply_unchanged_and_dry_run() {
     let etcd = TestEtcd::start();

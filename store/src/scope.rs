@@ -10,9 +10,10 @@ use crate::staged::{Intent, INTENT_KEY};
 use crate::{EtcdFailure, Listing, Store, StoreError, DELETE_MARKER_KEY, RESOURCES_PREFIX};
 
 /// Keys and kinds read past this many go to a full listing instead: a change that
-/// touches that much reads about as much either way, and its guard must fit one
-/// transaction beside the change's own compares.
-pub const SCOPE_MAX_READS: usize = 100;
+/// touches that much reads about as much either way, and its guard (about one compare
+/// per read) must fit one transaction beside the change's own compares (one per
+/// resource) for the change to stay a single transaction.
+pub const SCOPE_MAX_READS: usize = 50;
 
 /// What a scoped read saw, as the guard of the commit that follows it.
 #[derive(Debug, Clone, Default)]
