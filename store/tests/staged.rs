@@ -375,3 +375,27 @@ async fn a_resource_over_etcds_request_limit_names_the_limit_and_leaves_nothing(
     assert!(store.list(None).await.unwrap().resources.is_empty());
     assert!(store.client().get(INTENT_KEY, None).await.unwrap().kvs().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_large_writers_at_once_each_land_whole() {
+    let etcd = TestEtcd::start();
+    let store = connect(&etcd).await;
+    let (s1, s2) = (store.clone(), store.clone());
+    let w1 = tokio::spawn(async move { s1.write(&containers(2_000, "x"), WriteMode::Apply, None, false).await });
+    let w2 = tokio::spawn(async move { s2.write(&containers(2_000, "y"), WriteMode::Apply, None, false).await });
+    let mut seen = Vec::new();
+    while !(w1.is_finished() && w2.is_finished()) {
+        let v = tags(&store.list(None).await.unwrap().resources);
+        if !seen.contains(&v) {
+            seen.push(v);
+        }
+    }
+    w1.await.unwrap().unwrap();
+    w2.await.unwrap().unwrap();
+    let last = tags(&store.list(None).await.unwrap().resources);
+    seen.push(last.clone());
+    let whole = |v: &BTreeMap<String, usize>| v.is_empty() || (v.len() == 1 && v.values().all(|n| *n == 2_000));
+    assert!(seen.iter().all(whole), "a reader saw the writers mixed: {seen:?}");
+    assert!(whole(&last) && !last.is_empty());
+    assert!(store.client().get(INTENT_KEY, None).await.unwrap().kvs().is_empty());
+}
