@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use anyhow::{bail, Result};
-use calico_schema::validate::{At, Existing, Issue};
+use calico_schema::validate::{dependencies, At, Existing, Issue};
 use calico_schema::{check_loaded_set, Kind, Loaded, Resource, OWNER_ANNOTATION, SOURCE_ANNOTATION};
 use calico_store::{Change, Changes, Listing, Step, StoreError, WriteMode};
 
@@ -112,11 +112,17 @@ fn keep_sync_ownership(resources: &[Resource], listing: &Listing) -> Vec<Resourc
 pub async fn write(g: &GlobalOpts, args: &WriteArgs, mode: WriteMode) -> Result<()> {
     let loaded = load_sources(&args.files.files)?;
     let resources: Vec<Resource> = loaded.iter().map(|l| l.resource.clone()).collect();
+    // Only what the checks read, guarded by its mod revisions: an apply of one
+    // resource costs the same whatever else is stored.
+    let deps = dependencies(&resources);
     let ctx = Ctx::connect(g).await?;
     let done = ctx
         .store
-        .transact("applying", async || -> Result<Step<(Vec<Resource>, Vec<Resource>)>> {
-            let listing = ctx.call("list", ctx.store.list(None)).await?;
+        .transact("applying", async || -> Result<Step<Vec<Resource>>> {
+            let read = ctx
+                .store
+                .read_scope(deps.keys.iter().cloned(), deps.kinds.iter().copied());
+            let (listing, scope) = ctx.call("read", read).await?;
             check_against(&loaded, &listing, mode)?;
             let resources = if args.force {
                 keep_sync_ownership(&resources, &listing)
@@ -124,8 +130,10 @@ pub async fn write(g: &GlobalOpts, args: &WriteArgs, mode: WriteMode) -> Result<
                 check_sync_owned(&loaded, &listing)?;
                 resources.clone()
             };
-            let changes = Changes::write(resources.clone(), mode, Some(listing.revision)).dry_run(args.dry_run);
-            Ok(Step::Commit(changes, (listing.resources, resources)))
+            let changes = Changes::write(resources.clone(), mode, Some(listing.revision))
+                .scoped(scope)
+                .dry_run(args.dry_run);
+            Ok(Step::Commit(changes, resources))
         })
         .await
         .map_err(|e| locate_conflict(&loaded, store_error(&ctx.cfg, e)))??;
@@ -135,8 +143,7 @@ pub async fn write(g: &GlobalOpts, args: &WriteArgs, mode: WriteMode) -> Result<
         println!("{} {}{suffix}", o.id, change_word(&o.change, mode));
     }
     if args.dry_run && changed {
-        let (stored, incoming) = &done.value;
-        print_reach_impact(&ctx, stored, incoming).await?;
+        print_reach_impact(&ctx, &done.value).await?;
     }
     if args.wait && changed {
         let revision = done.outcomes.iter().map(|o| o.revision).max().unwrap_or(0);
@@ -170,8 +177,10 @@ pub fn validate(args: &FileArgs) -> Result<()> {
 /// change.
 pub async fn diff(g: &GlobalOpts, args: &DiffArgs) -> Result<bool> {
     let loaded = load_sources(&args.files.files)?;
+    let deps = dependencies(loaded.iter().map(|l| &l.resource));
     let ctx = Ctx::connect(g).await?;
-    let listing = ctx.call("list", ctx.store.list(None)).await?;
+    let read = ctx.store.read_scope(deps.keys, deps.kinds);
+    let (listing, _) = ctx.call("read", read).await?;
     check_against(&loaded, &listing, WriteMode::Apply)?;
     let resources: Vec<Resource> = loaded.iter().map(|l| l.resource.clone()).collect();
     let resources = if args.force {
@@ -210,18 +219,21 @@ pub async fn diff(g: &GlobalOpts, args: &DiffArgs) -> Result<bool> {
         print!("{d}");
     }
     if changed {
-        print_reach_impact(&ctx, &listing.resources, &resources).await?;
+        print_reach_impact(&ctx, &resources).await?;
     }
     Ok(changed)
 }
 
 /// What a change does to who can reach whom: the pairs of Containers (stored before and
 /// after) and probes (ICMP echo, and the ports the rules name) whose verdict it turns
-/// around, each with the rule that decides it afterwards.
-async fn print_reach_impact(ctx: &Ctx, stored: &[Resource], incoming: &[Resource]) -> Result<()> {
+/// around, each with the rule that decides it afterwards. Reads the whole desired state:
+/// unlike the apply's own checks, which read only what the change depends on, the
+/// impact can reach any pair.
+async fn print_reach_impact(ctx: &Ctx, incoming: &[Resource]) -> Result<()> {
     use calico_render::explain::World;
     use calico_render::reach::{impact, probes_named};
-    let addrs = crate::desired::ipam_addresses(ctx, stored).await?;
+    let (stored, addrs) = crate::desired::from_etcd(ctx).await?;
+    let stored = stored.as_slice();
     let mut after: Vec<Resource> = stored
         .iter()
         .filter(|r| !incoming.iter().any(|n| n.kind() == r.kind() && n.name() == r.name()))

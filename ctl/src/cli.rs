@@ -134,7 +134,7 @@ pub struct DeleteArgs {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
-    /// Create or update the resources in the files (one etcd transaction)
+    /// Create or update the resources in the files (all or nothing)
     Apply(WriteArgs),
     /// Create the resources in the files; fails if any already exists
     Create(WriteArgs),

@@ -227,6 +227,15 @@ async fn gc_loop(store: Store, grace: Duration, every: Duration, fence: Fence) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        // A staged write whose writer died blocks every writer until it is rolled
+        // back; the next writer would do it, but a quiet cluster may have none.
+        if fence.valid() {
+            match store.clear_stale_intent().await {
+                Ok(true) => info!("rolled back a staged write whose writer is gone"),
+                Ok(false) => {}
+                Err(e) => warn!(error = %e, "cannot roll back a dead writer's staged write; retrying on the next pass"),
+            }
+        }
         if let Err(e) = gc.pass(&store, &ipam, grace, &fence).await {
             warn!(error = %format!("{e:#}"), "IPAM garbage collection pass failed; retrying on the next one");
         }

@@ -6,7 +6,7 @@
 //! turns into `file:line:col` through the document's span map.
 
 use crate::limits::{MAX_NETS_PER_LIST, MAX_PORTS_PER_LIST, MAX_RULES_PER_DIRECTION};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -518,6 +518,61 @@ pub fn check_set(set: &[&Resource], existing: &Existing<'_>) -> Vec<(usize, Issu
         }
     }
     out
+}
+
+/// What [`check_set`] reads of `existing` for `set`, so that a caller can read only
+/// that: the resources it names (each one's own key, and those it references), and the
+/// kinds it needs whole (every IPPool to check addresses and overlaps, every Container
+/// to find who holds a static address). Kept beside `check_set`: a check added there
+/// that reads more must say so here.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dependencies {
+    pub keys: BTreeSet<(Kind, String)>,
+    pub kinds: BTreeSet<Kind>,
+}
+
+pub fn dependencies<'a>(set: impl IntoIterator<Item = &'a Resource>) -> Dependencies {
+    let mut d = Dependencies::default();
+    let rule_groups = |keys: &mut BTreeSet<(Kind, String)>, rules: &[Rule]| {
+        for r in rules {
+            for g in r.source.groups.iter().chain(&r.destination.groups) {
+                keys.insert((Kind::Group, g.clone()));
+            }
+        }
+    };
+    for r in set {
+        d.keys.insert((r.kind(), r.name().to_string()));
+        match r {
+            Resource::Container(c) => {
+                d.keys.insert((Kind::Node, c.spec.node.clone()));
+                for g in &c.spec.groups {
+                    d.keys.insert((Kind::Group, g.clone()));
+                }
+                if c.spec.ips.as_ref().is_some_and(|ips| !ips.is_empty()) {
+                    d.kinds.insert(Kind::IPPool);
+                    d.kinds.insert(Kind::Container);
+                }
+            }
+            Resource::Group(g) => {
+                rule_groups(&mut d.keys, g.spec.ingress.as_deref().unwrap_or(&[]));
+                rule_groups(&mut d.keys, g.spec.egress.as_deref().unwrap_or(&[]));
+            }
+            Resource::Policy(p) => {
+                rule_groups(&mut d.keys, &p.spec.ingress);
+                rule_groups(&mut d.keys, &p.spec.egress);
+            }
+            Resource::IpPool(_) => {
+                d.kinds.insert(Kind::IPPool);
+            }
+            Resource::BgpPeer(b) => {
+                if let Some(n) = &b.spec.node {
+                    d.keys.insert((Kind::Node, n.clone()));
+                }
+            }
+            Resource::Node(_) | Resource::ClusterConfig(_) => {}
+        }
+    }
+    d
 }
 
 fn refs_in_rules(out: &mut Vec<(usize, Issue)>, i: usize, base: &str, rules: &[Rule], ok: &dyn Fn(&str) -> bool) {

@@ -11,6 +11,7 @@ use tracing::debug;
 use crate::client::kv_txn;
 use crate::codec::{decode_resource, encode_resource, id_of, resource_key};
 use crate::read::Current;
+use crate::staged::{fits_one_txn, no_intent, txn_op, Op, Staged};
 use crate::{retry, Store, StoreError, DELETE_MARKER_KEY, RESOURCES_PREFIX};
 
 /// How often `write`/`delete` re-read and retry when a concurrent writer changed a
@@ -48,8 +49,9 @@ pub struct Outcome {
     pub revision: i64,
 }
 
-/// One attempt's transaction: compares, operations, and the outcomes it will have.
-type Prepared = (Vec<Compare>, Vec<TxnOp>, Vec<Outcome>);
+/// One attempt's change: the per-key compares (what it was decided on), the writes,
+/// and the outcomes it will have.
+type Prepared = (Vec<Compare>, Vec<Op>, Vec<Outcome>);
 
 impl Store {
     /// The compares of a guard revision: nothing under resources/ modified after `g`,
@@ -65,13 +67,14 @@ impl Store {
     }
 
     /// Whether a guard still holds, checked by a transaction with only its compares.
-    pub(crate) async fn guard_holds(&self, guard: i64) -> Result<bool, StoreError> {
-        let txn = Txn::new().when(Self::guard_compares(Some(guard)));
+    pub(crate) async fn guard_holds(&self, guard: &[Compare]) -> Result<bool, StoreError> {
+        let txn = Txn::new().when(guard.to_vec());
         let resp = self.kv_call(|kv| kv_txn(kv, &txn)).await?;
         Ok(resp.succeeded())
     }
 
-    /// Writes a set of resources in one etcd transaction: all or nothing. Per resource,
+    /// Writes a set of resources in one etcd transaction (staged above etcd's limits;
+    /// see `staged`): all or nothing. Per resource,
     /// `Apply` creates or updates, `Create` requires it to be absent, `Replace` requires
     /// it to exist (both `Conflict` otherwise). A non-empty `metadata.resourceVersion` is a compare-and-swap on the
     /// key's mod revision. `guard_revision` makes the write fail with `Stale` if any
@@ -114,6 +117,20 @@ impl Store {
         guard_revision: Option<i64>,
         dry_run: bool,
     ) -> Result<Vec<Outcome>, StoreError> {
+        let guard = guard_revision.map(|g| Self::guard_compares(Some(g)));
+        self.commit_guarded(puts, deletes, mode, guard, dry_run).await
+    }
+
+    /// [`Store::commit`] guarded by `guard`'s compares (what the caller read, e.g. a
+    /// [`crate::Scope`]): `Stale` when they fail.
+    pub(crate) async fn commit_guarded(
+        &self,
+        puts: &[Resource],
+        deletes: &[(Kind, String, Option<String>)],
+        mode: WriteMode,
+        guard: Option<Vec<Compare>>,
+        dry_run: bool,
+    ) -> Result<Vec<Outcome>, StoreError> {
         if puts.is_empty() && deletes.is_empty() {
             return Ok(Vec::new());
         }
@@ -139,11 +156,17 @@ impl Store {
 
         for attempt in 0..WRITE_ATTEMPTS {
             let current = self.read_keys(&keys).await?;
-            let prepared = Self::prepare(puts, deletes, mode, guard_revision, &keys, &values, &current);
-            let (compares, ops, mut outcomes) = match prepared {
+            let prepared = Self::prepare(puts, deletes, mode, &keys, &values, &current);
+            let (expected, ops, mut outcomes) = match prepared {
                 Ok(p) => p,
                 Err(e) => {
-                    if let Some(g) = guard_revision {
+                    // What was read may be a staged write's uncommitted pieces: decide
+                    // again once it has committed or been rolled back.
+                    if self.read_intent().await?.is_some() {
+                        self.settle_intent().await?;
+                        continue;
+                    }
+                    if let Some(g) = &guard {
                         if !self.guard_holds(g).await? {
                             return Err(StoreError::Stale);
                         }
@@ -151,24 +174,48 @@ impl Store {
                     return Err(e);
                 }
             };
-            let txn = Txn::new()
-                .when(compares)
-                .and_then(if dry_run { Vec::new() } else { ops });
-            let mut resp = self
-                .kv_call(|kv| kv_txn(kv, &txn))
-                .await
-                .map_err(|e| txn_limit_hint(e, keys.len()))?;
-            if resp.succeeded() {
-                let revision = resp.take_header().map(|h| h.revision()).unwrap_or(0);
-                for o in outcomes.iter_mut().filter(|o| o.change != Change::Unchanged) {
-                    o.revision = revision;
+            let guard_now = guard.clone().unwrap_or_default();
+            if fits_one_txn(&ops, guard_now.len() + expected.len() + 1) {
+                let mut compares = guard_now;
+                compares.push(no_intent());
+                compares.extend(expected);
+                let txn = Txn::new().when(compares).and_then(if dry_run {
+                    Vec::new()
+                } else {
+                    ops.iter().map(txn_op).collect()
+                });
+                let mut resp = self
+                    .kv_call(|kv| kv_txn(kv, &txn))
+                    .await
+                    .map_err(|e| txn_limit_hint(e, keys.len()))?;
+                if resp.succeeded() {
+                    let revision = resp.take_header().map(|h| h.revision()).unwrap_or(0);
+                    for o in outcomes.iter_mut().filter(|o| o.change != Change::Unchanged) {
+                        o.revision = revision;
+                    }
+                    return Ok(outcomes);
                 }
-                return Ok(outcomes);
+            } else {
+                let staged = self.write_staged(guard_now, &expected, &ops, dry_run).await;
+                match staged.map_err(|e| txn_limit_hint(e, 1))? {
+                    Staged::Done(revisions) => {
+                        let changed = outcomes.iter_mut().filter(|o| o.change != Change::Unchanged);
+                        for (o, rev) in changed.zip(revisions) {
+                            if !dry_run {
+                                o.revision = rev;
+                            }
+                        }
+                        return Ok(outcomes);
+                    }
+                    Staged::Raced => {}
+                }
             }
-            // Something changed between the read and the transaction. A failed guard is
-            // the caller's to handle (re-validate); anything else is re-read, and the
-            // checks then report a real conflict or the retry goes through.
-            if let Some(g) = guard_revision {
+            // Something changed between the read and the transaction. A staged write
+            // in progress is waited for (or rolled back when its writer is gone) first.
+            // A failed guard is the caller's to handle (re-validate); anything else is
+            // re-read, and the checks then report a real conflict or the retry goes through.
+            self.settle_intent().await?;
+            if let Some(g) = &guard {
                 if !self.guard_holds(g).await? {
                     return Err(StoreError::Stale);
                 }
@@ -194,12 +241,11 @@ impl Store {
         puts: &[Resource],
         deletes: &[(Kind, String, Option<String>)],
         mode: WriteMode,
-        guard_revision: Option<i64>,
         keys: &[String],
         values: &[Vec<u8>],
         current: &[Current],
     ) -> Result<Prepared, StoreError> {
-        let mut compares = Self::guard_compares(guard_revision);
+        let mut compares = Vec::new();
         let mut ops = Vec::new();
         let mut outcomes = Vec::with_capacity(keys.len());
         for (i, r) in puts.iter().enumerate() {
@@ -234,7 +280,7 @@ impl Store {
                 (None, false) => Change::Created,
             };
             if change != Change::Unchanged {
-                ops.push(TxnOp::put(key.as_str(), values[i].clone(), None));
+                ops.push((key.clone(), Some(values[i].clone())));
             }
             outcomes.push(Outcome {
                 id,
@@ -250,7 +296,7 @@ impl Store {
             };
             check_version(&id, rv.as_deref(), actual)?;
             compares.push(Compare::mod_revision(keys[i].as_str(), CompareOp::Equal, actual));
-            ops.push(TxnOp::delete(keys[i].as_str(), None));
+            ops.push((keys[i].clone(), None));
             outcomes.push(Outcome {
                 id,
                 change: Change::Deleted,
@@ -258,7 +304,7 @@ impl Store {
             });
         }
         if !deletes.is_empty() {
-            ops.push(TxnOp::put(DELETE_MARKER_KEY, Vec::new(), None));
+            ops.push((DELETE_MARKER_KEY.to_string(), Some(Vec::new())));
         }
         Ok((compares, ops, outcomes))
     }
@@ -305,9 +351,15 @@ impl Store {
                 });
             }
             let txn = Txn::new()
-                .when(vec![Compare::mod_revision(key.as_str(), CompareOp::Equal, rev)])
+                .when(vec![
+                    Compare::mod_revision(key.as_str(), CompareOp::Equal, rev),
+                    no_intent(),
+                ])
                 .and_then(vec![TxnOp::put(key.as_str(), encode_resource(&r), None)]);
             let mut resp = self.kv_call(|kv| kv_txn(kv, &txn)).await?;
+            if !resp.succeeded() {
+                self.settle_intent().await?;
+            }
             if resp.succeeded() {
                 let revision = resp.take_header().map(|h| h.revision()).unwrap_or(0);
                 return Ok(Outcome {
@@ -344,13 +396,18 @@ fn check_duplicates<'a>(pairs: impl Iterator<Item = (&'a String, String)>) -> Re
 /// etcd's default limits (128 operations, 1.5 MiB per request) are easy to reach with one
 /// transaction per applied directory; say which setting to raise.
 fn txn_limit_hint(e: StoreError, items: usize) -> StoreError {
+    let what = if items == 1 {
+        "a resource too large for one transaction".to_string()
+    } else {
+        format!("{items} resources in one transaction")
+    };
     match e {
-        StoreError::Etcd(f) if f.contains("too many operations") => StoreError::Etcd(f.noted(&format!(
-            "{items} resources in one transaction; raise etcd's --max-txn-ops"
-        ))),
-        StoreError::Etcd(f) if f.contains("request is too large") => StoreError::Etcd(f.noted(&format!(
-            "{items} resources in one transaction; raise etcd's --max-request-bytes"
-        ))),
+        StoreError::Etcd(f) if f.contains("too many operations") => {
+            StoreError::Etcd(f.noted(&format!("{what}; raise etcd's --max-txn-ops")))
+        }
+        StoreError::Etcd(f) if f.contains("request is too large") => {
+            StoreError::Etcd(f.noted(&format!("{what}; raise etcd's --max-request-bytes")))
+        }
         other => other,
     }
 }

@@ -8,13 +8,17 @@
 //! - `ipam/...`: address management (see `ipam`);
 //! - `sync/<id>/status`: a GitOps sync's last result;
 //! - `meta/resources-deleted`: touched by every resource delete, so that a guarded write
-//!   notices deletions too (a deleted key leaves no mod revision behind to compare).
+//!   notices deletions too (a deleted key leaves no mod revision behind to compare);
+//! - `resources/.intent`, `txn/heartbeat/<lease>`: a staged write in progress.
 //!
 //! Writes of several resources are one etcd transaction, guarded so that what was
-//! validated is still what is stored when the write lands.
+//! validated is still what is stored when the write lands; a change set larger than
+//! etcd's per-transaction limits is staged behind an intent key and still all or
+//! nothing to every reader (see `staged`).
 //!
 //! Where each part lives: [`Store`] and its connection in `client`; the resource codec
-//! in `codec`; reads (`get`, `list`, dumps) in `read`; guarded writes (`write`, `delete`,
+//! in `codec`; reads (`get`, `list`, dumps) in `read`; the reads of only what a change
+//! depends on, and their guard ([`Scope`]), in `scope`; guarded writes (`write`, `delete`,
 //! `commit`, `update`) in `commit`; the read, decide, commit loop ([`Store::transact`]) in
 //! `transact`; JSON values beside the resources in `json`; the
 //! watch in `watch`; the one etcd call wrapper, backoff and limits in `retry`; the
@@ -34,6 +38,8 @@ pub mod ipam;
 mod json;
 mod read;
 mod retry;
+mod scope;
+mod staged;
 pub mod testing;
 mod transact;
 mod watch;
@@ -45,6 +51,8 @@ pub use config::{StoreConfig, TlsFiles, DEFAULT_TIMEOUT};
 pub use error::{EtcdFailure, StoreError};
 pub use json::decode_json;
 pub use read::Listing;
+pub use scope::{Scope, SCOPE_MAX_READS};
+pub use staged::{HEARTBEAT_PREFIX, INTENT_KEY, PAUSE_ENV, PIECE_BYTES, PIECE_OPS};
 pub use transact::{Changes, Step, Transacted, TRANSACT_ATTEMPTS};
 pub use watch::{WatchEvent, WatchStream};
 

@@ -71,13 +71,14 @@ impl Store {
         Ok((items, revision))
     }
 
-    /// Lists resources, of one kind or all, in one consistent read.
+    /// Lists resources, of one kind or all, in one consistent read (at the pre-intent
+    /// revision while a staged write is in progress; see `staged`).
     pub async fn list(&self, kind: Option<Kind>) -> Result<Listing, StoreError> {
         let prefix = match kind {
             Some(k) => format!("{RESOURCES_PREFIX}{}/", k.key_segment()),
             None => RESOURCES_PREFIX.to_string(),
         };
-        let (items, revision) = self.range(&prefix).await?;
+        let (items, revision) = self.read_visible(&prefix, true).await?;
         let mut listing = Listing {
             revision,
             ..Default::default()
@@ -101,10 +102,12 @@ impl Store {
         Ok(listing)
     }
 
+    /// One resource, as [`Store::list`] would show it.
     pub async fn get(&self, kind: Kind, name: &str) -> Result<Option<Resource>, StoreError> {
         let key = resource_key(kind, name);
-        match self.read_one(&key).await? {
-            Some((value, rev)) => decode_resource(&key, &value, rev).map(Some),
+        let (items, _) = self.read_visible(&key, false).await?;
+        match items.into_iter().next() {
+            Some((_, value, rev)) => decode_resource(&key, &value, rev).map(Some),
             None => Ok(None),
         }
     }

@@ -10,7 +10,7 @@
 use calico_schema::{Kind, Resource};
 use tracing::debug;
 
-use crate::{Outcome, Store, StoreError, WriteMode};
+use crate::{Outcome, Scope, Store, StoreError, WriteMode};
 
 /// How many times a step runs before [`Store::transact`] gives up on a store that keeps
 /// changing under it. Each failed attempt means another writer made progress.
@@ -28,6 +28,9 @@ pub struct Changes {
     pub guard: Option<i64>,
     /// Run every check, write nothing.
     pub dry_run: bool,
+    /// When the step read only part of resources/ ([`Store::read_scope`]): the commit
+    /// is guarded by what it read instead of by `guard`.
+    pub scope: Option<Scope>,
 }
 
 impl Changes {
@@ -39,6 +42,7 @@ impl Changes {
             mode,
             guard,
             dry_run: false,
+            scope: None,
         }
     }
 
@@ -50,7 +54,14 @@ impl Changes {
             mode: WriteMode::Apply,
             guard,
             dry_run: false,
+            scope: None,
         }
+    }
+
+    /// The same changes, guarded by what a scoped read saw (`None`: by `guard`).
+    pub fn scoped(mut self, scope: Option<Scope>) -> Changes {
+        self.scope = scope;
+        self
     }
 
     /// The same changes, checked only (`dry_run`) or for real.
@@ -107,7 +118,11 @@ impl Store {
                 Ok(Step::Commit(changes, value)) => (changes, value),
             };
             let c = &changes;
-            match self.commit(&c.puts, &c.deletes, c.mode, c.guard, c.dry_run).await {
+            let guard = match &c.scope {
+                Some(scope) => Some(scope.compares()),
+                None => c.guard.map(|g| Self::guard_compares(Some(g))),
+            };
+            match self.commit_guarded(&c.puts, &c.deletes, c.mode, guard, c.dry_run).await {
                 Ok(outcomes) => return Ok(Ok(Transacted { value, outcomes })),
                 Err(StoreError::Stale) => {
                     debug!(

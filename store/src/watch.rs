@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::retry::MAX_DECODE;
-use crate::Store;
+use crate::{Store, INTENT_KEY};
 
 /// One change under the watched prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,15 +82,45 @@ enum End {
     Broken(String),
     /// The consumer dropped the stream.
     Gone,
+    /// A staged write's intent was deleted: re-list to deliver its whole change at once.
+    Committed,
 }
 
 async fn run(store: Store, prefix: String, from_revision: i64, tx: mpsc::Sender<WatchEvent>) {
     // The revision the next watch starts at; 0 means "re-list first".
     let mut next = from_revision.max(0);
     let mut failures: u32 = 0;
+    // A watch that covers the intent key hides staged writes: it drops their events
+    // from the intent's creation to its deletion and then re-lists (see `staged`).
+    let covers_intent = INTENT_KEY.starts_with(prefix.as_str());
+    let mut staged = false;
+    if covers_intent && next > 0 {
+        // Started inside a staged write: its intent's creation is behind us.
+        loop {
+            match store.read_intent().await {
+                Ok(intent) => {
+                    staged = intent.is_some_and(|i| i.pre_revision() < next);
+                    break;
+                }
+                Err(e) => {
+                    failures += 1;
+                    debug!(%prefix, error = %e, failures, "watch cannot read the intent; retrying");
+                    tokio::time::sleep(retry_delay(failures)).await;
+                }
+            }
+        }
+    }
     loop {
         if next == 0 {
-            match store.range(&prefix).await {
+            let listed = if covers_intent {
+                store.read_visible(&prefix, true).await
+            } else {
+                store.range(&prefix).await
+            };
+            // The re-list shows the state before any staged write in progress; the
+            // watch from there replays that write's intent and hides it again.
+            staged = false;
+            match listed {
                 Ok((items, revision)) => {
                     debug!(%prefix, revision, items = items.len(), "watch resync");
                     if tx.send(WatchEvent::Resync { items, revision }).await.is_err() {
@@ -106,8 +136,12 @@ async fn run(store: Store, prefix: String, from_revision: i64, tx: mpsc::Sender<
                 }
             }
         }
-        match watch_once(&store, &prefix, &mut next, &mut failures, &tx).await {
+        match watch_once(&store, &prefix, &mut next, &mut failures, &mut staged, &tx).await {
             End::Gone => return,
+            End::Committed => {
+                debug!(%prefix, revision = next, "a staged write committed; re-listing");
+                next = 0;
+            }
             End::Compacted => {
                 info!(%prefix, revision = next, "watch history compacted; re-listing");
                 next = 0;
@@ -133,6 +167,7 @@ async fn watch_once(
     prefix: &str,
     next: &mut i64,
     failures: &mut u32,
+    staged: &mut bool,
     tx: &mpsc::Sender<WatchEvent>,
 ) -> End {
     let client = store.inner.client.watch_client().max_decoding_message_size(MAX_DECODE);
@@ -179,19 +214,41 @@ async fn watch_once(
         if resp.canceled() {
             return End::Broken(format!("etcd cancelled the watch: {}", resp.cancel_reason()));
         }
-        if forward(resp, next, tx).await.is_err() {
-            return End::Gone;
+        match forward(resp, next, staged, tx).await {
+            Err(()) => return End::Gone,
+            Ok(true) => return End::Committed,
+            Ok(false) => {}
         }
     }
 }
 
 /// Sends a response's events in order. etcd never splits one revision across
-/// responses, so after a response `*next` is one past its last revision.
-async fn forward(resp: WatchResponse, next: &mut i64, tx: &mpsc::Sender<WatchEvent>) -> Result<(), ()> {
+/// responses, so after a response `*next` is one past its last revision. Events of a
+/// staged write are dropped; `Ok(true)` when its intent was deleted (the caller
+/// re-lists, so what follows in this response is covered by that).
+async fn forward(
+    resp: WatchResponse,
+    next: &mut i64,
+    staged: &mut bool,
+    tx: &mpsc::Sender<WatchEvent>,
+) -> Result<bool, ()> {
     for ev in resp.events() {
         let Some(kv) = ev.kv() else { continue };
-        let key = String::from_utf8_lossy(kv.key()).into_owned();
         let rev = kv.mod_revision();
+        if kv.key() == INTENT_KEY.as_bytes() {
+            match ev.event_type() {
+                EventType::Put => *staged = true,
+                EventType::Delete if *staged => return Ok(true),
+                EventType::Delete => {}
+            }
+            *next = (*next).max(rev + 1);
+            continue;
+        }
+        if *staged {
+            *next = (*next).max(rev + 1);
+            continue;
+        }
+        let key = String::from_utf8_lossy(kv.key()).into_owned();
         let out = match ev.event_type() {
             EventType::Put => WatchEvent::Put {
                 key,
@@ -203,7 +260,7 @@ async fn forward(resp: WatchResponse, next: &mut i64, tx: &mpsc::Sender<WatchEve
         tx.send(out).await.map_err(|_| ())?;
         *next = (*next).max(rev + 1);
     }
-    Ok(())
+    Ok(false)
 }
 
 impl Store {

@@ -111,3 +111,80 @@ fn apply_partial(cache: &mut Cache, ev: WatchEvent, prefix: &str) -> bool {
         other => cache.apply(other),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use calico_schema::{Kind, Resource};
+    use calico_store::testing::TestEtcd;
+    use calico_store::{StoreConfig, WriteMode};
+
+    use super::*;
+
+    fn containers(n: usize, tag: &str) -> Vec<Resource> {
+        (0..n)
+            .map(|i| {
+                Resource::from_json(serde_json::json!({
+                    "apiVersion": "calico/v1", "kind": "Container",
+                    "metadata": {"name": format!("c{i:05}"), "labels": {"tag": tag}},
+                    "spec": {"node": "host-a", "container": format!("c{i:05}")},
+                }))
+                .unwrap()
+            })
+            .collect()
+    }
+
+    fn tags(cache: &Cache) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for r in cache.resources().iter().filter(|r| r.kind() == Kind::Container) {
+            let tag = r.metadata().labels.get("tag").cloned().unwrap_or_default();
+            *out.entry(tag).or_insert(0) += 1;
+        }
+        out
+    }
+
+    /// What the agent reconciles from (the cache after a wake and its debounce) holds
+    /// none or all of a change set too large for one etcd transaction.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_reconcile_never_sees_half_a_staged_write() {
+        const N: usize = 5_000;
+        let etcd = TestEtcd::start();
+        let store = Store::connect(&StoreConfig::new(vec![etcd.endpoint()])).await.unwrap();
+        let mut triggers = Triggers::start(&store, Duration::from_secs(3600), Duration::from_millis(1));
+        let mut cache = Cache::default();
+        let requeue = Requeue::default();
+        let (_stop_tx, mut stop) = watch::channel(false);
+        let writer = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for tag in ["a", "b"] {
+                    store
+                        .write(&containers(N, tag), WriteMode::Apply, None, false)
+                        .await
+                        .unwrap();
+                }
+            })
+        };
+        let mut views = Vec::new();
+        while views.last() != Some(&BTreeMap::from([("b".to_string(), N)])) {
+            let wake = tokio::time::timeout(
+                Duration::from_secs(60),
+                triggers.wait(&mut cache, &requeue, std::future::pending(), &mut stop),
+            )
+            .await
+            .expect("no wake within a minute");
+            // The resync timer's first tick is at once; only the watches wake it after.
+            assert!(matches!(wake, Wake::Watch(_) | Wake::Resync), "{wake:?}");
+            triggers.debounce(&mut cache).await;
+            let v = tags(&cache);
+            assert!(
+                v.is_empty() || (v.len() == 1 && v.values().all(|n| *n == N)),
+                "the reconcile would see half a change: {v:?}"
+            );
+            views.push(v);
+        }
+        writer.await.unwrap();
+        assert!(views.contains(&BTreeMap::from([("a".to_string(), N)])), "{views:?}");
+    }
+}

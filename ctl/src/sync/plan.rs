@@ -232,9 +232,10 @@ pub fn plan(
     Ok(out)
 }
 
-/// A plan as one etcd transaction, guarded like `apply`: nothing under resources/
-/// changed, and nothing was deleted, since the listing at `guard` (else the transaction
-/// is stale: re-list, re-plan, retry).
+/// A plan as one change (one etcd transaction, staged above etcd's limits), guarded
+/// like `apply` was before it read only its dependencies: nothing under resources/
+/// changed, and nothing was deleted, since the listing at `guard` (else the change is
+/// stale: re-list, re-plan, retry).
 pub fn changes(plan: &Plan, guard: i64) -> Changes {
     let puts: Vec<Resource> = plan.puts.iter().map(|p| p.resource.clone()).collect();
     let deletes: Vec<(Kind, String, Option<String>)> = plan
