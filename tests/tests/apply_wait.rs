@@ -143,3 +143,39 @@ fn apply_wait_returns_when_the_change_is_enforced() {
         "host1 and host3 enforced it: {err}"
     );
 }
+
+/// `sync status` shows, per node, whether its agent enforces the sync's last applied
+/// revision (as Flux shows a Kustomization's health).
+#[test]
+fn sync_status_shows_per_node_enforcement() {
+    let _g = serial();
+    let mut c = scenario::cluster(2, None, WLS[..2].as_ref()).expect("cluster");
+    await_ping(&c, "a", ip("10.65.1.5"), Duration::from_secs(40));
+    let dir = tempfile::tempdir().expect("dir");
+    let write = |action: &str| std::fs::write(dir.path().join("p.yaml"), port80(action)).expect("write");
+    let d = dir.path().display().to_string();
+    write("Deny");
+    c.ctl(&["sync", "--dir", &d, "--once"]).expect("sync");
+    let status = |c: &Cluster| c.ctl(&["sync", "status", "--dir", &d]).unwrap_or_default();
+    let enforced = Cluster::wait_for(Duration::from_secs(10), || {
+        let s = status(&c);
+        s.contains("host1 enforced") && s.contains("host2 enforced")
+    });
+    assert!(enforced, "{}", status(&c));
+    let json: serde_json::Value =
+        serde_json::from_str(&c.ctl(&["sync", "status", "--dir", &d, "-o", "json"]).expect("json")).expect("parse");
+    assert_eq!(
+        json["enforcement"],
+        serde_json::json!(["host1 enforced", "host2 enforced"])
+    );
+
+    // host2's agent stops: the next revision is enforced on host1 only.
+    c.agent("host2").kill9();
+    write("Allow");
+    c.ctl(&["sync", "--dir", &d, "--once"]).expect("sync");
+    let split = Cluster::wait_for(Duration::from_secs(10), || {
+        let s = status(&c);
+        s.contains("host1 enforced") && s.contains("host2 behind (at revision")
+    });
+    assert!(split, "{}", status(&c));
+}

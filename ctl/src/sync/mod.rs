@@ -266,16 +266,32 @@ async fn status_cmd(g: &GlobalOpts, a: &SyncStatusArgs) -> Result<()> {
     };
     match a.output {
         StatusFormat::Json => {
+            let now = now_secs();
+            let agents = crate::observed::agent_statuses(&ctx).await?;
+            let with_enforcement = |s: &SyncStatus| -> Result<serde_json::Value> {
+                let mut v = serde_json::to_value(s)?;
+                if let Some(o) = v.as_object_mut() {
+                    o.insert(
+                        "enforcement".into(),
+                        serde_json::json!(status::enforcement(s, &agents, now)),
+                    );
+                }
+                Ok(v)
+            };
             let v = if id.is_some() {
-                serde_json::to_value(&statuses[0])?
+                with_enforcement(&statuses[0])?
             } else {
-                serde_json::to_value(&statuses)?
+                serde_json::Value::Array(statuses.iter().map(with_enforcement).collect::<Result<_>>()?)
             };
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
         StatusFormat::Text => {
             let now = now_secs();
-            let text: Vec<String> = statuses.iter().map(|s| status::render(s, now)).collect();
+            let agents = crate::observed::agent_statuses(&ctx).await?;
+            let text: Vec<String> = statuses
+                .iter()
+                .map(|s| status::render(s, now, &status::enforcement(s, &agents, now)))
+                .collect();
             print!("{}", text.join("\n"));
         }
     }

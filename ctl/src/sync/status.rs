@@ -1,7 +1,10 @@
 //! A sync's last result, stored as JSON at `/calico/v1/sync/<id>/status`, and
 //! `calicoctl sync status`.
 
+use std::collections::BTreeMap;
+
 use anyhow::{bail, Result};
+use calico_schema::AgentStatus;
 use serde::{Deserialize, Serialize};
 
 /// The store suffix of a sync's status.
@@ -74,6 +77,10 @@ pub struct SyncStatus {
     /// Unix seconds when that revision was applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_at: Option<u64>,
+    /// The etcd revision its changes were written at: each node's agent enforces the
+    /// revision once its own enforced revision has reached this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_revision: Option<i64>,
     /// How many resources that revision declares (and this sync owns).
     #[serde(default)]
     pub resources: usize,
@@ -132,8 +139,37 @@ fn ago(now: u64, t: u64) -> String {
     format!("{} ({rel})", rfc3339(t))
 }
 
-/// The human-readable form of `sync status`.
-pub fn render(s: &SyncStatus, now: u64) -> String {
+/// Per node, whether its agent enforces the sync's last applied revision, as Flux shows
+/// a Kustomization's health: `host1 enforced`, `host2 behind (at 41: why)`, and
+/// agents silent for longer than [`crate::wait::ALIVE`] as not reporting.
+pub fn enforcement(s: &SyncStatus, agents: &BTreeMap<String, AgentStatus>, now: u64) -> Vec<String> {
+    let Some(rev) = s.etcd_revision else { return Vec::new() };
+    agents
+        .iter()
+        .map(|(node, st)| {
+            let silent = now.saturating_sub(st.last_reconcile);
+            if silent > crate::wait::ALIVE.as_secs() {
+                format!("{node} not reporting (its agent last reported {silent}s ago)")
+            } else if st.enforced_revision >= rev {
+                format!("{node} enforced")
+            } else if st.errors.is_empty() {
+                format!(
+                    "{node} behind (at revision {}, not yet reconciled)",
+                    st.enforced_revision
+                )
+            } else {
+                format!(
+                    "{node} behind (at revision {}: {})",
+                    st.enforced_revision,
+                    st.errors.join("; ")
+                )
+            }
+        })
+        .collect()
+}
+
+/// The human-readable form of `sync status`; `enforcement` from [`enforcement`].
+pub fn render(s: &SyncStatus, now: u64, enforcement: &[String]) -> String {
     let mut out = String::new();
     let mut line = |k: &str, v: String| {
         out.push_str(&format!("{k:<19}{v}\n"));
@@ -154,6 +190,12 @@ pub fn render(s: &SyncStatus, now: u64) -> String {
         line("Applied:", ago(now, t));
     }
     line("Resources:", format!("{} (from {} files)", s.resources, s.files));
+    if let Some(rev) = s.etcd_revision {
+        line("Written at:", format!("etcd revision {rev}"));
+    }
+    for (i, e) in enforcement.iter().enumerate() {
+        line(if i == 0 { "Enforcement:" } else { "" }, e.clone());
+    }
     if s.checked_at > 0 {
         line("Last check:", ago(now, s.checked_at));
     }
@@ -225,7 +267,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let text = render(&s, 20);
+        let text = render(&s, 20, &[]);
         assert!(text.contains("in revision git 0123456789ab (sha256:abc)"), "{text}");
         assert!(text.contains("a.yaml:3:5: spec.x: bad"), "{text}");
         let v = serde_json::to_value(&s).unwrap();

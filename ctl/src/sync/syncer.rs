@@ -87,6 +87,7 @@ impl Syncer {
             status.drifts_corrected = p.drifts_corrected;
             status.drifts = p.drifts;
             status.revision = p.revision;
+            status.etcd_revision = p.etcd_revision;
             status.applied_at = p.applied_at;
             status.resources = p.resources;
             status.files = p.files;
@@ -171,6 +172,11 @@ impl Syncer {
                     self.report_applied(&revision, &applied);
                 }
                 self.status.revision = Some(revision);
+                // The etcd revision agents must reach to enforce it: of the last pass
+                // that wrote (a pass that found etcd as declared changes nothing).
+                if !applied.plan.is_empty() || self.status.etcd_revision.is_none() {
+                    self.status.etcd_revision = Some(applied.revision);
+                }
                 if !same || self.status.applied_at.is_none() {
                     self.status.applied_at = Some(now_secs());
                 }
