@@ -37,6 +37,7 @@ packages=(
     tar                 # diags archives
     curl                # plugin-socket and HTTP checks
     prometheus          # promtool: the agent's /metrics is linted with it
+    fonts-dejavu-core   # a font for the text of `calicoctl reach -o png`
 )
 
 need=()

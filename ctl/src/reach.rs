@@ -21,6 +21,8 @@ pub enum ReachFormat {
     Json,
     /// An SVG picture: groups as bands, cells colored by verdict
     Svg,
+    /// The same picture as PNG (redirect it to a file), text in the system's fonts
+    Png,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -94,6 +96,7 @@ pub async fn run(g: &GlobalOpts, args: &ReachArgs) -> Result<bool> {
         ReachFormat::Text => print!("{}", text(&m, &bands)),
         ReachFormat::Json => println!("{}", serde_json::to_string_pretty(&m)?),
         ReachFormat::Svg => print!("{}", svg(&m, &bands)),
+        ReachFormat::Png => write_png(&svg(&m, &bands))?,
     }
     if !args.probe {
         return Ok(true);
@@ -330,6 +333,36 @@ fn text(m: &Matrix, bands: &[String]) -> String {
     out
 }
 
+/// Rasterizes the SVG (resvg) and writes the PNG to stdout, never to a terminal.
+fn write_png(svg: &str) -> Result<()> {
+    use resvg::{tiny_skia, usvg};
+    use std::io::{IsTerminal, Write};
+    if std::io::stdout().is_terminal() {
+        bail!("a PNG is binary: redirect it to a file (calicoctl reach -o png > reach.png)");
+    }
+    let mut opt = usvg::Options::default();
+    let fonts = opt.fontdb_mut();
+    fonts.load_system_fonts();
+    // fontdb's generic sans-serif is Arial, seldom on Linux; use one that is there.
+    let family = fonts
+        .faces()
+        .flat_map(|f| f.families.iter().map(|(name, _)| name.clone()))
+        .find(|n| ["DejaVu Sans", "Liberation Sans", "Noto Sans"].contains(&n.as_str()));
+    if let Some(family) = family {
+        fonts.set_sans_serif_family(family);
+    }
+    let tree = usvg::Tree::from_str(svg, &opt).map_err(|e| anyhow!("drawing the matrix: {e}"))?;
+    let size = tree.size().to_int_size();
+    let mut pixmap = tiny_skia::Pixmap::new(size.width(), size.height())
+        .ok_or_else(|| anyhow!("a {}x{} picture is too large", size.width(), size.height()))?;
+    resvg::render(&tree, tiny_skia::Transform::default(), &mut pixmap.as_mut());
+    let png = pixmap.encode_png().map_err(|e| anyhow!("encoding the PNG: {e}"))?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&png)?;
+    out.flush()?;
+    Ok(())
+}
+
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -350,7 +383,7 @@ fn svg(m: &Matrix, bands: &[String]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{}" font-family="sans-serif" font-size="11">"#,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{}" font-family="DejaVu Sans, Liberation Sans, Arial, sans-serif" font-size="11">"#,
         legend_y + 40
     );
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);

@@ -333,3 +333,51 @@ fn reach_prints_the_matrix_as_text_json_and_svg() {
         "5x5 cells and a band per group on each axis"
     );
 }
+
+/// `-o png` draws the same picture through resvg: the cells have their colors and the
+/// names are written (install-deps.sh installs a font).
+#[test]
+fn reach_png_is_the_picture() {
+    let out = std::process::Command::new(BIN)
+        .args(["reach", "-f", &examples(), "-o", "png"])
+        .output()
+        .expect("calicoctl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let png = resvg::tiny_skia::Pixmap::decode_png(&out.stdout).expect("a PNG");
+    assert_eq!((png.width(), png.height()), (602, 652));
+    // Cells are 90 px from (142, 142), rows and columns a, c, e, b, d.
+    let at = |row: u32, col: u32| {
+        let p = png.pixel(142 + col * 90 + 45, 142 + row * 90 + 60).expect("inside");
+        (p.red(), p.green(), p.blue())
+    };
+    assert_eq!(at(0, 2), (0x7c, 0xc8, 0x7c), "a -> e: all pass, green");
+    assert_eq!(at(3, 1), (0xe8, 0x80, 0x80), "b -> c: none, red");
+    assert_eq!(at(0, 1), (0xf5, 0xc4, 0x6b), "a -> c: some, amber");
+    // The row names are text left of the grid: dark pixels there.
+    let dark = (0..120)
+        .flat_map(|x| (150..230).map(move |y| (x, y)))
+        .filter(|&(x, y)| png.pixel(x, y).is_some_and(|p| p.red() < 100 && p.alpha() > 0))
+        .count();
+    assert!(dark > 20, "no text drawn ({dark} dark pixels): is a font installed?");
+}
+
+/// The README shows docs/reach.svg, which is `reach -f examples -o svg` exactly.
+#[test]
+fn the_readme_picture_is_current() {
+    let r = ctl("127.0.0.1:1", &["reach", "-f", &examples(), "-o", "svg"]);
+    assert!(r.ok(), "{r:?}");
+    let path = workspace_file("docs/reach.svg");
+    if std::env::var_os("UPDATE_DOCS").is_some() {
+        std::fs::write(&path, &r.stdout).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == r.stdout,
+        "docs/reach.svg is stale: UPDATE_DOCS=1 cargo test -p calicoctl --test explain the_readme_picture"
+    );
+    let readme = std::fs::read_to_string(workspace_file("README.md")).unwrap();
+    assert!(
+        readme.contains("(docs/reach.svg)"),
+        "the README does not show docs/reach.svg"
+    );
+}
