@@ -19,8 +19,13 @@ struct Args {
     /// This node's name (its Node resource).
     #[arg(long, env = "CALICO_NODE_NAME")]
     name: String,
-    /// etcd endpoints, comma separated.
-    #[arg(long, env = "ETCD_ENDPOINTS", default_value = "127.0.0.1:2379")]
+    /// etcd endpoints, HOST:PORT[,HOST:PORT...], as calicoctl's --etcd.
+    #[arg(
+        long,
+        env = "ETCD_ENDPOINTS",
+        default_value = "127.0.0.1:2379",
+        value_name = "HOST:PORT[,...]"
+    )]
     etcd: String,
     /// CA certificate to verify etcd's server certificate (enables TLS).
     #[arg(long, env = "ETCD_CA_CERT_FILE", value_name = "FILE")]
@@ -31,15 +36,16 @@ struct Args {
     /// Client key for etcd (enables TLS; needs --etcd-cert).
     #[arg(long, env = "ETCD_KEY_FILE", value_name = "FILE", requires = "etcd_cert")]
     etcd_key: Option<PathBuf>,
-    /// Bound on connecting to etcd and on each request, in seconds (calicoctl's name;
-    /// --etcd-timeout is the older one).
+    /// Bound on connecting to etcd and on each request, in seconds (calicoctl's name and
+    /// environment variable; --etcd-timeout is the older name).
     #[arg(
         long = "timeout",
         alias = "etcd-timeout",
-        default_value_t = 5,
+        env = "CALICO_TIMEOUT",
+        default_value_t = 5.0,
         value_name = "SECONDS"
     )]
-    etcd_timeout: u64,
+    etcd_timeout: f64,
     /// Program the dataplane of this network namespace instead of our own.
     #[arg(long)]
     netns: Option<PathBuf>,
@@ -74,7 +80,8 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(false)
         .init();
     let mut etcd = StoreConfig::from_list(&args.etcd);
-    etcd.timeout = Duration::from_secs(args.etcd_timeout.max(1));
+    etcd.timeout = Duration::try_from_secs_f64(args.etcd_timeout.max(0.1))
+        .map_err(|_| anyhow::anyhow!("--timeout must be a number of seconds"))?;
     if etcd.endpoints.is_empty() {
         anyhow::bail!("--etcd names no endpoint");
     }
