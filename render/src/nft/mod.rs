@@ -32,6 +32,7 @@ use nftables::types::NfFamily;
 
 mod batch;
 mod builder;
+mod counters;
 mod delta;
 mod expr;
 mod policy;
@@ -40,6 +41,7 @@ mod text;
 
 pub use batch::{Batch, Item};
 pub use builder::{NftTable, TableCounts};
+pub use counters::{rule_counters, rule_direction, RuleCount, RuleCounters};
 pub use delta::{Delta, Patch};
 use expr::*;
 use policy::*;
