@@ -245,6 +245,7 @@ fn rule_counters_follow_the_packets() {
     let text = c
         .ctl(&["explain", "workload-a", "workload-e", "--proto", "ICMP", "--counters"])
         .expect("explain --counters");
+    eprintln!("{text}");
     assert!(
         text.contains("counters: ")
             && text.contains("packets")
