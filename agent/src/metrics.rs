@@ -13,6 +13,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use calico_render::nft::RuleCounters;
+
 use crate::reconcile::Report;
 
 /// A gauge that holds a float (seconds).
@@ -198,6 +200,23 @@ impl Metrics {
         s
     }
 
+    /// [`Self::render_openmetrics`] with the per-rule counters read from the kernel.
+    pub fn render_openmetrics_with(&self, rules: &RuleCounters) -> String {
+        let mut page = self.render_openmetrics();
+        let eof = page.strip_suffix("# EOF\n").map(str::len).unwrap_or(page.len());
+        page.truncate(eof);
+        page.push_str(&rule_families(rules, true));
+        page.push_str("# EOF\n");
+        page
+    }
+
+    /// [`Self::render`] with the per-rule counters read from the kernel.
+    pub fn render_with(&self, rules: &RuleCounters) -> String {
+        let mut page = self.render();
+        page.push_str(&rule_families(rules, false));
+        page
+    }
+
     /// The metrics in the classic Prometheus text format 0.0.4 (`text/plain`), for
     /// scrapers and tools that read only that, promtool among them. The formats differ
     /// only where this rewrites: a counter family is named with its `_total` suffix, and
@@ -211,6 +230,55 @@ impl Metrics {
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Content type of [`Metrics::render_openmetrics`].
 pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// `calico_rule_packets_total` and `calico_rule_bytes_total`, one sample per policy and
+/// group rule, labelled with the rule's comment and its direction. Written by hand, not
+/// through the registry: the values are the kernel's, read at scrape time, and go back
+/// to zero when the delta rewrites the rule's chain (a counter reset, which `rate()`
+/// expects).
+fn rule_families(rules: &RuleCounters, openmetrics: bool) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for (family, help, bytes) in [
+        (
+            "calico_rule_packets",
+            "Packets that matched each policy and group rule (its nftables counter)",
+            false,
+        ),
+        (
+            "calico_rule_bytes",
+            "Bytes of the packets that matched each policy and group rule (its nftables counter)",
+            true,
+        ),
+    ] {
+        let name = if openmetrics {
+            family.to_string()
+        } else {
+            format!("{family}_total")
+        };
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for (rule, c) in rules {
+            let direction = match calico_render::nft::rule_direction(rule) {
+                Some(calico_schema::PolicyType::Ingress) => "ingress",
+                Some(calico_schema::PolicyType::Egress) => "egress",
+                None => continue,
+            };
+            let v = if bytes { c.bytes } else { c.packets };
+            let _ = writeln!(
+                out,
+                "{family}_total{{rule=\"{}\",direction=\"{direction}\"}} {v}",
+                label_value(rule)
+            );
+        }
+    }
+    out
+}
+
+/// A label value as the exposition formats quote it.
+fn label_value(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
 
 fn openmetrics_to_text(om: &str) -> String {
     let counters: std::collections::HashSet<&str> = om
@@ -252,6 +320,41 @@ mod tests {
             nft_duration: Duration::from_millis(7),
             ..Default::default()
         }
+    }
+
+    fn rules() -> RuleCounters {
+        let mut c = RuleCounters::new();
+        c.insert(
+            "Policy/db-web ingress[2]".into(),
+            calico_render::nft::RuleCount { packets: 7, bytes: 420 },
+        );
+        c.insert("Group/A_C_E egress[0]".into(), calico_render::nft::RuleCount::default());
+        // A name with what the formats must escape (unvalidated data can reach a comment).
+        c.insert(
+            "Policy/a\"b\\c ingress[0]".into(),
+            calico_render::nft::RuleCount { packets: 1, bytes: 60 },
+        );
+        c
+    }
+
+    #[test]
+    fn rule_counters_in_both_formats() {
+        let m = Metrics::default();
+        m.observe(&report(), 0, 0, true);
+        let text = m.render_with(&rules());
+        for line in [
+            "# TYPE calico_rule_packets_total counter",
+            "calico_rule_packets_total{rule=\"Policy/db-web ingress[2]\",direction=\"ingress\"} 7",
+            "calico_rule_bytes_total{rule=\"Policy/db-web ingress[2]\",direction=\"ingress\"} 420",
+            "calico_rule_packets_total{rule=\"Group/A_C_E egress[0]\",direction=\"egress\"} 0",
+            "calico_rule_packets_total{rule=\"Policy/a\\\"b\\\\c ingress[0]\",direction=\"ingress\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no line {line:?} in\n{text}");
+        }
+        let om = m.render_openmetrics_with(&rules());
+        assert!(om.ends_with("# EOF\n") && om.matches("# EOF").count() == 1, "{om}");
+        assert!(om.contains("# TYPE calico_rule_packets counter\n"));
+        assert!(om.contains("calico_rule_bytes_total{rule=\"Policy/db-web ingress[2]\",direction=\"ingress\"} 420\n"));
     }
 
     #[test]
@@ -307,7 +410,7 @@ mod tests {
             .stdin
             .take()
             .expect("stdin")
-            .write_all(m.render().as_bytes())
+            .write_all(m.render_with(&rules()).as_bytes())
             .expect("write to promtool");
         let out = child.wait_with_output().expect("promtool");
         assert!(
@@ -315,7 +418,7 @@ mod tests {
             "promtool check metrics: {}{}\n{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr),
-            m.render()
+            m.render_with(&rules())
         );
     }
 }

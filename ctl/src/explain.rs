@@ -9,6 +9,7 @@ use std::net::IpAddr;
 
 use anyhow::{anyhow, bail, Result};
 use calico_render::explain::{explain, Decider, Explanation, Flow, Peer, Step, Verdict, World};
+use calico_render::nft::{RuleCount, RuleCounters};
 use calico_schema::{Container, IpVersion, PolicyType, Protocol, Resource};
 use clap::{Args, ValueEnum};
 
@@ -58,6 +59,41 @@ pub struct ExplainArgs {
     /// Output format
     #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
     pub output: ExplainFormat,
+    /// Also print the deciding rule's packet and byte counters, asked of the agent of
+    /// the node that decides (its /counters, at the HTTP address in its status in etcd)
+    #[arg(long)]
+    pub counters: bool,
+    /// With --counters: ask this agent (HOST:PORT) instead of the one each node reports
+    #[arg(long, value_name = "HOST:PORT", requires = "counters")]
+    pub agent: Option<String>,
+}
+
+/// The deciding rule's counter in one direction, as its node's agent reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Counted {
+    /// The nft rule comment the counter is found by (`Policy/db ingress[2]`).
+    rule: String,
+    node: String,
+    /// None when the agent holds no such rule (not rendered there, or the end of the
+    /// chain decided).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    count: Option<RuleCount>,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+struct CountedSteps {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    egress: Option<Counted>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ingress: Option<Counted>,
+}
+
+#[derive(serde::Serialize)]
+struct WithCounters<'a> {
+    #[serde(flatten)]
+    explanation: &'a Explanation,
+    counters: &'a CountedSteps,
 }
 
 /// Runs the command; returns whether the packet is allowed (the exit code says it).
@@ -87,11 +123,70 @@ pub async fn run(g: &GlobalOpts, args: &ExplainArgs) -> Result<bool> {
     let flow = flow(args, &src, &dst)?;
     let world = World::new(&resources, &addrs);
     let e = explain(&world, &src, &dst, &flow).map_err(|e| anyhow!("{e}"))?;
-    match args.output {
-        ExplainFormat::Json => println!("{}", serde_json::to_string_pretty(&e)?),
-        ExplainFormat::Text => print!("{}", text(&e, args)?),
+    let counted = if args.counters {
+        Some(counters(g, args, &e, offline).await?)
+    } else {
+        None
+    };
+    match (args.output, &counted) {
+        (ExplainFormat::Json, None) => println!("{}", serde_json::to_string_pretty(&e)?),
+        (ExplainFormat::Json, Some(c)) => println!(
+            "{}",
+            serde_json::to_string_pretty(&WithCounters {
+                explanation: &e,
+                counters: c
+            })?
+        ),
+        (ExplainFormat::Text, _) => print!("{}", text(&e, args, counted.as_ref())?),
     }
     Ok(e.verdict == Verdict::Allow)
+}
+
+/// Each direction's deciding rule's counter, from the agent of the node that decides.
+async fn counters(g: &GlobalOpts, args: &ExplainArgs, e: &Explanation, offline: bool) -> Result<CountedSteps> {
+    let ctx = if args.agent.is_none() {
+        if offline {
+            bail!("--counters with -f needs --agent HOST:PORT (no etcd to find the node's agent in)");
+        }
+        Some(Ctx::connect(g).await?)
+    } else {
+        None
+    };
+    let mut by_node: BTreeMap<String, RuleCounters> = BTreeMap::new();
+    let mut out = CountedSteps::default();
+    for step in [&e.egress, &e.ingress].into_iter().flatten() {
+        let Some(rule) = step.counter_name() else { continue };
+        if !by_node.contains_key(&step.node) {
+            let addr = match (&args.agent, &ctx) {
+                (Some(a), _) => a.clone(),
+                (None, Some(ctx)) => crate::observed::agent_status(ctx, &step.node)
+                    .await?
+                    .and_then(|s| s.http)
+                    .ok_or_else(|| anyhow!("node {}'s agent reports no HTTP address in etcd", step.node))?,
+                (None, None) => bail!("no agent to ask"),
+            };
+            by_node.insert(step.node.clone(), fetch_counters(&addr).await?);
+        }
+        let count = by_node.get(&step.node).and_then(|c| c.get(&rule)).copied();
+        let c = Counted {
+            rule,
+            node: step.node.clone(),
+            count,
+        };
+        match step.direction {
+            PolicyType::Egress => out.egress = Some(c),
+            PolicyType::Ingress => out.ingress = Some(c),
+        }
+    }
+    Ok(out)
+}
+
+async fn fetch_counters(addr: &str) -> Result<RuleCounters> {
+    let (code, body) = crate::agent_http::get(addr, "/counters", std::time::Duration::from_secs(5)).await?;
+    if code != 200 {
+        bail!("the agent at {addr} answered /counters with {code}: {}", body.trim());
+    }
+    serde_json::from_str(&body).map_err(|e| anyhow!("the agent at {addr} sent unreadable /counters: {e}"))
 }
 
 async fn peer(resolver: &Resolver, query: &str, containers: &[Container]) -> Result<Peer> {
@@ -144,7 +239,7 @@ fn verdict_word(v: Verdict) -> &'static str {
     }
 }
 
-fn text(e: &Explanation, args: &ExplainArgs) -> Result<String> {
+fn text(e: &Explanation, args: &ExplainArgs, counted: Option<&CountedSteps>) -> Result<String> {
     let mut out = String::new();
     let what = match (args.port, args.icmp_type) {
         (Some(p), _) => format!("{} port {p}", args.proto),
@@ -167,7 +262,11 @@ fn text(e: &Explanation, args: &ExplainArgs) -> Result<String> {
         )?;
     }
     for step in [&e.egress, &e.ingress].into_iter().flatten() {
-        step_text(&mut out, step)?;
+        let c = counted.map(|c| match step.direction {
+            PolicyType::Egress => c.egress.as_ref(),
+            PolicyType::Ingress => c.ingress.as_ref(),
+        });
+        step_text(&mut out, step, c)?;
     }
     if e.ingress.is_none() {
         writeln!(
@@ -179,7 +278,8 @@ fn text(e: &Explanation, args: &ExplainArgs) -> Result<String> {
     Ok(out)
 }
 
-fn step_text(out: &mut String, s: &Step) -> Result<()> {
+/// `counted`: None without --counters; Some(None) when the end of the chain decided.
+fn step_text(out: &mut String, s: &Step, counted: Option<Option<&Counted>>) -> Result<()> {
     let dir = match s.direction {
         PolicyType::Ingress => "ingress",
         PolicyType::Egress => "egress",
@@ -220,6 +320,26 @@ fn step_text(out: &mut String, s: &Step) -> Result<()> {
         Decider::NoRuleMatched => {
             writeln!(out, "    by no rule: nothing allowed or denied it, so it is dropped")?;
         }
+    }
+    match counted {
+        None => {}
+        Some(None) => writeln!(
+            out,
+            "    counters: none per rule (the end of the chain's drop is shared by the endpoints with the same policies)"
+        )?,
+        Some(Some(Counted {
+            rule,
+            node,
+            count: Some(c),
+        })) => writeln!(
+            out,
+            "    counters: {} packets, {} bytes (nft rule \"{rule}\" on node {node})",
+            c.packets, c.bytes
+        )?,
+        Some(Some(Counted { rule, node, count: None })) => writeln!(
+            out,
+            "    counters: node {node}'s table has no rule \"{rule}\" (not rendered there yet?)"
+        )?,
     }
     for n in &s.noted {
         let dir = match s.direction {

@@ -381,3 +381,101 @@ fn the_readme_picture_is_current() {
         "the README does not show docs/reach.svg"
     );
 }
+
+/// Serves `body` as /counters on a loopback port, to `n` requests, the way an agent does.
+fn fake_agent(body: &'static str, n: usize) -> String {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for _ in 0..n {
+            let Ok((mut s, _)) = l.accept() else { return };
+            let mut buf = [0u8; 2048];
+            let got = s.read(&mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..got]);
+            assert!(req.starts_with("GET /counters "), "{req}");
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+#[test]
+fn explain_counters_prints_the_deciding_rules_counts() {
+    // a -> c port 5432: egress by A_C_E's default rule, ingress by db-no-http's rule 1,
+    // both on host1: one request to its agent.
+    let agent = fake_agent(
+        r#"{"Group/A_C_E egress[0]":{"packets":12,"bytes":720},"Policy/db-no-http ingress[1]":{"packets":3,"bytes":180}}"#,
+        1,
+    );
+    let r = explain(&[
+        "workload-a",
+        "workload-c",
+        "--port",
+        "5432",
+        "--counters",
+        "--agent",
+        &agent,
+    ]);
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(
+        r.stdout
+            .contains("    counters: 12 packets, 720 bytes (nft rule \"Group/A_C_E egress[0]\" on node host1)\n"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("by Policy/db-no-http spec.ingress[1]:")
+            && r.stdout.contains(
+                "    counters: 3 packets, 180 bytes (nft rule \"Policy/db-no-http ingress[1]\" on node host1)\n"
+            ),
+        "{}",
+        r.stdout
+    );
+
+    // b -> c: no rule decides ingress (no per-rule counter); the agent lacks B's rule.
+    let agent = fake_agent(r#"{}"#, 1);
+    let r = explain(&[
+        "workload-b",
+        "workload-c",
+        "--port",
+        "5432",
+        "--counters",
+        "--agent",
+        &agent,
+        "-o",
+        "json",
+    ]);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+    assert_eq!(v["counters"]["egress"]["rule"], "Group/B egress[0]", "{v}");
+    assert!(v["counters"]["egress"].get("count").is_none(), "{v}");
+    assert!(v["counters"].get("ingress").is_none(), "{v}");
+    assert_eq!(v["verdict"], "Deny", "{v}");
+    let agent = fake_agent(r#"{}"#, 1);
+    let r = explain(&[
+        "workload-b",
+        "workload-c",
+        "--port",
+        "5432",
+        "--counters",
+        "--agent",
+        &agent,
+    ]);
+    assert!(
+        r.stdout
+            .contains("counters: node host1's table has no rule \"Group/B egress[0]\"")
+            && r.stdout.contains("counters: none per rule"),
+        "{}",
+        r.stdout
+    );
+
+    // Offline, there is no etcd to find the node's agent in.
+    let r = explain(&["workload-a", "workload-c", "--port", "5432", "--counters"]);
+    assert_eq!(r.code, Some(2), "{r:?}");
+    assert!(r.stderr.contains("--counters with -f needs --agent"), "{}", r.stderr);
+}

@@ -94,6 +94,29 @@ pub struct Step {
     pub groups: Vec<String>,
 }
 
+impl Step {
+    /// The nft counter (rule comment, [`crate::rule_comment`]) of the rule that decided,
+    /// or None when the end of the chain did.
+    pub fn counter_name(&self) -> Option<String> {
+        match &self.decided_by {
+            Decider::Policy { name, index, .. } => Some(crate::rule_comment("Policy", name, self.direction, *index)),
+            Decider::Group { name, index, .. } => Some(crate::rule_comment("Group", name, self.direction, *index)),
+            Decider::NoRuleMatched => None,
+        }
+    }
+
+    /// The nft counters of the Pass and Log rules that matched on the way.
+    pub fn noted_counter_names(&self) -> Vec<String> {
+        self.noted
+            .iter()
+            .map(|n| {
+                let (kind, name) = n.owner.split_once('/').unwrap_or(("Policy", n.owner.as_str()));
+                crate::rule_comment(kind, name, self.direction, n.index)
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Explanation {
     pub source: String,

@@ -26,6 +26,8 @@ pub mod view;
 
 pub use bird::{render_bird, BirdError};
 pub use names::{host_iface_name, short_name};
-pub use nft::{normalize_listing, render_nft, render_nft_json, Batch, Delta, NftTable, Patch, TextError, TABLE_NAME};
+pub use nft::{
+    normalize_listing, render_nft, render_nft_json, rule_comment, Batch, Delta, NftTable, Patch, TextError, TABLE_NAME,
+};
 pub use routes::{render_routes, RouteKind, RouteSpec, RTPROT_CALICO};
 pub use view::{Endpoint, NodeView, SelectorSet};

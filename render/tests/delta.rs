@@ -422,6 +422,61 @@ fn one_container_more_is_a_small_delta() {
     assert!(matches!(after.delta(&after), Delta::Unchanged));
 }
 
+/// Counters live in the rules, so a rewritten chain starts its counters again: a change
+/// to one policy's ingress rules rewrites that chain only, and a workload coming or
+/// going rewrites no policy or group chain at all (their counters keep counting).
+#[test]
+fn rule_changes_rewrite_only_their_own_chain() {
+    let yaml = |db_port: u16, extra: bool| {
+        let mut y = format!(
+            "apiVersion: calico/v1\nkind: Group\nmetadata: {{name: G0}}\nspec: {{}}\n---\n\
+             apiVersion: calico/v1\nkind: Policy\nmetadata: {{name: db}}\nspec:\n  selector: all()\n  types: [Ingress, Egress]\n  \
+             ingress:\n  - action: Allow\n    protocol: TCP\n    destination: {{ports: [{db_port}]}}\n  \
+             egress:\n  - action: Allow\n    protocol: TCP\n    destination: {{ports: [53]}}\n---\n\
+             apiVersion: calico/v1\nkind: Policy\nmetadata: {{name: web}}\nspec:\n  selector: all()\n  \
+             ingress:\n  - action: Deny\n    protocol: TCP\n    destination: {{ports: [80]}}\n"
+        );
+        for i in 0..(if extra { 4 } else { 3 }) {
+            y.push_str(&format!(
+                "---\napiVersion: calico/v1\nkind: Container\nmetadata: {{name: c{i}}}\nspec: {{node: {NODE}, netns: /run/netns/c{i}, ips: [10.65.0.{}], groups: [G0]}}\n",
+                i + 1
+            ));
+        }
+        let rs: Vec<Resource> = calico_schema::load_str("test.yaml", &y)
+            .unwrap_or_else(|d| panic!("{d}"))
+            .into_iter()
+            .map(|l| l.resource)
+            .collect();
+        render_nft(&NodeView::build(
+            NODE,
+            &rs,
+            &BTreeMap::new(),
+            &["10.65.0.0/26".parse().expect("net")],
+        ))
+    };
+    let flushed = |new: &NftTable, old: &NftTable| -> Vec<String> {
+        let Delta::Patch(p) = new.delta(old) else {
+            panic!("not a patch")
+        };
+        let text = p.to_text().expect("text");
+        let mut v: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("flush chain inet calico "))
+            .map(str::to_string)
+            .collect();
+        v.sort();
+        v
+    };
+    let base = yaml(5432, false);
+    let chains = flushed(&yaml(5433, false), &base);
+    assert_eq!(chains, vec![calico_render::short_name("pol-in-", "db")], "{chains:?}");
+    let chains = flushed(&yaml(5432, true), &base);
+    assert!(
+        chains.iter().all(|c| !c.starts_with("pol-") && !c.starts_with("grp-")),
+        "{chains:?}"
+    );
+}
+
 // ------------------------------------------------------------------ against the kernel
 
 fn nft(ns: &Netns, args: &[&str], stdin: Option<&[u8]>) -> Result<String, String> {

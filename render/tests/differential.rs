@@ -11,6 +11,20 @@
 //! `calicoctl explain`'s evaluator (calico_render::explain), whose verdict must be the
 //! packet's fate for every probe.
 //!
+//! Counters: the test's own table is read (`nft -j list table inet calico` in the
+//! test's host namespace) before and after the probes. Each probe is a new flow whose
+//! first packet (echo request, SYN) is the only one through the policy chains; replies
+//! and the rest of a connection are accepted as established by conntrack before any
+//! policy and so must move no policy counter. For every probe, explain's deciding rule
+//! (egress at the sender, and ingress at the receiver when egress allowed) and every
+//! Pass and Log rule it noted must count one packet; a direction explain says no rule
+//! decided (NoRuleMatched) must count one at the end of that endpoint's evaluation
+//! chain (its counted drop, "no policy or group allowed it"). Summed over the probes,
+//! every such counter must have moved by exactly that, and no other policy, group or
+//! end-of-chain counter at all. (The probes run concurrently, so this is an exact
+//! per-counter tally rather than a read per probe: two probes whose rules were swapped
+//! would need the very same totals to go unseen.)
+//!
 //! Needs root (namespaces, nft); skipped otherwise. Only addresses inside the test's own
 //! namespaces are ever sent packets. Every namespace is removed by a Drop guard.
 
@@ -136,6 +150,72 @@ fn spawn_ping(src: &Netns, dst: Ipv4Addr) -> std::process::Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn ping")
+}
+
+// ------------------------------------------------------------------ counters
+
+/// The comment of every evaluation chain's last rule, the counted drop of
+/// "no rule allowed or denied it".
+const END_OF_CHAIN: &str = "no policy or group allowed it";
+
+/// What the test's own table says: packets per counter key (a policy or group rule's
+/// comment, both families added up; `END:<eval chain>` for an evaluation chain's final
+/// drop), and each endpoint chain's evaluation chain (`from-X`/`to-X` -> `eval-...`).
+struct Counters {
+    packets: BTreeMap<String, u64>,
+    eval_of: BTreeMap<String, String>,
+}
+
+fn read_counters(host: &Netns) -> Counters {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &host.0, "nft", "-j", "list", "table", "inet", "calico"])
+        .output()
+        .expect("nft list");
+    assert!(
+        out.status.success(),
+        "nft -j list table: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("nft -j gives JSON");
+    let mut c = Counters {
+        packets: BTreeMap::new(),
+        eval_of: BTreeMap::new(),
+    };
+    for item in v["nftables"].as_array().expect("nftables array") {
+        let Some(rule) = item.get("rule") else { continue };
+        let chain = rule["chain"].as_str().unwrap_or_default();
+        let comment = rule["comment"].as_str().unwrap_or_default();
+        let exprs = rule["expr"].as_array().cloned().unwrap_or_default();
+        if let Some(target) = exprs.iter().find_map(|e| e["goto"]["target"].as_str()) {
+            c.eval_of.insert(chain.to_string(), target.to_string());
+        }
+        let Some(n) = exprs.iter().find_map(|e| e["counter"]["packets"].as_u64()) else {
+            continue;
+        };
+        let key = if comment == END_OF_CHAIN {
+            format!("END:{chain}")
+        } else if comment.starts_with("Policy/") || comment.starts_with("Group/") {
+            comment.to_string()
+        } else {
+            continue;
+        };
+        *c.packets.entry(key).or_default() += n;
+    }
+    c
+}
+
+/// The counters `step` says its packet moves: the deciding rule's (or the end of the
+/// evaluation chain's) and every Pass and Log rule it matched on the way.
+fn step_counters(step: &ex::Step, endpoint_chain: &str, c: &Counters) -> Vec<String> {
+    let mut keys = step.noted_counter_names();
+    match step.counter_name() {
+        Some(k) => keys.push(k),
+        None => keys.push(format!(
+            "END:{}",
+            c.eval_of.get(endpoint_chain).map(String::as_str).unwrap_or("?")
+        )),
+    }
+    keys
 }
 
 // ------------------------------------------------------------------ scenario
@@ -406,6 +486,7 @@ fn run_seed(seed: u64) -> (usize, Vec<String>) {
             }
         }
     }
+    let before = read_counters(&host.host);
     let mut observed = BTreeMap::new();
     let pings: Vec<(usize, usize, std::process::Child)> = probes
         .iter()
@@ -441,10 +522,16 @@ fn run_seed(seed: u64) -> (usize, Vec<String>) {
         observed.insert((src, dst, format!("{:?}", Probe::Icmp)), ok);
     }
     drop(listeners);
+    let after = read_counters(&host.host);
 
     let mut failures = Vec::new();
     let mut allowed = 0;
     let xw = ex::World::new(&rs, &BTreeMap::new());
+    // What explain says each counter must have counted: every probe is a new flow and
+    // one packet (an echo request, a SYN) through the policy; replies and the rest of a
+    // connection are conntrack's (established) and must move no policy counter.
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    let mut named_by: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for pkt in &probes {
         let want = reference(&w, pkt);
         let got = observed[&(pkt.src, pkt.dst, format!("{:?}", pkt.probe))];
@@ -469,7 +556,27 @@ fn run_seed(seed: u64) -> (usize, Vec<String>) {
             Peer::Workload(names[pkt.src].clone()),
             Peer::Workload(names[pkt.dst].clone()),
         );
-        match ex::explain(&xw, &s, &d, &flow) {
+        let explained = ex::explain(&xw, &s, &d, &flow);
+        if let Ok(e) = &explained {
+            let what = format!("w{} -> w{} {:?}", pkt.src, pkt.dst, pkt.probe);
+            let src_chain = format!("from-{}", host_iface_name("cali", &names[pkt.src]));
+            let dst_chain = format!("to-{}", host_iface_name("cali", &names[pkt.dst]));
+            let mut keys = Vec::new();
+            if let Some(eg) = &e.egress {
+                keys.extend(step_counters(eg, &src_chain, &after));
+                // The receiver's chain sees only what the sender's let through.
+                if eg.verdict == ex::Verdict::Allow {
+                    if let Some(ing) = &e.ingress {
+                        keys.extend(step_counters(ing, &dst_chain, &after));
+                    }
+                }
+            }
+            for k in keys {
+                *expected.entry(k.clone()).or_default() += 1;
+                named_by.entry(k).or_default().push(what.clone());
+            }
+        }
+        match explained {
             Ok(e) if (e.verdict == ex::Verdict::Allow) == got => {}
             Ok(e) => failures.push(format!(
                 "seed {seed}: w{} -> w{} {:?}: explain says {:?} (egress {:?}, ingress {:?}), nftables did {}",
@@ -499,6 +606,21 @@ fn run_seed(seed: u64) -> (usize, Vec<String>) {
             ));
         }
     }
+    // Every counter explain names moved by exactly the probes that name it, and no
+    // other policy, group or end-of-chain counter moved at all.
+    let keys: BTreeSet<&String> = expected.keys().chain(after.packets.keys()).collect();
+    let mut counted = 0;
+    for k in keys {
+        let moved = after.packets.get(k).copied().unwrap_or(0) - before.packets.get(k).copied().unwrap_or(0);
+        let want = expected.get(k).copied().unwrap_or(0);
+        counted += moved;
+        if moved != want {
+            failures.push(format!(
+                "seed {seed}: counter {k:?} moved by {moved}, explain names it for {want} packet(s): {:?}",
+                named_by.get(k).map(Vec::as_slice).unwrap_or_default()
+            ));
+        }
+    }
     if !failures.is_empty() {
         let dump = std::env::temp_dir().join(format!("calico-differential-seed{seed}"));
         let _ = std::fs::create_dir_all(&dump);
@@ -511,9 +633,10 @@ fn run_seed(seed: u64) -> (usize, Vec<String>) {
         failures.push(format!("seed {seed}: inputs and table written to {}", dump.display()));
     }
     eprintln!(
-        "seed {seed}: {} probes, {allowed} allowed by the reference",
+        "seed {seed}: {} probes, {allowed} allowed by the reference, {counted} packets counted by policy rules",
         probes.len()
     );
+    assert!(counted > 0, "seed {seed}: no policy counter moved at all");
     (probes.len(), failures)
 }
 

@@ -186,3 +186,100 @@ fn reach_probe_agrees_with_the_dataplane_and_finds_a_tampered_table() {
         "{out}"
     );
 }
+
+/// The packets `calicoctl explain --counters -o json` reports for one direction's
+/// deciding rule (asked of that node's agent, found through its status in etcd).
+fn explained_packets(c: &Cluster, src: &str, dst: &str, dir: &str) -> (u64, serde_json::Value) {
+    let out = c
+        .ctl(&["explain", src, dst, "--proto", "ICMP", "--counters", "-o", "json"])
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.dump_logs()));
+    let v: serde_json::Value = serde_json::from_str(&out).expect("explain -o json");
+    let n = v["counters"][dir]["count"]["packets"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {dir} count in {out}"));
+    (n, v["counters"][dir].clone())
+}
+
+/// Per-rule counters: a's pings to e move the counter of the rule explain names at each
+/// end (A_C_E's default rules: egress on host1, ingress on host2), by at least the
+/// pings sent, as explain --counters and the agents' /metrics both show; a's pings to b,
+/// which no rule allows, move neither.
+#[test]
+fn rule_counters_follow_the_packets() {
+    let _g = serial();
+    let mut c = seed_cluster().expect("cluster");
+    let ok = Cluster::wait_for(Duration::from_secs(40), || can_ping(c.wl("a"), ip("e"), 1));
+    assert!(ok, "a never reached e\n{}", c.dump_logs());
+
+    let (eg0, eg) = explained_packets(&c, "workload-a", "workload-e", "egress");
+    let (in0, ing) = explained_packets(&c, "workload-a", "workload-e", "ingress");
+    assert_eq!(eg["rule"], "Group/A_C_E egress[0]", "{eg}");
+    assert_eq!(eg["node"], "host1", "{eg}");
+    assert_eq!(ing["rule"], "Group/A_C_E ingress[0]", "{ing}");
+    assert_eq!(ing["node"], "host2", "{ing}");
+    assert!(eg0 >= 1 && in0 >= 1, "the convergence pings were counted: {eg0} {in0}");
+    let b_in = |c: &mut Cluster| {
+        let m = c.agent("host1").metrics();
+        m.lines()
+            .filter(|l| l.starts_with("calico_rule_packets_total{rule=\"Group/B ingress[0]\",direction=\"ingress\"} "))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .next()
+    };
+    let b0 = b_in(&mut c).expect("host1's /metrics has B's ingress rule");
+
+    // Every ping is a new ICMP flow (a new id), so each request passes the policy.
+    for _ in 0..5 {
+        assert!(can_ping(c.wl("a"), ip("e"), 1), "a -> e stopped working");
+    }
+    assert!(!can_ping(c.wl("a"), ip("b"), 1), "a reached b");
+
+    let (eg1, _) = explained_packets(&c, "workload-a", "workload-e", "egress");
+    let (in1, _) = explained_packets(&c, "workload-a", "workload-e", "ingress");
+    assert!(eg1 >= eg0 + 5, "egress counter {eg0} -> {eg1}");
+    assert!(in1 >= in0 + 5, "ingress counter {in0} -> {in1}");
+    // a -> b: a's egress allows (A_C_E's default), b's ingress does not: B's rule
+    // admits only B's members, so its counter stays.
+    assert_eq!(b_in(&mut c), Some(b0), "B's ingress rule counted a's ping");
+
+    // The text form prints the counts beside the deciding rule.
+    let text = c
+        .ctl(&["explain", "workload-a", "workload-e", "--proto", "ICMP", "--counters"])
+        .expect("explain --counters");
+    eprintln!("{text}");
+    assert!(
+        text.contains("counters: ")
+            && text.contains("packets")
+            && text.contains("(nft rule \"Group/A_C_E ingress[0]\" on node host2)"),
+        "{text}"
+    );
+
+    // /metrics with the rule families passes promtool.
+    let page = c.agent("host2").metrics();
+    let line = page
+        .lines()
+        .find(|l| l.starts_with("calico_rule_packets_total{rule=\"Group/A_C_E ingress[0]\",direction=\"ingress\"} "))
+        .unwrap_or_else(|| panic!("no A_C_E ingress line in\n{page}"));
+    let n: u64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("a value");
+    assert!(n >= in1, "{line} (explain saw {in1})");
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (scripts/install-deps.sh installs prometheus)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(page.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

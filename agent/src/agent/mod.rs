@@ -72,6 +72,24 @@ impl AgentConfig {
     }
 }
 
+/// Reads our own table's rule counters with `nft list table inet calico` in the host
+/// namespace (docs/agent.md has the cost at 1k endpoints). No table yet: none.
+fn rule_counter_source(cfg: &AgentConfig) -> crate::http::CounterSource {
+    use crate::dataplane::nft::{NftApplier, NftCommand, TABLE_FAMILY, TABLE_NAME};
+    let nft = match &cfg.host_netns {
+        Some(ns) => NftCommand::new().in_netns(ns.clone()),
+        None => NftCommand::new(),
+    };
+    Arc::new(move || {
+        let listing = nft
+            .list_table_text(TABLE_FAMILY, TABLE_NAME)
+            .map_err(|e| format!("nft list table inet {TABLE_NAME}: {e}"))?;
+        Ok(listing
+            .map(|l| calico_render::nft::rule_counters(&l))
+            .unwrap_or_default())
+    })
+}
+
 /// Returns free heap memory to the kernel (glibc keeps it otherwise).
 fn trim_heap() {
     #[cfg(target_env = "gnu")]
@@ -112,7 +130,7 @@ pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> anyhow::R
         ..Default::default()
     }));
     if let Some(addr) = cfg.http_listen {
-        crate::http::spawn(addr, metrics.clone(), shared.clone()).await?;
+        crate::http::spawn(addr, metrics.clone(), shared.clone(), Some(rule_counter_source(&cfg))).await?;
     }
 
     let Some(store) = connect(&cfg.etcd, &mut stop).await else {

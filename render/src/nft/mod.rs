@@ -32,6 +32,7 @@ use nftables::types::NfFamily;
 
 mod batch;
 mod builder;
+mod counters;
 mod delta;
 mod expr;
 mod policy;
@@ -40,6 +41,7 @@ mod text;
 
 pub use batch::{Batch, Item};
 pub use builder::{NftTable, TableCounts};
+pub use counters::{rule_counters, rule_direction, RuleCount, RuleCounters};
 pub use delta::{Delta, Patch};
 use expr::*;
 use policy::*;
@@ -59,6 +61,19 @@ pub const MARK_ACCEPT: u32 = 0x1_0000;
 pub const MARK_PASS: u32 = 0x2_0000;
 /// Both bits; the rest of the mark belongs to others (Docker, kube-proxy, users).
 pub const MARK_MASK: u32 = MARK_ACCEPT | MARK_PASS;
+
+/// The comment, and so the counter's name, of the nft rule(s) rendered from rule
+/// `index` of `kind` ("Policy" or "Group") `name`'s `direction` list, e.g.
+/// `Policy/db-web ingress[2]`; clipped to the 128 bytes nft keeps, as the kernel
+/// hands it back. A rule rendered for both families gives two nft rules with this
+/// comment: their counters add up.
+pub fn rule_comment(kind: &str, name: &str, direction: calico_schema::PolicyType, index: usize) -> String {
+    let word = match direction {
+        calico_schema::PolicyType::Ingress => "ingress",
+        calico_schema::PolicyType::Egress => "egress",
+    };
+    policy::clip(format!("{kind}/{name} {word}[{index}]"), 128)
+}
 
 pub(super) const FAMILY: NfFamily = NfFamily::INet;
 /// ICMPv6 the host must accept from workloads whatever endpointToHostAction says:

@@ -36,12 +36,6 @@ impl Dir {
             Dir::Eg => "eg",
         }
     }
-    pub(super) fn word(self) -> &'static str {
-        match self {
-            Dir::In => "ingress",
-            Dir::Eg => "egress",
-        }
-    }
 }
 
 /// nft keeps at most 128 bytes of a rule comment (and 127 of a log prefix).
@@ -325,15 +319,15 @@ impl<'v> Renderer<'v> {
                 continue;
             }
             keep_port_negations_apart(&mut s);
+            // Every rule counts what it matched, named by its comment: the agent's
+            // per-rule metrics and `explain --counters` read these back.
+            s.push(counter());
             match (rule.action, owner) {
                 (Action::Allow, _) => {
                     s.push(mark_or(MARK_ACCEPT));
                     s.push(ret());
                 }
-                (Action::Deny, _) => {
-                    s.push(counter());
-                    s.push(drop_());
-                }
+                (Action::Deny, _) => s.push(drop_()),
                 (Action::Pass, Owner::Policy) => {
                     s.push(mark_or(MARK_PASS));
                     s.push(ret());
@@ -347,7 +341,7 @@ impl<'v> Renderer<'v> {
                     })));
                 }
             }
-            self.b.rule(chain, s, Some(Cow::Owned(clip(comment.to_string(), 128))));
+            self.b.rule(chain, s, Some(Cow::Owned(comment.to_string())));
         }
     }
 
@@ -370,8 +364,12 @@ impl<'v> Renderer<'v> {
             Owner::Policy => "Policy",
             Owner::Group => "Group",
         };
+        let direction = match dir {
+            Dir::In => calico_schema::PolicyType::Ingress,
+            Dir::Eg => calico_schema::PolicyType::Egress,
+        };
         for (i, r) in rules.iter().enumerate() {
-            self.api_rule(&chain, owner, r, &format!("{what}/{name} {}[{i}]", dir.word()));
+            self.api_rule(&chain, owner, r, &rule_comment(what, name, direction, i));
         }
         Some(chain)
     }
