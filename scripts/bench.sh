@@ -67,12 +67,6 @@ failed=0
 BENCH_PARTS=load,first-packet run dataplane '^(==|  )' \
     cargo bench --locked -p calico-render --bench render
 
-# One change end to end in the agent (its calico_event_to_commit_seconds) against the
-# hand-written nft floor, and the agent's memory per endpoint against the agent idle.
-run agent-change '^BENCH' \
-    cargo test --locked -p calico-e2e --test bench_agent -- --ignored --nocapture --test-threads 1 \
-    bench_change_event_to_commit
-
 # Container setup through the agent's plumbing against the same steps as `ip`
 # commands; policy apply to enforcement on three hosts.
 run agent-plumbing '^BENCH' \
@@ -82,6 +76,13 @@ run agent-plumbing '^BENCH' \
 # calicoctl apply against raw etcd puts of the same bytes in one transaction.
 run apply '(N=|ratio|BENCH)' \
     cargo test --locked -p calicoctl --test bench_apply -- --ignored --nocapture --test-threads 1
+
+# One change end to end in the agent (its calico_event_to_commit_seconds) against the
+# hand-written nft floor, and the agent's memory per endpoint against the agent idle.
+run agent-change '^BENCH' \
+    cargo test --locked -p calico-e2e --test bench_agent -- --ignored --nocapture --test-threads 1 \
+    bench_change_event_to_commit
+
 
 echo
 echo "== done in $(( $(date +%s) - started )) s; load average after: $(cut -d' ' -f1-3 /proc/loadavg) =="

@@ -703,19 +703,23 @@ fn path3() -> Result<Path3, String> {
         "-qw",
         "net.ipv4.ip_forward=1",
     ])?;
-    for ((name, addr), wl) in [(FP_CLIENT, &client), (FP_SERVER, &server)] {
+    for (i, ((name, addr), wl)) in [(FP_CLIENT, &client), (FP_SERVER, &server)].into_iter().enumerate() {
         let cali = calico_render::host_iface_name("cali", name);
+        // Static neighbours both ways: the router has no address to ARP from.
+        let mac = format!("02:00:00:00:00:0{}", i + 1);
         let script = format!(
             "set -e
-ip -n {r} link add {cali} type veth peer name eth0 netns {w}
-ip netns exec {r} sh -c 'echo 1 > /proc/sys/net/ipv4/conf/{cali}/proxy_arp; echo 0 > /proc/sys/net/ipv4/neigh/{cali}/proxy_delay'
+ip -n {r} link add {cali} address ee:ee:ee:ee:ee:ee type veth peer name eth0 address {mac} netns {w}
+ip netns exec {r} sh -c 'echo 1 > /proc/sys/net/ipv4/conf/{cali}/proxy_arp; echo 0 > /proc/sys/net/ipv4/neigh/{cali}/proxy_delay; echo 1 > /proc/sys/net/ipv4/conf/{cali}/forwarding'
 ip -n {r} link set {cali} up
 ip -n {r} route add {addr}/32 dev {cali}
+ip -n {r} neigh replace {addr} lladdr {mac} dev {cali} nud permanent
 ip -n {w} link set lo up
 ip -n {w} addr add {addr}/32 dev eth0
 ip -n {w} link set eth0 up
 ip -n {w} route add 169.254.1.1 dev eth0 scope link
 ip -n {w} route add default via 169.254.1.1 dev eth0
+ip -n {w} neigh replace 169.254.1.1 lladdr ee:ee:ee:ee:ee:ee dev eth0 nud permanent
 ",
             r = router.0,
             w = wl.0
