@@ -69,7 +69,7 @@ BENCH_PARTS=load,first-packet run dataplane '^(==|  )' \
 
 # Container setup through the agent's plumbing against the same steps as `ip`
 # commands; policy apply to enforcement on three hosts.
-run agent-plumbing '^BENCH' \
+run agent-plumbing 'BENCH' \
     cargo test --locked -p calico-e2e --test bench_agent -- --ignored --nocapture --test-threads 1 \
     bench_container_setup_latency bench_policy_apply_to_enforced
 
@@ -79,7 +79,7 @@ run apply '(N=|ratio|BENCH)' \
 
 # One change end to end in the agent (its calico_event_to_commit_seconds) against the
 # hand-written nft floor, and the agent's memory per endpoint against the agent idle.
-run agent-change '^BENCH' \
+run agent-change 'BENCH' \
     cargo test --locked -p calico-e2e --test bench_agent -- --ignored --nocapture --test-threads 1 \
     bench_change_event_to_commit
 
