@@ -35,6 +35,8 @@ pub struct Metrics {
     nft_apply_seconds: Histogram,
     nft_apply_seconds_last: FloatGauge,
     nft_loads: Counter,
+    event_to_commit_seconds: Histogram,
+    event_to_commit_seconds_last: FloatGauge,
     endpoints_programmed: Gauge,
     endpoints_failed: Gauge,
     nft_rules: Gauge,
@@ -56,6 +58,8 @@ impl Default for Metrics {
             nft_apply_seconds: duration_buckets(),
             nft_apply_seconds_last: FloatGauge::default(),
             nft_loads: Counter::default(),
+            event_to_commit_seconds: duration_buckets(),
+            event_to_commit_seconds_last: FloatGauge::default(),
             endpoints_programmed: Gauge::default(),
             endpoints_failed: Gauge::default(),
             nft_rules: Gauge::default(),
@@ -97,6 +101,16 @@ impl Default for Metrics {
             "calico_nft_loads",
             "nftables table loads (an unchanged ruleset is not loaded again)",
             m.nft_loads.clone(),
+        );
+        r.register(
+            "calico_event_to_commit_seconds",
+            "From the etcd watch event that made a reconcile necessary to the kernel's commit of the nftables transaction it caused",
+            m.event_to_commit_seconds.clone(),
+        );
+        r.register(
+            "calico_event_to_commit_seconds_last",
+            "The last event-to-commit time, in seconds",
+            m.event_to_commit_seconds_last.clone(),
         );
         r.register(
             "calico_endpoints_programmed",
@@ -180,6 +194,14 @@ impl Metrics {
         }
         self.datastore_up.set(i64::from(datastore_ok));
         self.last_reconcile_unix.set(level(calico_schema::now_secs()));
+    }
+
+    /// One change's time from its etcd event reaching the agent to the kernel's commit of
+    /// the nftables transaction it caused (debounce, calculation and nft included).
+    pub fn observe_event_to_commit(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        self.event_to_commit_seconds.observe(secs);
+        self.event_to_commit_seconds_last.set(secs);
     }
 
     /// The revision the last error-free reconcile enforced (what `apply --wait` waits for).
@@ -362,6 +384,7 @@ mod tests {
         let m = Metrics::default();
         m.observe(&report(), 2, 1, true);
         m.observe(&report(), 2, 1, true);
+        m.observe_event_to_commit(Duration::from_millis(30));
         let text = m.render();
         for line in [
             "calico_reconciles_total 2",
@@ -375,6 +398,8 @@ mod tests {
             "calico_reconcile_seconds_count 2",
             "calico_nft_apply_seconds_count 2",
             "calico_reconcile_seconds_last 0.012",
+            "calico_event_to_commit_seconds_count 1",
+            "calico_event_to_commit_seconds_last 0.03",
         ] {
             assert!(text.lines().any(|l| l == line), "no line {line:?} in\n{text}");
         }

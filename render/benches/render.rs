@@ -586,6 +586,282 @@ fn load_comparison(endpoints: usize, policies: usize, groups: usize) {
     );
 }
 
+/// Runs `f` on a thread that has entered network namespace `ns` (sockets it makes live
+/// there).
+fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
+        // SAFETY: setns on a namespace file we hold open; it only changes this thread.
+        let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+        if rc != 0 {
+            return Err(format!("setns {path}: {}", std::io::Error::last_os_error()));
+        }
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| "namespace thread panicked".to_string())?
+}
+
+fn sh_ok(args: &[&str]) -> Result<(), String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{args:?}: {}", String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// The two endpoints first-packet latency is measured between, on the router's
+/// forward path: a client and a server Container, allowed TCP by one policy of their
+/// own, ordered first (the other endpoints, policies and groups are the cluster's).
+const FP_CLIENT: (&str, &str) = ("wfpclient", "10.66.0.1");
+const FP_SERVER: (&str, &str) = ("wfpserver", "10.66.0.2");
+
+fn first_packet_resources(endpoints: usize) -> Vec<Resource> {
+    let mut rs = cluster(endpoints, 1_000, 100);
+    for (name, addr) in [FP_CLIENT, FP_SERVER] {
+        let mut c = object(
+            Kind::Container,
+            name,
+            ContainerSpec {
+                node: "host1".into(),
+                netns: Some(format!("/var/run/netns/{name}")),
+                ips: Some(vec![addr.parse().expect("addr")]),
+                ..Default::default()
+            },
+        );
+        c.metadata.labels.insert("app".into(), "fp".into());
+        rs.push(Resource::Container(c));
+    }
+    let tcp = Rule {
+        protocol: Some(Protocol::Tcp),
+        ..Rule::allow()
+    };
+    rs.push(Resource::Policy(object(
+        Kind::Policy,
+        "fp",
+        PolicySpec {
+            order: Some(0),
+            selector: Some("app == \"fp\"".into()),
+            types: None,
+            ingress: vec![tcp.clone()],
+            egress: vec![tcp],
+        },
+    )));
+    rs
+}
+
+/// The iptables equivalent with the two measured endpoints: their dispatch rules last
+/// in FORWARD's linear list (where a new endpoint lands), their chains accepting TCP.
+fn first_packet_iptables(endpoints: usize) -> String {
+    let base = iptables_ruleset(endpoints, 1_000, 100);
+    let (mut decl, mut disp, mut rules) = (String::new(), String::new(), String::new());
+    for (name, addr) in [FP_CLIENT, FP_SERVER] {
+        let f = calico_render::host_iface_name("cali", name);
+        decl.push_str(&format!(":cali-fw-{f} - [0:0]\n:cali-tw-{f} - [0:0]\n"));
+        disp.push_str(&format!(
+            "-A FORWARD -i {f} -j cali-fw-{f}\n-A FORWARD -o {f} -j cali-tw-{f}\n"
+        ));
+        rules.push_str(&format!(
+            "-A cali-fw-{f} -m conntrack --ctstate INVALID -j DROP\n-A cali-fw-{f} ! -s {addr} -j DROP\n-A cali-fw-{f} -p tcp -j ACCEPT\n-A cali-fw-{f} -j DROP\n-A cali-tw-{f} -m conntrack --ctstate INVALID -j DROP\n-A cali-tw-{f} -p tcp -j ACCEPT\n-A cali-tw-{f} -j DROP\n"
+        ));
+    }
+    base.replacen("-A FORWARD -m conntrack", &format!("{decl}-A FORWARD -m conntrack"), 1)
+        .replacen(
+            "-A FORWARD -i cali+ -j DROP\n",
+            &format!("{disp}-A FORWARD -i cali+ -j DROP\n"),
+            1,
+        )
+        .replacen("COMMIT\n", &format!("{rules}COMMIT\n"), 1)
+}
+
+/// A router namespace with a client and a server namespace behind veths named as the
+/// agent names them (`cali<hash>`), wired as the agent wires a workload (proxy ARP,
+/// host routes, default via 169.254.1.1). Removed on drop (the Netns values).
+struct Path3 {
+    router: Netns,
+    client: Netns,
+    server: Netns,
+}
+
+fn path3() -> Result<Path3, String> {
+    let (router, client, server) = (
+        Netns::new("fpr").ok_or("ip netns add")?,
+        Netns::new("fpc").ok_or("ip netns add")?,
+        Netns::new("fps").ok_or("ip netns add")?,
+    );
+    sh_ok(&[
+        "ip",
+        "netns",
+        "exec",
+        &router.0,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ])?;
+    for (i, ((name, addr), wl)) in [(FP_CLIENT, &client), (FP_SERVER, &server)].into_iter().enumerate() {
+        let cali = calico_render::host_iface_name("cali", name);
+        // Static neighbours both ways: the router has no address to ARP from.
+        let mac = format!("02:00:00:00:00:0{}", i + 1);
+        let script = format!(
+            "set -e
+ip -n {r} link add {cali} address ee:ee:ee:ee:ee:ee type veth peer name eth0 address {mac} netns {w}
+ip netns exec {r} sh -c 'echo 1 > /proc/sys/net/ipv4/conf/{cali}/proxy_arp; echo 0 > /proc/sys/net/ipv4/neigh/{cali}/proxy_delay; echo 1 > /proc/sys/net/ipv4/conf/{cali}/forwarding'
+ip -n {r} link set {cali} up
+ip -n {r} route add {addr}/32 dev {cali}
+ip -n {r} neigh replace {addr} lladdr {mac} dev {cali} nud permanent
+ip -n {w} link set lo up
+ip -n {w} addr add {addr}/32 dev eth0
+ip -n {w} link set eth0 up
+ip -n {w} route add 169.254.1.1 dev eth0 scope link
+ip -n {w} route add default via 169.254.1.1 dev eth0
+ip -n {w} neigh replace 169.254.1.1 lladdr ee:ee:ee:ee:ee:ee dev eth0 nud permanent
+",
+            r = router.0,
+            w = wl.0
+        );
+        sh_ok(&["sh", "-c", &script])?;
+    }
+    Ok(Path3 { router, client, server })
+}
+
+/// New TCP connections from the client to the server through the router, `count` of
+/// them one after another: each connect's time (the SYN crossing the router's forward
+/// path as a new flow, the SYN-ACK back), sorted, in microseconds.
+fn connects(p: &Path3, count: usize) -> Result<Vec<f64>, String> {
+    let server: std::net::SocketAddr = format!("{}:8080", FP_SERVER.1).parse().map_err(|e| format!("{e}"))?;
+    let listener = in_ns(&p.server.0, move || std::net::TcpListener::bind(server))?.map_err(|e| e.to_string())?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let acceptor = std::thread::spawn(move || {
+        while !stop2.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_micros(50)),
+            }
+        }
+    });
+    let times = in_ns(&p.client.0, move || {
+        let mut v = Vec::with_capacity(count);
+        for _ in 0..count {
+            let t = Instant::now();
+            match std::net::TcpStream::connect_timeout(&server, Duration::from_secs(2)) {
+                Ok(_) => v.push(t.elapsed().as_secs_f64() * 1e6),
+                Err(e) => return Err(format!("connect {server}: {e}")),
+            }
+        }
+        Ok(v)
+    })?;
+    stop.store(true, Ordering::Relaxed);
+    let _ = acceptor.join();
+    let mut v = times?;
+    v.sort_by(f64::total_cmp);
+    Ok(v)
+}
+
+fn pct(v: &[f64], p: f64) -> f64 {
+    v.get(((v.len() as f64 - 1.0) * p).round() as usize)
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+/// First-packet latency (new TCP connections, p50 and p99) through the router's forward
+/// path with no table, with our table and with the iptables equivalent, at each size;
+/// `BENCH_FP_CONNECTS` (default 2000) connections per measurement.
+fn first_packet(sizes: &[usize]) {
+    let count: usize = std::env::var("BENCH_FP_CONNECTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2_000);
+    let p = match path3() {
+        Ok(p) => p,
+        Err(e) => {
+            println!("first-packet latency skipped: {e}");
+            return;
+        }
+    };
+    let dir = std::env::temp_dir().join(format!("calico-bench-fp-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let r = p.router.0.clone();
+    let measure = |label: &str| -> Option<(f64, f64)> {
+        // A warm-up connection (ARP, routes), then the measured ones.
+        match connects(&p, 50).and_then(|_| connects(&p, count)) {
+            Ok(v) => {
+                let (p50, p99) = (pct(&v, 0.5), pct(&v, 0.99));
+                println!("  {label:<28} p50 {p50:>8.1} us  p99 {p99:>8.1} us");
+                Some((p50, p99))
+            }
+            Err(e) => {
+                println!("  {label:<28} FAILED: {e}");
+                None
+            }
+        }
+    };
+    let clear = || {
+        let _ = sh_ok(&["ip", "netns", "exec", &r, "nft", "flush", "ruleset"]);
+    };
+    println!("== first-packet latency: {count} new TCP connections each, client -> router forward path -> server ==");
+    clear();
+    let none = measure("no table");
+    for &n in sizes {
+        let rs = first_packet_resources(n);
+        let blocks = vec!["10.65.0.0/16".parse().expect("net")];
+        let table = render_nft(&NodeView::build("host1", &rs, &BTreeMap::new(), &blocks));
+        let (tf, itf) = (dir.join("fp.nft"), dir.join("fp.ipt"));
+        let written = table
+            .to_load_text()
+            .map_err(|e| e.to_string())
+            .and_then(|t| std::fs::write(&tf, t).map_err(|e| e.to_string()))
+            .and_then(|_| std::fs::write(&itf, first_packet_iptables(n)).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            println!("  {n} endpoints: skipped ({e})");
+            continue;
+        }
+        clear();
+        let ours = match sh_ok(&["ip", "netns", "exec", &r, "nft", "-f", &tf.display().to_string()]) {
+            Ok(()) => measure(&format!("ours, {n} endpoints")),
+            Err(e) => {
+                println!("  ours, {n} endpoints: load FAILED: {e}");
+                None
+            }
+        };
+        clear();
+        let ipt = match sh_ok(&[
+            "sh",
+            "-c",
+            &format!("ip netns exec {r} iptables-restore < {}", itf.display()),
+        ]) {
+            Ok(()) => measure(&format!("iptables, {n} endpoints")),
+            Err(e) => {
+                println!("  iptables, {n} endpoints: load FAILED: {e}");
+                None
+            }
+        };
+        clear();
+        if let (Some(none), Some(ours), Some(ipt)) = (none, ours, ipt) {
+            println!(
+                "  {n} endpoints: ours / no table p50 {:.2} p99 {:.2}; ours / iptables p50 {:.2} p99 {:.2}",
+                ours.0 / none.0,
+                ours.1 / none.1,
+                ours.0 / ipt.0,
+                ours.1 / ipt.1
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Which parts run: `BENCH_PARTS` (comma separated: render, load, first-packet; all by
+/// default).
+fn part(name: &str) -> bool {
+    std::env::var("BENCH_PARTS").map_or(true, |s| s.split(',').any(|p| p.trim() == name))
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` passes nothing useful to us
     // either: both run the benchmark once.
@@ -593,18 +869,29 @@ fn main() {
         .ok()
         .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![1_000, 10_000]);
-    for n in sizes {
-        run(n, 1_000, 100);
+    if part("render") {
+        for n in sizes {
+            run(n, 1_000, 100);
+        }
     }
     if !is_root() {
-        println!("whole-table load comparison skipped (needs root)");
+        println!("whole-table load comparison and first-packet latency skipped (need root)");
         return;
     }
     let loads: Vec<usize> = std::env::var("BENCH_LOAD_ENDPOINTS")
         .ok()
         .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![1_000, 5_000, 10_000]);
-    for n in loads {
-        load_comparison(n, 1_000, 100);
+    if part("load") {
+        for n in loads {
+            load_comparison(n, 1_000, 100);
+        }
+    }
+    if part("first-packet") {
+        let fp: Vec<usize> = std::env::var("BENCH_FP_ENDPOINTS")
+            .ok()
+            .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+            .unwrap_or_else(|| vec![0, 1_000, 10_000]);
+        first_packet(&fp);
     }
 }

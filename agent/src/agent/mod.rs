@@ -15,7 +15,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use calico_schema::{now_secs, AgentStatus, RunDir};
 use calico_store::{Store, StoreConfig};
@@ -153,10 +153,18 @@ pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> anyhow::R
     let mut requeue = Requeue::default();
     let mut policy = ErrorPolicy::default();
     let mut dirty = false;
+    // When the first watch event that changed the cache since the last reconcile arrived:
+    // the start of calico_event_to_commit_seconds.
+    let mut first_event: Option<Instant> = None;
 
     loop {
         match triggers.wait(&mut cache, &requeue, docker.changed(), &mut stop).await {
-            Wake::Watch(changed) => dirty |= changed,
+            Wake::Watch(changed) => {
+                if changed && first_event.is_none() {
+                    first_event = Some(Instant::now());
+                }
+                dirty |= changed;
+            }
             Wake::Resync => {
                 rec.forget_plumbing();
                 dirty = true;
@@ -178,6 +186,11 @@ pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> anyhow::R
         triggers.debounce(&mut cache).await;
         dirty = false;
         let (report, changed) = rec.reconcile(&cache).await;
+        // Only a change that reached the kernel is measured; an event whose reconcile
+        // sent nothing (or failed) ends its measurement here too.
+        if let (Some(from), Some(to)) = (first_event.take(), report.nft_committed_at) {
+            metrics.observe_event_to_commit(to.saturating_duration_since(from));
+        }
         let invalid = cache.invalid();
         last_good.persist(&cache);
 

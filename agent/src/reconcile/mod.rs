@@ -155,6 +155,10 @@ pub struct Report {
     pub nft_loads: usize,
     /// Of those, whole-table loads (the rest were deltas).
     pub nft_whole_loads: usize,
+    /// When the kernel committed this reconcile's nftables transaction (delta or whole
+    /// load); None when nothing was sent or it failed. The run loop measures the time
+    /// from the etcd event that caused the reconcile to here.
+    pub nft_committed_at: Option<Instant>,
 }
 
 /// How many workload setups run at once.

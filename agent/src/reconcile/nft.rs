@@ -59,6 +59,7 @@ impl<D: Dataplane, A: AddressManager, R: WorkloadResolver> Reconciler<D, A, R> {
                     report.nft_loads += 1;
                     match self.dp.apply_nft(text.as_bytes()).await {
                         Ok(()) => {
+                            report.nft_committed_at = Some(Instant::now());
                             debug!(commands = patch.len(), bytes = text.len(), "nftables delta committed");
                             patched = true;
                             None
@@ -87,7 +88,10 @@ impl<D: Dataplane, A: AddressManager, R: WorkloadResolver> Reconciler<D, A, R> {
                     Err(e) => Err(e.to_string()),
                 };
                 match loaded {
-                    Ok(()) => true,
+                    Ok(()) => {
+                        report.nft_committed_at = Some(Instant::now());
+                        true
+                    }
                     Err(e) => {
                         self.committed = None;
                         report.errors.push(format!("nftables: {e}"));

@@ -166,8 +166,11 @@ async fn a_resync_that_finds_the_table_as_loaded_sends_nothing() {
     let mut r = rec();
     *r.dp.reads_back.lock().unwrap() = true;
     let c = cache(&[container("x", Some("10.65.0.9"))]);
+    let before = std::time::Instant::now();
     let (report, _) = r.reconcile(&c).await;
     assert_eq!((report.nft_loads, *r.dp.nft_loads.lock().unwrap()), (1, 1));
+    // The commit is stamped (what calico_event_to_commit_seconds ends at).
+    assert!(report.nft_committed_at.is_some_and(|t| t >= before));
     assert!(
         r.dp.nft.lock().unwrap().contains("table inet calico {"),
         "loads are nft text"
@@ -177,6 +180,7 @@ async fn a_resync_that_finds_the_table_as_loaded_sends_nothing() {
         r.forget_plumbing();
         let (report, _) = r.reconcile(&c).await;
         assert_eq!(report.nft_loads, 0);
+        assert!(report.nft_committed_at.is_none(), "nothing sent, nothing committed");
     }
     assert_eq!(*r.dp.nft_loads.lock().unwrap(), 1);
     // Someone deleted a rule from our table: the next check loads it whole, once.
