@@ -21,6 +21,36 @@ pub struct Listing {
     pub revision: i64,
 }
 
+impl Listing {
+    /// Decodes one stored resource into the listing, or records why it does not decode.
+    pub(crate) fn add(&mut self, key: String, value: &[u8], rev: i64) {
+        match decode_resource(&key, value, rev) {
+            Ok(r) => self.resources.push(r),
+            Err(e) => {
+                warn!(%key, error = %e, "undecodable resource in etcd");
+                let detail = match e {
+                    StoreError::Invalid { detail, .. } => detail,
+                    other => other.to_string(),
+                };
+                self.invalid.push((key, detail));
+            }
+        }
+    }
+
+    /// Puts the resources in listing order: by kind rank, then name.
+    pub(crate) fn sort(&mut self) {
+        self.resources
+            .sort_by(|a, b| (a.kind().rank(), a.name()).cmp(&(b.kind().rank(), b.name())));
+    }
+}
+
+/// A stored key as (key, value, mod revision), as ranges return them.
+pub(crate) fn raw_item(kv: etcd_client::KeyValue) -> (String, Vec<u8>, i64) {
+    let rev = kv.mod_revision();
+    let (k, v) = kv.into_key_value();
+    (String::from_utf8_lossy(&k).into_owned(), v, rev)
+}
+
 /// One stored key: value and mod revision.
 pub(crate) type Current = Option<(Vec<u8>, i64)>;
 
@@ -59,15 +89,7 @@ impl Store {
             .kv_call(|mut kv| async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await })
             .await?;
         let revision = resp.take_header().map(|h| h.revision()).unwrap_or(0);
-        let items = resp
-            .take_kvs()
-            .into_iter()
-            .map(|kv| {
-                let rev = kv.mod_revision();
-                let (k, v) = kv.into_key_value();
-                (String::from_utf8_lossy(&k).into_owned(), v, rev)
-            })
-            .collect();
+        let items = resp.take_kvs().into_iter().map(raw_item).collect();
         Ok((items, revision))
     }
 
@@ -84,21 +106,9 @@ impl Store {
             ..Default::default()
         };
         for (key, value, rev) in items {
-            match decode_resource(&key, &value, rev) {
-                Ok(r) => listing.resources.push(r),
-                Err(e) => {
-                    warn!(%key, error = %e, "undecodable resource in etcd");
-                    let detail = match e {
-                        StoreError::Invalid { detail, .. } => detail,
-                        other => other.to_string(),
-                    };
-                    listing.invalid.push((key, detail));
-                }
-            }
+            listing.add(key, &value, rev);
         }
-        listing
-            .resources
-            .sort_by(|a, b| (a.kind().rank(), a.name()).cmp(&(b.kind().rank(), b.name())));
+        listing.sort();
         Ok(listing)
     }
 

@@ -5,7 +5,7 @@
 use calico_schema::Kind;
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
 
-use crate::codec::{decode_resource, resource_key};
+use crate::codec::resource_key;
 use crate::staged::{Intent, INTENT_KEY};
 use crate::{EtcdFailure, Listing, Store, StoreError, DELETE_MARKER_KEY, RESOURCES_PREFIX};
 
@@ -97,20 +97,9 @@ impl Store {
             if let Some(k) = scope.keys.iter_mut().find(|(k, _)| *k == key) {
                 k.1 = rev;
             }
-            match decode_resource(&key, &value, rev) {
-                Ok(r) => listing.resources.push(r),
-                Err(e) => {
-                    let detail = match e {
-                        StoreError::Invalid { detail, .. } => detail,
-                        other => other.to_string(),
-                    };
-                    listing.invalid.push((key, detail));
-                }
-            }
+            listing.add(key, &value, rev);
         }
-        listing
-            .resources
-            .sort_by(|a, b| (a.kind().rank(), a.name()).cmp(&(b.kind().rank(), b.name())));
+        listing.sort();
         Ok((listing, Some(scope)))
     }
 
@@ -149,9 +138,7 @@ impl Store {
                     intent = Some(Intent::from_kv(&kv));
                     continue;
                 }
-                let rev = kv.mod_revision();
-                let (k, v) = kv.into_key_value();
-                items.push((String::from_utf8_lossy(&k).into_owned(), v, rev));
+                items.push(crate::read::raw_item(kv));
             }
         }
         Ok((items, header, intent))

@@ -251,11 +251,7 @@ impl Store {
         let items = kvs
             .into_iter()
             .filter(|kv| kv.key() != INTENT_KEY.as_bytes())
-            .map(|kv| {
-                let rev = kv.mod_revision();
-                let (k, v) = kv.into_key_value();
-                (String::from_utf8_lossy(&k).into_owned(), v, rev)
-            })
+            .map(crate::read::raw_item)
             .collect();
         Ok((items, revision))
     }

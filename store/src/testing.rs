@@ -131,7 +131,8 @@ impl Drop for TestEtcd {
     }
 }
 
-fn openssl(dir: &std::path::Path, args: &[&str]) {
+/// Runs openssl in `dir`, panicking with its stderr when it fails (tests make their PKI with it).
+pub fn openssl(dir: &std::path::Path, args: &[&str]) {
     let out = Command::new("openssl")
         .args(args)
         .current_dir(dir)

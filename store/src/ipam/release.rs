@@ -23,19 +23,7 @@ impl Ipam {
             };
             let blocks = self.blocks_holding(&cidrs, &h.info.ips).await?;
             let mut plan = Plan::default();
-            for ip in &h.info.ips {
-                let Some(b) = blocks.iter().find(|b| b.doc.cidr.contains(ip)) else {
-                    warn!(%handle, %ip, "released address is in no block");
-                    continue;
-                };
-                let b = plan.block(b);
-                match b.offset_of(*ip) {
-                    Some(off) if b.doc.allocations.get(&off).map(String::as_str) == Some(handle) => {
-                        b.doc.allocations.remove(&off);
-                    }
-                    _ => warn!(%handle, %ip, "released address was not allocated to the handle"),
-                }
-            }
+            free_addresses(&mut plan, &blocks, handle, &h.info.ips);
             plan.guard_handle(&hkey, Some(&h));
             plan.ops.push(TxnOp::delete(hkey.as_str(), None));
             if self.commit("release handle", plan).await? {
@@ -64,19 +52,7 @@ impl Ipam {
             }
             let blocks = self.blocks_holding(&cidrs, &gone).await?;
             let mut plan = Plan::default();
-            for ip in &gone {
-                let Some(b) = blocks.iter().find(|b| b.doc.cidr.contains(ip)) else {
-                    warn!(%handle, %ip, "released address is in no block");
-                    continue;
-                };
-                let b = plan.block(b);
-                match b.offset_of(*ip) {
-                    Some(off) if b.doc.allocations.get(&off).map(String::as_str) == Some(handle) => {
-                        b.doc.allocations.remove(&off);
-                    }
-                    _ => warn!(%handle, %ip, "released address was not allocated to the handle"),
-                }
-            }
+            free_addresses(&mut plan, &blocks, handle, &gone);
             plan.guard_handle(&hkey, Some(&h));
             let rest: Vec<IpAddr> = h.info.ips.iter().copied().filter(|ip| !gone.contains(ip)).collect();
             if rest.is_empty() {
@@ -203,5 +179,23 @@ impl Ipam {
             }
         }
         Ok(())
+    }
+}
+
+/// Frees in `plan` each of `ips` that `handle` holds in its block (of `blocks`); an
+/// address in no block, or held by another handle, is only logged.
+fn free_addresses(plan: &mut Plan, blocks: &[Block], handle: &str, ips: &[IpAddr]) {
+    for ip in ips {
+        let Some(b) = blocks.iter().find(|b| b.doc.cidr.contains(ip)) else {
+            warn!(%handle, %ip, "released address is in no block");
+            continue;
+        };
+        let b = plan.block(b);
+        match b.offset_of(*ip) {
+            Some(off) if b.doc.allocations.get(&off).map(String::as_str) == Some(handle) => {
+                b.doc.allocations.remove(&off);
+            }
+            _ => warn!(%handle, %ip, "released address was not allocated to the handle"),
+        }
     }
 }
