@@ -47,6 +47,44 @@ fn whole_file(file: &str, message: String) -> Diagnostic {
     }
 }
 
+/// Every YAML file under the directory `src`, read as `sync --dir` reads one (see
+/// `confined`): a symlink that leads out of the directory is refused, naming where it
+/// points, and nothing is loaded; a symlink to a file or directory inside it is fine.
+/// Files are named `src/relative/path` in messages.
+fn load_dir(src: &str) -> Result<Vec<Loaded>, Diagnostics> {
+    let what = format!("the directory {src}");
+    let read = crate::confined::read_yaml_files(Path::new(src), &what)
+        .map_err(|e| Diagnostics(vec![whole_file(src, format!("cannot read: {e}"))]))?;
+    let name = |rel: &str| {
+        if rel == "." {
+            src.to_string()
+        } else {
+            Path::new(src).join(rel).display().to_string()
+        }
+    };
+    let mut diags: Vec<Diagnostic> = read
+        .refused
+        .iter()
+        .map(|(rel, why)| whole_file(&name(rel), why.clone()))
+        .collect();
+    let mut out = Vec::new();
+    for (rel, bytes) in &read.files {
+        let file = name(rel);
+        match std::str::from_utf8(bytes) {
+            Ok(text) => match calico_schema::load_str(&file, text) {
+                Ok(mut l) => out.append(&mut l),
+                Err(mut d) => diags.append(&mut d.0),
+            },
+            Err(e) => diags.push(whole_file(&file, format!("cannot read: not UTF-8 text: {e}"))),
+        }
+    }
+    if diags.is_empty() {
+        Ok(out)
+    } else {
+        Err(Diagnostics(diags))
+    }
+}
+
 /// Loads every document of every source, reporting all problems of all of them.
 pub fn load_sources(sources: &[String]) -> Result<Vec<Loaded>, InputErrors> {
     let mut out = Vec::new();
@@ -64,7 +102,11 @@ pub fn load_sources(sources: &[String]) -> Result<Vec<Loaded>, InputErrors> {
                 Ok(_) => calico_schema::load_str(STDIN_NAME, &text),
                 Err(e) => Err(Diagnostics(vec![whole_file(STDIN_NAME, format!("cannot read: {e}"))])),
             }
+        } else if Path::new(src).is_dir() {
+            load_dir(src)
         } else {
+            // A file named on the command line is read wherever it leads: the user
+            // chose it, link or not.
             calico_schema::load_path(Path::new(src))
         };
         match result {

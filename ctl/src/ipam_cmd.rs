@@ -114,11 +114,34 @@ fn pool_of(w: &World, ip: IpAddr) -> Option<&IpPool> {
 async fn show(ctx: &Ctx, ipam: &Ipam, ip: Option<IpAddr>, output: IpamFormat) -> Result<()> {
     let w = world(ctx).await?;
     let blocks = ipam.all_blocks().await.map_err(ipam_err)?;
-    let handles = ipam.handles().await.map_err(ipam_err)?;
+    // One handle that does not decode is named, and the rest still shown.
+    let listing = ipam.handle_listing().await.map_err(ipam_err)?;
+    let handles = &listing.handles;
+    let result = shown(&w, &blocks, handles, ip, output);
+    for (key, why) in &listing.invalid {
+        eprintln!("invalid: {key}: {why}");
+    }
+    result?;
+    if !listing.invalid.is_empty() {
+        bail!(
+            "IPAM: {} handle keys hold values that do not decode (named above; `calicoctl ipam check` reports them too)",
+            listing.invalid.len()
+        );
+    }
+    Ok(())
+}
+
+fn shown(
+    w: &World,
+    blocks: &[BlockInfo],
+    handles: &std::collections::BTreeMap<String, calico_store::ipam::HandleInfo>,
+    ip: Option<IpAddr>,
+    output: IpamFormat,
+) -> Result<()> {
     if let Some(ip) = ip {
         let block = blocks.iter().find(|b| b.cidr.contains(&ip));
         let holder = block.and_then(|b| b.allocations.get(&ip));
-        let pool = pool_of(&w, ip);
+        let pool = pool_of(w, ip);
         if output == IpamFormat::Json {
             let v = json!({
                 "ip": ip,
@@ -159,7 +182,7 @@ async fn show(ctx: &Ctx, ipam: &Ipam, ip: Option<IpAddr>, output: IpamFormat) ->
                     .unwrap_or_default();
                 println!(
                     "{ip} is held by {h} ({}{node}); {block_text}; {pool_text}",
-                    holder_text(h, &w)
+                    holder_text(h, w)
                 );
             }
             None => println!("{ip} is free; {block_text}; {pool_text}"),
@@ -182,7 +205,7 @@ async fn show(ctx: &Ctx, ipam: &Ipam, ip: Option<IpAddr>, output: IpamFormat) ->
                     b.affinity.clone().unwrap_or_else(|| "-".into()),
                     b.allocated.to_string(),
                     b.capacity.to_string(),
-                    pool_of(&w, b.cidr.network())
+                    pool_of(w, b.cidr.network())
                         .map(|p| p.metadata.name.clone())
                         .unwrap_or_else(|| "(none)".into()),
                 ]
@@ -205,7 +228,7 @@ async fn show(ctx: &Ctx, ipam: &Ipam, ip: Option<IpAddr>, output: IpamFormat) ->
                         .map(std::string::ToString::to_string)
                         .collect::<Vec<_>>()
                         .join(","),
-                    holder_text(h, &w),
+                    holder_text(h, w),
                 ]
             })
             .collect();
@@ -250,7 +273,9 @@ fn report_lines(r: &CheckReport) -> Vec<String> {
 
 async fn check(ctx: &Ctx, ipam: &Ipam, output: IpamFormat) -> Result<()> {
     let w = world(ctx).await?;
-    let handles = ipam.handles().await.map_err(ipam_err)?;
+    // Handles that do not decode are not lost here: `Ipam::check` reads them again and
+    // lists them under `invalid`, which makes the report unclean.
+    let handles = ipam.handle_listing().await.map_err(ipam_err)?.handles;
     let mut live: BTreeSet<String> = w.containers.iter().map(|c| container_handle(c)).collect();
     let docker: Vec<String> = handles
         .keys()

@@ -23,6 +23,7 @@ mod args;
 mod birdc;
 mod checks;
 mod cli;
+mod confined;
 mod conn;
 mod delete;
 mod desired;

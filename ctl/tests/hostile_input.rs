@@ -189,3 +189,87 @@ fn the_master_survives_a_hostile_commit() {
         .unwrap_or_else(|| panic!("good revision not applied:\n{}", master.log()));
     assert!(master.alive());
 }
+
+/// Every command that takes `-f DIR` reads the directory as the sync does: a symlink out
+/// of it (to a file, to a directory) is refused, naming the path and where it points, and
+/// nothing is applied; links inside it (a git-sync style `current -> .rev1`, a file
+/// link to a dot-file inside) are followed; `-f FILE` naming a link is read (it was
+/// named).
+#[test]
+fn every_f_dir_command_refuses_a_symlink_out_of_the_directory() {
+    let etcd = TestEtcd::start();
+    let ep = etcd.endpoint();
+    let db = Db::connect(&ep);
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("repo");
+    std::fs::create_dir_all(dir.join(".rev1")).unwrap();
+    std::fs::write(
+        dir.join(".rev1/nodes.yaml"),
+        docs(&[
+            node("n1", "1"),
+            container("w1", "n1", &["g1"], "1"),
+            container("w2", "n1", &["g1"], "1"),
+        ]),
+    )
+    .unwrap();
+    std::fs::write(dir.join(".rev1/g1.txt"), group("g1", "1")).unwrap();
+    std::os::unix::fs::symlink(".rev1", dir.join("current")).unwrap();
+    std::os::unix::fs::symlink(".rev1/g1.txt", dir.join("g1.yaml")).unwrap();
+    let secret = d.path().join("secret.yaml");
+    std::fs::write(&secret, group("secret-content", "1")).unwrap();
+    std::os::unix::fs::symlink(&secret, dir.join("link.yaml")).unwrap();
+    std::os::unix::fs::symlink("/etc", dir.join("etc")).unwrap();
+    let ds = dir.to_str().unwrap();
+
+    let file_refusal = format!(
+        "{ds}/link.yaml: a symlink to {}, outside the directory {ds}; refused, not read",
+        secret.display()
+    );
+    let dir_refusal =
+        format!("{ds}/etc: a symlink to the directory /etc, outside the directory {ds}; refused, not read");
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["apply", "-f", ds],
+        vec!["create", "-f", ds],
+        vec!["replace", "-f", ds],
+        vec!["apply", "--dry-run", "-f", ds],
+        vec!["diff", "-f", ds],
+        vec!["delete", "-f", ds],
+        vec!["validate", "-f", ds],
+        vec!["render", "--node", "n1", "-f", ds],
+        vec!["explain", "w1", "w2", "-f", ds],
+        vec!["reach", "-f", ds],
+    ];
+    for args in &commands {
+        let r = ctl(&ep, args);
+        // diff, explain and reach exit 2 for trouble (1 is their answer: differences, a
+        // drop, a disagreement).
+        let code = if ["diff", "explain", "reach"].contains(&args[0]) {
+            2
+        } else {
+            1
+        };
+        assert_eq!(r.code, Some(code), "{args:?}: {r:?}");
+        assert!(r.stderr.contains(&file_refusal), "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains(&dir_refusal), "{args:?}: {}", r.stderr);
+        assert!(
+            !r.stderr.contains("secret-content") && !r.stdout.contains("secret-content"),
+            "{args:?}: {r:?}"
+        );
+    }
+    assert!(db.list().is_empty(), "nothing applied: {:?}", db.list());
+
+    // Without the links out, the links inside are followed.
+    std::fs::remove_file(dir.join("link.yaml")).unwrap();
+    std::fs::remove_file(dir.join("etc")).unwrap();
+    for args in [["validate", "-f", ds], ["apply", "-f", ds]] {
+        let r = ctl(&ep, &args);
+        assert_eq!(r.code, Some(0), "{args:?}: {r:?}");
+    }
+    for (kind, name) in [(Kind::Group, "g1"), (Kind::Node, "n1"), (Kind::Container, "w2")] {
+        assert!(db.get(kind, name).is_some(), "{name} applied");
+    }
+    // A symlink named with -f FILE is the user's choice: read wherever it leads.
+    std::os::unix::fs::symlink(&secret, d.path().join("named.yaml")).unwrap();
+    let r = ctl(&ep, &["validate", "-f", d.path().join("named.yaml").to_str().unwrap()]);
+    assert_eq!(r.code, Some(0), "{r:?}");
+}

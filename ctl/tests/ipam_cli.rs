@@ -227,6 +227,50 @@ fn show_check_release() {
     assert_eq!(held, [w1, docker].into_iter().collect(), "what is left held");
 }
 
+/// A garbage value planted under the handles prefix is named by `ipam show` (which
+/// still shows every other handle) and by `ipam check`; both exit non-zero.
+#[test]
+fn a_bad_handle_is_named_and_the_rest_shown() {
+    let etcd = TestEtcd::start();
+    let ep = etcd.endpoint();
+    let (w1, _, _, docker) = setup(&ep);
+    put_raw(&ep, "ipam/handles/docker%2Fgarbage", b"\xff{not json");
+    let bad_key = "/calico/v1/ipam/handles/docker%2Fgarbage";
+
+    let r = ctl(&ep, &["ipam", "show"]);
+    r.assert_fails();
+    assert!(r.stderr.contains(&format!("invalid: {bad_key}: ")), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("1 handle keys hold values that do not decode"),
+        "{}",
+        r.stderr
+    );
+    for shown in ["container/w1", "container/w2", "container/ghost", "docker/ep-0123"] {
+        assert!(r.stdout.contains(shown), "{shown} missing:\n{}", r.stdout);
+    }
+    assert!(
+        r.stdout.contains(&w1.to_string()) && r.stdout.contains(&docker.to_string()),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        !r.stdout.contains("garbage"),
+        "the bad handle is not a row: {}",
+        r.stdout
+    );
+
+    let r = ctl(&ep, &["ipam", "show", "-o", "json"]);
+    r.assert_fails();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.stdout));
+    assert_eq!(v["handles"].as_object().map(serde_json::Map::len), Some(4), "{v}");
+    assert!(r.stderr.contains(bad_key), "{}", r.stderr);
+
+    let r = ctl(&ep, &["ipam", "check"]);
+    r.assert_fails();
+    assert!(r.stdout.contains(&format!("invalid: {bad_key}: ")), "{}", r.stdout);
+    assert!(r.stdout.contains("Checked 4 handles"), "{}", r.stdout);
+}
+
 #[test]
 fn render_from_etcd_uses_ipam_addresses_and_blocks() {
     let etcd = TestEtcd::start();

@@ -594,6 +594,12 @@ async fn bad_data_is_an_error_not_a_panic() {
         .unwrap();
     assert!(matches!(ipam.all_blocks().await, Err(IpamError::Invalid { .. })));
     assert!(matches!(ipam.handles().await, Err(IpamError::Invalid { .. })));
+    // The listing for people names the bad key and keeps the good handle.
+    let listing = ipam.handle_listing().await.unwrap();
+    assert_eq!(listing.handles.keys().collect::<Vec<_>>(), ["container/ok"]);
+    assert_eq!(listing.invalid.len(), 1, "{listing:?}");
+    assert_eq!(listing.invalid[0].0, "/calico/v1/ipam/handles/container%2Fbad");
+    assert!(!listing.invalid[0].1.is_empty());
     assert!(matches!(
         ipam.handle_ips("container/bad").await,
         Err(IpamError::Invalid { .. })

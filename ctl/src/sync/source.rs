@@ -10,7 +10,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
-use calico_schema::limits::{MAX_DIR_BYTES, MAX_DIR_FILES, MAX_FILE_BYTES};
 use calico_schema::{Diagnostic, Diagnostics, Loaded};
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecursiveMode};
@@ -118,172 +117,37 @@ fn read_once(dir: &Path) -> Result<Snapshot, ReadError> {
     if !root.is_dir() {
         return Err(ReadError::Fatal(anyhow!("{} is not a directory", dir.display())));
     }
-    // A file or directory vanishing mid-read is git-sync removing an old worktree, or an
-    // editor renaming: the directory is changing, read again.
-    let changing = |e: std::io::Error| {
-        if e.kind() == std::io::ErrorKind::NotFound {
+    // The directory is written by whoever can push to the repository: a symlink in it
+    // must not make the sync read (and report, and apply) a file elsewhere on this
+    // host, such as /etc/shadow. `confined` opens each file and checks what it opened.
+    let read = crate::confined::read_yaml_files(&root, "the sync directory").map_err(|e| {
+        if e.is_not_found() {
+            // A file or directory vanishing mid-read is git-sync removing an old
+            // worktree, or an editor renaming: the directory is changing, read again.
             ReadError::Changing
         } else {
             ReadError::Fatal(anyhow!("cannot read the sync directory {}: {e}", dir.display()))
         }
-    };
-    let walk = walk(&root).map_err(|e| match e {
-        WalkError::Io(e) => changing(e),
-        WalkError::TooMany => ReadError::Fatal(anyhow!(
-            "{} holds more than {MAX_DIR_FILES} YAML files (or directories); at most {MAX_DIR_FILES} are read",
-            dir.display()
-        )),
     })?;
-    let rel_of = |p: &Path| {
-        p.strip_prefix(&root)
-            .unwrap_or(p)
-            .components()
-            .map(|c| c.as_os_str().to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join("/")
-    };
-    let mut files = Vec::with_capacity(walk.files.len());
-    let mut refused: Vec<(String, String)> = walk.refused.iter().map(|(p, m)| (rel_of(p), m.clone())).collect();
-    let mut total: u64 = 0;
     let mut h = Sha256::new();
-    for (rel, message) in &refused {
+    for (rel, message) in &read.refused {
         h.update(b"refused\0");
         h.update(rel.as_bytes());
         h.update(message.as_bytes());
     }
-    // Every file is checked and sized before any is read: a directory too large in all
-    // is refused whole, without reading (or later parsing) part of it.
-    let mut to_read = Vec::with_capacity(walk.files.len());
-    for p in walk.files {
-        let rel = rel_of(&p);
-        // The directory is written by whoever can push to the repository: a symlink in
-        // it must not make the sync read (and report, and apply) a file elsewhere on
-        // this host, such as /etc/shadow.
-        let real = std::fs::canonicalize(&p).map_err(changing)?;
-        let meta = std::fs::metadata(&real).map_err(changing)?;
-        let size = meta.len();
-        let why = if !real.starts_with(&root) {
-            Some(format!(
-                "a symlink to {}, outside the sync directory; refused, not read",
-                real.display()
-            ))
-        } else if !meta.is_file() {
-            // A FIFO or a device would block the read or never end it.
-            Some("not a regular file; refused, not read".to_string())
-        } else if size > MAX_FILE_BYTES {
-            Some(format!("the file is {size} bytes; at most {MAX_FILE_BYTES} are read"))
-        } else {
-            None
-        };
-        match why {
-            Some(message) => {
-                h.update(b"refused\0");
-                h.update(rel.as_bytes());
-                h.update(message.as_bytes());
-                refused.push((rel, message));
-            }
-            None => {
-                total += size;
-                to_read.push((rel, real));
-            }
-        }
-    }
-    if total > MAX_DIR_BYTES {
-        let message = format!(
-            "the directory's YAML files add up to {total} bytes; at most {MAX_DIR_BYTES} are read, so none was"
-        );
-        h.update(b"refused\0");
-        h.update(message.as_bytes());
-        refused.push((".".to_string(), message));
-        to_read.clear();
-    }
-    for (rel, real) in to_read {
-        let bytes = std::fs::read(&real).map_err(changing)?;
+    for (rel, bytes) in &read.files {
         h.update((rel.len() as u64).to_le_bytes());
         h.update(rel.as_bytes());
         h.update((bytes.len() as u64).to_le_bytes());
-        h.update(&bytes);
-        files.push((rel, bytes));
+        h.update(bytes);
     }
     let hash = h.finalize().iter().map(|b| format!("{b:02x}")).collect::<String>();
     Ok(Snapshot {
-        root,
-        files,
-        refused,
+        root: read.root,
+        files: read.files,
+        refused: read.refused,
         hash,
     })
-}
-
-/// What a walk of a sync directory found: its YAML files (by path under the root, not
-/// yet checked), and directories it refused to enter, with why.
-struct Walk {
-    files: Vec<PathBuf>,
-    refused: Vec<(PathBuf, String)>,
-}
-
-enum WalkError {
-    Io(std::io::Error),
-    TooMany,
-}
-
-/// Lists the YAML files under `root` (itself canonical), skipping dot entries, as
-/// `calico_schema::load::yaml_files` does, but for a directory someone else writes: a
-/// symlinked directory is entered only when it resolves inside `root` (so a git-sync
-/// `current -> .worktrees/X` link works) and only once (a `loop -> .` link would
-/// otherwise list the tree again at every depth, 2^40 paths with two such links), and
-/// the walk stops at [`MAX_DIR_FILES`] files or directories instead of listing a tree
-/// of any size first. A symlink to a directory outside `root` is refused, not listed.
-fn walk(root: &Path) -> Result<Walk, WalkError> {
-    let mut out = Walk {
-        files: Vec::new(),
-        refused: Vec::new(),
-    };
-    let mut seen = std::collections::HashSet::new();
-    seen.insert(root.to_path_buf());
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        // Sorted, so that which of two names of one directory is walked is the same
-        // on every read (the revision's hash includes the names).
-        let mut entries = std::fs::read_dir(&d)
-            .map_err(WalkError::Io)?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(WalkError::Io)?;
-        entries.sort();
-        for name in entries {
-            let path = d.join(&name);
-            let name = name.to_string_lossy();
-            if name.starts_with('.') {
-                continue;
-            }
-            let meta = std::fs::metadata(&path).map_err(WalkError::Io)?;
-            if meta.is_dir() {
-                let real = std::fs::canonicalize(&path).map_err(WalkError::Io)?;
-                if !real.starts_with(root) {
-                    out.refused.push((
-                        path,
-                        format!(
-                            "a symlink to the directory {}, outside the sync directory; refused, not read",
-                            real.display()
-                        ),
-                    ));
-                } else if seen.insert(real) {
-                    if seen.len() > MAX_DIR_FILES {
-                        return Err(WalkError::TooMany);
-                    }
-                    stack.push(path);
-                }
-            } else if name.ends_with(".yaml") || name.ends_with(".yml") {
-                out.files.push(path);
-                if out.files.len() > MAX_DIR_FILES {
-                    return Err(WalkError::TooMany);
-                }
-            }
-        }
-    }
-    out.files.sort();
-    out.refused.sort();
-    Ok(out)
 }
 
 /// Reads the directory until two consecutive reads, `settle` apart, are the same.
@@ -397,6 +261,7 @@ impl DirWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use calico_schema::limits::{MAX_DIR_BYTES, MAX_DIR_FILES};
 
     #[test]
     fn reads_relative_names_and_skips_dot_entries() {

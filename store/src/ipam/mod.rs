@@ -109,6 +109,14 @@ pub struct HandleInfo {
     pub node: String,
 }
 
+/// The handles as [`Ipam::handle_listing`] reads them: those that decode, and the keys
+/// that do not, `(key, why)`, sorted by key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct HandleListing {
+    pub handles: BTreeMap<String, HandleInfo>,
+    pub invalid: Vec<(String, String)>,
+}
+
 /// IPAM over etcd. Cheap to clone (the etcd client is a shared channel).
 #[derive(Clone)]
 pub struct Ipam {

@@ -8,7 +8,7 @@ use ipnet::IpNet;
 use super::block::{Block, Handle};
 use super::etcd::{prefix, prefix_keys_only};
 use super::keys::{affinity_node_prefix, key_string, parse_block_suffix};
-use super::{BlockInfo, HandleInfo, Ipam, IpamError, HANDLES_PREFIX};
+use super::{BlockInfo, HandleInfo, HandleListing, Ipam, IpamError, HANDLES_PREFIX};
 
 impl Ipam {
     /// The addresses a handle holds (empty when it holds none).
@@ -44,11 +44,31 @@ impl Ipam {
         Ok(out)
     }
 
-    /// Every handle and what it holds.
+    /// Every handle and what it holds. Strict: one handle that does not decode fails
+    /// the whole read, for callers that act on the list (release, plan) and must not
+    /// act on a part of it. [`Ipam::handle_listing`] is the read for showing them.
     pub async fn handles(&self) -> Result<BTreeMap<String, HandleInfo>, IpamError> {
         let kvs = self.get("list handles", HANDLES_PREFIX, prefix()).await?;
         kvs.iter()
             .map(|kv| Handle::decode(kv).map(|h| (h.name, h.info)))
             .collect()
+    }
+
+    /// Every handle that decodes, and every key below the handles prefix that does not
+    /// (named, with why): one garbage value must not hide all the others from
+    /// `calicoctl ipam show` and `check`, which report it instead.
+    pub async fn handle_listing(&self) -> Result<HandleListing, IpamError> {
+        let kvs = self.get("list handles", HANDLES_PREFIX, prefix()).await?;
+        let mut out = HandleListing::default();
+        for kv in &kvs {
+            match Handle::decode(kv) {
+                Ok(h) => {
+                    out.handles.insert(h.name, h.info);
+                }
+                Err(IpamError::Invalid { key, detail }) => out.invalid.push((key, detail)),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 }
