@@ -351,7 +351,21 @@ fn deltas_replay_to_the_rendered_table() {
         for step in 0..6 {
             let what = world.step(&mut rng);
             let wanted = world.table();
-            match wanted.delta(&committed) {
+            let delta = wanted.delta(&committed);
+            // Unchanged exactly when the tables are equal (the delta finds it by its
+            // walk, with no whole-table compare first).
+            assert_eq!(
+                matches!(delta, Delta::Unchanged),
+                wanted == committed,
+                "seed {seed} step {step} ({what})"
+            );
+            if matches!(delta, Delta::Patch(_)) {
+                assert_ne!(
+                    wanted, committed,
+                    "seed {seed} step {step} ({what}): a patch of equal tables"
+                );
+            }
+            match delta {
                 Delta::Patch(batch) => {
                     patches += 1;
                     let b = serde_json::to_value(batch.to_batch()).expect("delta json");

@@ -50,7 +50,9 @@ pub struct AgentConfig {
     pub http_listen: Option<SocketAddr>,
     /// Full resync period: re-checks every workload and re-applies every artefact.
     pub resync: Duration,
-    /// Collects bursts of changes into one reconcile.
+    /// Collects bursts of changes into one reconcile: a change that finds the agent idle
+    /// waits only a few milliseconds (`trigger::Debounce`), one within this long of the
+    /// last reconcile's end waits this long.
     pub debounce: Duration,
     /// dockerd and the Docker plugin (docs/docker.md); off by default.
     pub docker: crate::docker::DockerConfig,
@@ -220,6 +222,8 @@ pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> anyhow::R
         // give the freed pages back rather than keep them as the agent's resident size.
         trim_heap();
         requeue.schedule(policy.action(!report.errors.is_empty()));
+        // What arrived while this ran is a burst: the next wake waits the whole window.
+        triggers.reconciled();
     }
     info!("agent stopping; the dataplane is left as it is, BIRD keeps running");
     rec.dp.detach().await;

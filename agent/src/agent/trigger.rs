@@ -3,7 +3,7 @@
 //! a requeue coming due, and dockerd saying something changed.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use calico_store::{Store, WatchEvent, WatchStream, IPAM_PREFIX, RESOURCES_PREFIX};
 use futures::StreamExt;
@@ -36,7 +36,47 @@ pub(crate) struct Triggers {
     resources_synced: bool,
     ipam_synced: bool,
     resync: Interval,
-    debounce: Duration,
+    debounce: Debounce,
+    /// When the last reconcile ended (the run loop says so): what tells a lone change
+    /// from a burst.
+    last_reconciled: Option<Instant>,
+}
+
+/// How long a wake waits before the reconcile, so that a burst is folded into one.
+///
+/// A change that finds the agent idle (no reconcile ended within `window`) waits only
+/// `settle`: long enough for the rest of the etcd transaction that caused it, and the
+/// other watch's events of the same operation, to reach the channels, and no more, so a
+/// lone change is not delayed by the window. A wake within `window` of the last
+/// reconcile's end is part of a burst (events that arrived while a reconcile ran, or a
+/// stream of writes): it waits the whole window, and everything both watches queued
+/// meanwhile is folded into the one next reconcile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Debounce {
+    pub window: Duration,
+    pub settle: Duration,
+}
+
+/// The idle wait: a few milliseconds, so the events of one operation (a transaction's
+/// puts, IPAM's handle beside the Container) land together.
+pub(crate) const SETTLE: Duration = Duration::from_millis(2);
+
+impl Debounce {
+    /// `window` for bursts; the idle wait is [`SETTLE`], never more than `window`.
+    pub(crate) fn new(window: Duration) -> Debounce {
+        Debounce {
+            window,
+            settle: SETTLE.min(window),
+        }
+    }
+
+    /// How long a wake at `now` waits, given when the last reconcile ended.
+    pub(crate) fn delay(&self, last_reconciled: Option<Instant>, now: Instant) -> Duration {
+        match last_reconciled {
+            Some(end) if now.saturating_duration_since(end) < self.window => self.window,
+            _ => self.settle,
+        }
+    }
 }
 
 impl Triggers {
@@ -50,7 +90,8 @@ impl Triggers {
             resources_synced: false,
             ipam_synced: false,
             resync,
-            debounce,
+            debounce: Debounce::new(debounce),
+            last_reconciled: None,
         }
     }
 
@@ -85,12 +126,18 @@ impl Triggers {
         }
     }
 
-    /// Debounce: lets a burst of events land before computing, then applies what both
-    /// watches queued meanwhile. Both: a burst of IPAM events (many Containers assigned
-    /// at once) left queued would cost one reconcile each, and reconciles that see no
-    /// handle yet ask IPAM again.
+    /// The run loop finished a reconcile: a wake soon after is part of a burst.
+    pub(crate) fn reconciled(&mut self) {
+        self.last_reconciled = Some(Instant::now());
+    }
+
+    /// Debounce ([`Debounce`]): waits the settle time when idle, the whole window in a
+    /// burst, then applies what both watches queued meanwhile. Both: a burst of IPAM
+    /// events (many Containers assigned at once) left queued would cost one reconcile
+    /// each, and reconciles that see no handle yet ask IPAM again.
     pub(crate) async fn debounce(&mut self, cache: &mut Cache) {
-        tokio::time::sleep(self.debounce).await;
+        let wait = self.debounce.delay(self.last_reconciled, Instant::now());
+        tokio::time::sleep(wait).await;
         while let Some(Some(ev)) = futures::FutureExt::now_or_never(self.resources.next()) {
             apply_partial(cache, ev, RESOURCES_PREFIX);
         }
@@ -142,6 +189,136 @@ mod tests {
             *out.entry(tag).or_insert(0) += 1;
         }
         out
+    }
+
+    #[test]
+    fn only_a_wake_soon_after_a_reconcile_waits_the_window() {
+        let d = Debounce::new(Duration::from_millis(20));
+        assert_eq!(d.settle, SETTLE);
+        let now = Instant::now();
+        let ago = |ms| now.checked_sub(Duration::from_millis(ms)).unwrap();
+        // Idle: never reconciled, or long ago.
+        assert_eq!(d.delay(None, now), SETTLE);
+        assert_eq!(d.delay(Some(ago(1000)), now), SETTLE);
+        assert_eq!(d.delay(Some(ago(20)), now), SETTLE);
+        // A burst: events that came while (or just after) a reconcile ran.
+        assert_eq!(d.delay(Some(ago(19)), now), d.window);
+        assert_eq!(d.delay(Some(now), now), d.window);
+        // The settle is never longer than the window asked for.
+        assert_eq!(Debounce::new(Duration::from_millis(1)).settle, Duration::from_millis(1));
+    }
+
+    type Synced = (Triggers, Cache, Requeue, watch::Sender<bool>, watch::Receiver<bool>);
+
+    async fn synced(store: &Store, window: Duration) -> Synced {
+        let mut triggers = Triggers::start(store, Duration::from_secs(3600), window);
+        let mut cache = Cache::default();
+        let requeue = Requeue::default();
+        let (stop_tx, mut stop) = watch::channel(false);
+        while !triggers.synced() {
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                triggers.wait(&mut cache, &requeue, std::future::pending(), &mut stop),
+            )
+            .await
+            .expect("the watches list within 30 s");
+        }
+        (triggers, cache, requeue, stop_tx, stop)
+    }
+
+    /// A change that finds the agent idle is reconciled after the settle time, not
+    /// after the window (here 5 s, so the difference cannot be mistaken).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lone_change_is_not_held_for_the_window() {
+        let etcd = TestEtcd::start();
+        let store = Store::connect(&StoreConfig::new(vec![etcd.endpoint()])).await.unwrap();
+        let window = Duration::from_secs(5);
+        let (mut triggers, mut cache, requeue, _stop_tx, mut stop) = synced(&store, window).await;
+        // The last reconcile ended long ago.
+        triggers.last_reconciled = Instant::now().checked_sub(Duration::from_secs(60));
+        let t = Instant::now();
+        store
+            .write(&containers(1, "lone"), WriteMode::Apply, None, false)
+            .await
+            .unwrap();
+        let wake = tokio::time::timeout(
+            Duration::from_secs(10),
+            triggers.wait(&mut cache, &requeue, std::future::pending(), &mut stop),
+        )
+        .await
+        .expect("a wake");
+        let wake = match wake {
+            // The resync timer's first tick is at once.
+            Wake::Resync => tokio::time::timeout(
+                Duration::from_secs(10),
+                triggers.wait(&mut cache, &requeue, std::future::pending(), &mut stop),
+            )
+            .await
+            .expect("a wake"),
+            w => w,
+        };
+        assert_eq!(wake, Wake::Watch(true));
+        triggers.debounce(&mut cache).await;
+        let took = t.elapsed();
+        assert_eq!(tags(&cache), BTreeMap::from([("lone".to_string(), 1)]));
+        assert!(took < Duration::from_secs(1), "a lone change waited {took:?}");
+    }
+
+    /// Writes that keep coming while reconciles run are folded: the first reconciles at
+    /// once, all the rest into one more (not one each).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_is_folded_into_the_next_reconcile() {
+        const WRITES: usize = 10;
+        let etcd = TestEtcd::start();
+        let store = Store::connect(&StoreConfig::new(vec![etcd.endpoint()])).await.unwrap();
+        let window = Duration::from_millis(1500);
+        let (mut triggers, mut cache, requeue, _stop_tx, mut stop) = synced(&store, window).await;
+        let started = Instant::now();
+        let writer = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                // One Container each, 20 ms apart: 200 ms of writes, inside one window.
+                for i in 0..WRITES {
+                    let r = Resource::from_json(serde_json::json!({
+                        "apiVersion": "calico/v1", "kind": "Container",
+                        "metadata": {"name": format!("b{i:02}"), "labels": {"tag": "burst"}},
+                        "spec": {"node": "host-a", "container": format!("b{i:02}")},
+                    }))
+                    .unwrap();
+                    store.write(&[r], WriteMode::Apply, None, false).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        };
+        let mut seen = Vec::new();
+        let mut first_at = None;
+        while seen.last() != Some(&WRITES) {
+            let wake = tokio::time::timeout(
+                Duration::from_secs(10),
+                triggers.wait(&mut cache, &requeue, std::future::pending(), &mut stop),
+            )
+            .await
+            .expect("a wake");
+            // The resync timer's first tick is at once; the loop would reconcile on it
+            // too, but it is not one of the writes' wakes.
+            if wake == Wake::Resync {
+                continue;
+            }
+            assert!(matches!(wake, Wake::Watch(_)), "{wake:?}");
+            triggers.debounce(&mut cache).await;
+            first_at.get_or_insert_with(|| started.elapsed());
+            // The reconcile.
+            seen.push(tags(&cache).get("burst").copied().unwrap_or(0));
+            triggers.reconciled();
+        }
+        writer.await.unwrap();
+        let first_at = first_at.unwrap();
+        assert!(first_at < window, "the first change waited {first_at:?}");
+        assert_eq!(
+            seen.len(),
+            2,
+            "one reconcile at once, the rest folded into one: {seen:?}"
+        );
     }
 
     /// What the agent reconciles from (the cache after a wake and its debounce) holds

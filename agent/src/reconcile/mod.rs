@@ -24,6 +24,8 @@ use tracing::{debug, info, warn};
 
 use crate::cache::Cache;
 
+#[cfg(test)]
+mod bench;
 mod nft;
 pub mod plan;
 mod steps;

@@ -10,7 +10,7 @@ use calico_store::WatchEvent;
 use super::*;
 
 #[derive(Default)]
-struct FakeDp {
+pub(super) struct FakeDp {
     /// Host interfaces that exist.
     ifaces: Mutex<BTreeSet<String>>,
     /// Container names whose setup fails.
@@ -89,7 +89,7 @@ impl Dataplane for FakeDp {
 }
 
 #[derive(Default)]
-struct FakeIpam {
+pub(super) struct FakeIpam {
     fail: Mutex<Option<String>>,
     next: Mutex<u8>,
     claims: Mutex<usize>,
@@ -153,7 +153,7 @@ fn container(name: &str, ips: Option<&str>) -> (&'static str, String) {
     )
 }
 
-fn rec() -> Reconciler<FakeDp, FakeIpam, NetnsOnly> {
+pub(super) fn rec() -> Reconciler<FakeDp, FakeIpam, NetnsOnly> {
     Reconciler::new("h1", FakeDp::default(), FakeIpam::default(), NetnsOnly)
 }
 

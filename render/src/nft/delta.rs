@@ -67,9 +67,9 @@ enum Op<'a> {
 impl NftTable {
     /// The delta from `old` (what the kernel holds, as last committed) to `self`.
     pub fn delta<'a>(&'a self, old: &'a NftTable) -> Delta<'a> {
-        if self == old {
-            return Delta::Unchanged;
-        }
+        // No whole-table equality check first: the walk below compares every part
+        // once, and an empty patch is `Unchanged` (a first `==` walked the whole table
+        // a second time, a fifth of a one-change delta's cost at 10k endpoints).
         if self.base != old.base {
             return Delta::Whole("a base chain's hook, type or priority changed");
         }
@@ -185,6 +185,11 @@ impl NftTable {
         }
         for (name, (ty, elems)) in old.sets.iter().filter(|(n, _)| !self.sets.contains_key(*n)) {
             out.push(Op::DeleteSet(name, *ty, elems));
+        }
+        if out.is_empty() {
+            // Every part compared equal (the checks above ask for a whole load only
+            // when something differs).
+            return Delta::Unchanged;
         }
         Delta::Patch(Patch { ops: out })
     }
