@@ -271,10 +271,12 @@ impl Cluster {
         }
         let out = child.wait_with_output()?;
         if !out.status.success() {
+            // stdout too: `ipam check` and friends list the problems there.
             anyhow::bail!(
-                "calicoctl {}: {}",
+                "calicoctl {}: {}\n{}",
                 args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
+                String::from_utf8_lossy(&out.stderr).trim(),
+                String::from_utf8_lossy(&out.stdout).trim()
             );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())

@@ -146,6 +146,14 @@ fn mainline_node_group_two_workloads_and_teardown_in_order() {
         "{}",
         node.status().1
     );
+    // The agent releases a deleted Container's addresses in its next reconcile, after
+    // etcd (and so status) no longer lists it: wait for that, as for the interfaces.
+    assert!(
+        wait_for(Duration::from_secs(15), || c.ctl(&["ipam", "check"]).is_ok()),
+        "{}\n{}",
+        c.ctl(&["ipam", "check"]).unwrap_err(),
+        logs()
+    );
     let check = c.ctl(&["ipam", "check"]).unwrap();
     assert!(
         check.contains("holding 0 addresses") && check.contains("IPAM is consistent"),
