@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use calico_agent::agent::{run, AgentConfig};
+use calico_agent::agent::{run, AgentConfig, LogControl};
 use calico_store::StoreConfig;
 use clap::Parser;
 
@@ -67,18 +67,17 @@ struct Args {
     /// in /run/docker/plugins.
     #[arg(long, default_value = calico_agent::docker::DEFAULT_PLUGIN_DIR)]
     plugin_dir: PathBuf,
-    /// Log filter (tracing env-filter syntax), e.g. info or calico_agent=debug.
-    #[arg(long, env = "CALICO_LOG", default_value = "info")]
-    log: String,
+    /// Log filter (tracing env-filter syntax), e.g. info or calico_agent=debug. Without
+    /// it (and without CALICO_LOG) the agent follows ClusterConfig's logLevel (info
+    /// until it has read it).
+    #[arg(long, env = "CALICO_LOG")]
+    log: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
     limit_malloc_arenas();
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
-        .with_ansi(false)
-        .init();
+    let log_control = init_logging(args.log.as_deref())?;
     let mut etcd = StoreConfig::from_list(&args.etcd);
     etcd.timeout = Duration::try_from_secs_f64(args.etcd_timeout.max(0.1))
         .map_err(|_| anyhow::anyhow!("--timeout must be a number of seconds"))?;
@@ -112,6 +111,7 @@ fn main() -> anyhow::Result<()> {
         resync: Duration::from_secs(args.resync.max(1)),
         debounce: Duration::from_millis(20),
         docker,
+        log_control,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
@@ -142,6 +142,27 @@ fn limit_malloc_arenas() {
             libc::mallopt(libc::M_ARENA_MAX, 2);
         }
     }
+}
+
+/// Logs to stdout through a filter that can be swapped at run time. With `--log` (or
+/// CALICO_LOG) the filter is fixed and None is returned; otherwise the agent sets it
+/// from ClusterConfig's logLevel through the returned control.
+fn init_logging(fixed: Option<&str>) -> anyhow::Result<Option<LogControl>> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{fmt, reload, EnvFilter};
+    let filter = EnvFilter::try_new(fixed.unwrap_or("info")).context("--log")?;
+    let (filter, handle) = reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt::layer().with_ansi(false))
+        .init();
+    if fixed.is_some() {
+        return Ok(None);
+    }
+    Ok(Some(LogControl::new(move |level| {
+        handle.reload(EnvFilter::new(level.as_str())).map_err(|e| e.to_string())
+    })))
 }
 
 #[cfg(test)]

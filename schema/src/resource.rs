@@ -525,6 +525,19 @@ pub enum LogLevel {
     Trace,
 }
 
+impl LogLevel {
+    /// The name as YAML spells it, which is also a tracing filter directive.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ClusterConfigSpec {
@@ -549,7 +562,7 @@ pub struct ClusterConfigSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 576, max = 9000), extend("default" = 1500))]
     pub mtu: Option<u32>,
-    /// Stored and shown; the agents' log level is set by calico-node's --log flag.
+    /// The agents' log level, applied at their next reconcile; an agent started with `--log` (or `CALICO_LOG`) keeps that instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("default" = "info"))]
     pub log_level: Option<LogLevel>,

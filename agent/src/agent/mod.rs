@@ -29,11 +29,13 @@ use crate::metrics::Metrics;
 use crate::reconcile::{Reconciler, WorkloadResolver};
 
 mod last_good;
+mod log_level;
 mod requeue;
 mod status;
 mod trigger;
 
 use last_good::LastGood;
+pub use log_level::LogControl;
 use requeue::{ErrorPolicy, Requeue, STATUS_RETRY_MAX};
 use status::{BirdState, StatusWriter};
 use trigger::{Triggers, Wake};
@@ -56,6 +58,8 @@ pub struct AgentConfig {
     pub debounce: Duration,
     /// dockerd and the Docker plugin (docs/docker.md); off by default.
     pub docker: crate::docker::DockerConfig,
+    /// Follow ClusterConfig's logLevel (None: the level was fixed by --log).
+    pub log_control: Option<LogControl>,
 }
 
 impl AgentConfig {
@@ -188,6 +192,16 @@ pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> anyhow::R
         triggers.debounce(&mut cache).await;
         dirty = false;
         let (report, changed) = rec.reconcile(&cache).await;
+        if let Some(ctl) = &cfg.log_control {
+            ctl.follow(report.log_level);
+        }
+        tracing::debug!(
+            programmed = report.programmed,
+            failed = report.failed,
+            errors = report.errors.len(),
+            elapsed_ms = report.duration.as_millis() as u64,
+            "reconciled"
+        );
         // Only a change that reached the kernel is measured; an event whose reconcile
         // sent nothing (or failed) ends its measurement here too.
         if let (Some(from), Some(to)) = (first_event.take(), report.nft_committed_at) {

@@ -161,6 +161,8 @@ pub struct Report {
     /// load); None when nothing was sent or it failed. The run loop measures the time
     /// from the etcd event that caused the reconcile to here.
     pub nft_committed_at: Option<Instant>,
+    /// ClusterConfig's logLevel as this reconcile read it.
+    pub log_level: Option<calico_schema::LogLevel>,
 }
 
 /// How many workload setups run at once.
@@ -230,6 +232,7 @@ impl<D: Dataplane, A: AddressManager, R: WorkloadResolver> Reconciler<D, A, R> {
         let started = Instant::now();
         let mut report = Report::default();
         let input = plan::Inputs::new(cache.resources());
+        report.log_level = input.config.log_level;
         let containers = input.containers();
         let mut statuses: BTreeMap<String, ContainerStatus> = BTreeMap::new();
 
