@@ -101,7 +101,7 @@ if [ -n "$again" ]; then
 fi
 missing=()
 for c in gcc cc protoc etcd etcdctl bird birdc nft iptables ip6tables dockerd docker ping ip \
-         sysctl ps openssl nsenter unshare tar curl git; do
+         sysctl ps openssl nsenter unshare tar curl git chromium promtool; do
     command -v "$c" >/dev/null 2>&1 || missing+=("$c")
 done
 [ -x /bin/busybox ] || missing+=(/bin/busybox)

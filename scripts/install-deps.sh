@@ -38,6 +38,7 @@ packages=(
     curl                # plugin-socket and HTTP checks
     prometheus          # promtool: the agent's /metrics is linted with it
     fonts-dejavu-core   # a font for the text of `calicoctl reach -o png`
+    chromium            # headless: the test that `reach -o svg` opens in a browser
 )
 
 need=()

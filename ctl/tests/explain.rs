@@ -334,6 +334,19 @@ fn reach_prints_the_matrix_as_text_json_and_svg() {
     );
 }
 
+/// The examples' matrix as drawn: 602x652, cells 90 px from (142, 142), rows and
+/// columns a, c, e, b, d, each cell's color its verdict.
+fn assert_cells(png: &resvg::tiny_skia::Pixmap) {
+    assert_eq!((png.width(), png.height()), (602, 652));
+    let at = |row: u32, col: u32| {
+        let p = png.pixel(142 + col * 90 + 45, 142 + row * 90 + 60).expect("inside");
+        (p.red(), p.green(), p.blue())
+    };
+    assert_eq!(at(0, 2), (0x7c, 0xc8, 0x7c), "a -> e: all pass, green");
+    assert_eq!(at(3, 1), (0xe8, 0x80, 0x80), "b -> c: none, red");
+    assert_eq!(at(0, 1), (0xf5, 0xc4, 0x6b), "a -> c: some, amber");
+}
+
 /// `-o png` draws the same picture through resvg: the cells have their colors and the
 /// names are written (install-deps.sh installs a font).
 #[test]
@@ -344,21 +357,37 @@ fn reach_png_is_the_picture() {
         .expect("calicoctl");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let png = resvg::tiny_skia::Pixmap::decode_png(&out.stdout).expect("a PNG");
-    assert_eq!((png.width(), png.height()), (602, 652));
-    // Cells are 90 px from (142, 142), rows and columns a, c, e, b, d.
-    let at = |row: u32, col: u32| {
-        let p = png.pixel(142 + col * 90 + 45, 142 + row * 90 + 60).expect("inside");
-        (p.red(), p.green(), p.blue())
-    };
-    assert_eq!(at(0, 2), (0x7c, 0xc8, 0x7c), "a -> e: all pass, green");
-    assert_eq!(at(3, 1), (0xe8, 0x80, 0x80), "b -> c: none, red");
-    assert_eq!(at(0, 1), (0xf5, 0xc4, 0x6b), "a -> c: some, amber");
+    assert_cells(&png);
     // The row names are text left of the grid: dark pixels there.
     let dark = (0..120)
         .flat_map(|x| (150..230).map(move |y| (x, y)))
         .filter(|&(x, y)| png.pixel(x, y).is_some_and(|p| p.red() < 100 && p.alpha() > 0))
         .count();
     assert!(dark > 20, "no text drawn ({dark} dark pixels): is a font installed?");
+}
+
+/// The SVG as a browser shows it: headless Chromium (installed by install-deps.sh)
+/// screenshots `reach -o svg` at its own size, and the cells have the colors the PNG
+/// test checks (the same layout, drawn by another renderer).
+#[test]
+fn reach_svg_opens_in_a_browser() {
+    let r = ctl("127.0.0.1:1", &["reach", "-f", &examples(), "-o", "svg"]);
+    assert!(r.ok(), "{r:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("reach.svg");
+    let shot = dir.path().join("shot.png");
+    std::fs::write(&svg, &r.stdout).unwrap();
+    let out = std::process::Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"])
+        .arg("--window-size=602,652")
+        .arg(format!("--user-data-dir={}", dir.path().join("profile").display()))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("file://{}", svg.display()))
+        .output()
+        .expect("chromium (Debian's chromium package; scripts/install-deps.sh installs it)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let png = resvg::tiny_skia::Pixmap::decode_png(&std::fs::read(&shot).unwrap()).expect("a PNG");
+    assert_cells(&png);
 }
 
 /// The README shows docs/reach.svg, which is `reach -f examples -o svg` exactly.
