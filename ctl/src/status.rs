@@ -46,6 +46,8 @@ pub struct Protocol {
     pub bgp_state: Option<String>,
     pub neighbor: Option<String>,
     pub last_error: Option<String>,
+    pub local_as: Option<u32>,
+    pub neighbor_as: Option<u32>,
 }
 
 /// `show protocols all` (and plain `show protocols`) as `status` prints it: parsed by
@@ -54,9 +56,15 @@ pub fn parse_protocols(text: &str) -> Vec<Protocol> {
     calico_schema::birdc::parse_protocols(text)
         .into_iter()
         .map(|p| {
-            let (bgp_state, neighbor, last_error) = match p.bgp {
-                Some(b) => (Some(b.state), b.neighbor_address.map(|a| a.to_string()), b.last_error),
-                None => (None, None, None),
+            let (bgp_state, neighbor, last_error, local_as, neighbor_as) = match p.bgp {
+                Some(b) => (
+                    Some(b.state),
+                    b.neighbor_address.map(|a| a.to_string()),
+                    b.last_error,
+                    b.local_as,
+                    b.neighbor_as,
+                ),
+                None => (None, None, None, None, None),
             };
             Protocol {
                 name: p.name,
@@ -68,6 +76,8 @@ pub fn parse_protocols(text: &str) -> Vec<Protocol> {
                 bgp_state,
                 neighbor,
                 last_error,
+                local_as,
+                neighbor_as,
             }
         })
         .collect()
@@ -95,6 +105,17 @@ fn session_type(p: &Protocol, peers: Option<&BTreeMap<String, bool>>) -> String 
         };
     }
     "BGP".into()
+}
+
+/// iBGP or eBGP with the AS numbers, from BIRD's own `Local AS` and `Neighbor AS`
+/// (what it runs, not what etcd asks for): `iBGP 64511`, `eBGP 64512-64513` (local
+/// first); empty when BIRD does not say.
+fn bgp_kind(p: &Protocol) -> String {
+    match (p.local_as, p.neighbor_as) {
+        (Some(l), Some(n)) if l == n => format!("iBGP {l}"),
+        (Some(l), Some(n)) => format!("eBGP {l}-{n}"),
+        _ => String::new(),
+    }
 }
 
 fn age(secs: u64) -> String {
@@ -279,6 +300,7 @@ pub async fn run(g: &GlobalOpts, args: &StatusArgs) -> Result<()> {
                     vec![
                         format!("{}{node}", p.neighbor.clone().unwrap_or_else(|| p.name.clone())),
                         session_type(p, peers),
+                        bgp_kind(p),
                         p.state.clone(),
                         p.since.clone(),
                         if p.info.is_empty() {
@@ -292,7 +314,10 @@ pub async fn run(g: &GlobalOpts, args: &StatusArgs) -> Result<()> {
             if rows.is_empty() {
                 out.push_str("  (no BGP sessions configured)\n");
             } else {
-                out.push_str(&indent(&table(&["PEER", "TYPE", "STATE", "SINCE", "INFO"], &rows)));
+                out.push_str(&indent(&table(
+                    &["PEER", "TYPE", "AS", "STATE", "SINCE", "INFO"],
+                    &rows,
+                )));
             }
         }
         Err(e) => {
@@ -349,12 +374,15 @@ Mesh_172_30_0_2 BGP        ---        start  23:39:22.073  Active        Socket:
   BGP state:          Active
     Neighbor address: 172.30.0.2
     Neighbor AS:      64511
+    Local AS:         64511
     Last error:       Socket: Network unreachable
 
 Peer_10_0_0_9 BGP        ---        up     2024-05-01 10:00:00  Established
   Description:    BGPPeer tor
   BGP state:          Established
     Neighbor address: 10.0.0.9
+    Neighbor AS:      65002
+    Local AS:         64511
 ";
 
     #[test]
@@ -368,6 +396,9 @@ Peer_10_0_0_9 BGP        ---        up     2024-05-01 10:00:00  Established
         assert_eq!(p[2].since, "2024-05-01 10:00:00");
         assert_eq!(p[2].info, "Established");
         assert_eq!(session_type(&p[1], None), "node-to-node mesh");
+        assert_eq!(bgp_kind(&p[1]), "iBGP 64511");
+        assert_eq!(bgp_kind(&p[2]), "eBGP 64511-65002");
+        assert_eq!(bgp_kind(&p[0]), "");
         let mut peers = BTreeMap::new();
         peers.insert("tor".to_string(), false);
         assert_eq!(session_type(&p[2], Some(&peers)), "global (tor)");

@@ -303,6 +303,13 @@ fn schema_issue(file: &str, spans: &SpanMap, e: &jsonschema::ValidationError<'_>
                 e.instance()
             ),
         ),
+        // The schema's bounds are u32's (0 to 4294967295) but AS number 0 is reserved:
+        // name the range that would do, as the decoder's message does for one too big.
+        K::Minimum { .. } | K::Maximum { .. } if path.ends_with("asNumber") => (
+            path,
+            At::Value,
+            format!("{} is not an AS number (1 to 4294967295)", e.instance()),
+        ),
         _ => (path, At::Value, e.to_string()),
     };
     locate(file, spans, &Issue { path, at, message })
@@ -569,6 +576,10 @@ mod tests {
             (
                 doc("ClusterConfig", "default", "{asNumber: 4294967296}"),
                 "spec.asNumber: 4294967296 is not an AS number (1 to 4294967295)",
+            ),
+            (
+                doc("Node", "n", "{ipv4: 10.0.0.1/24, asNumber: -3}"),
+                "spec.asNumber: -3 is not an AS number (1 to 4294967295)",
             ),
             (
                 doc("IPPool", "p", "{cidr: ten}"),

@@ -532,6 +532,30 @@ impl Drop for CtlNode {
     }
 }
 
+/// `birdc -s <run_dir>/bird.ctl ARGS` (the socket is a file: no netns needed); empty
+/// when BIRD does not answer.
+pub fn birdc_at(run_dir: &Path, args: &[&str]) -> String {
+    Command::new("birdc")
+        .arg("-s")
+        .arg(run_dir.join("bird.ctl"))
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// The BGP sessions of the BIRD of `run_dir`: (protocol name, established).
+pub fn bird_sessions(run_dir: &Path) -> Vec<(String, bool)> {
+    birdc_at(run_dir, &["show", "protocols"])
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1) == Some("BGP"))
+        .map(|l| {
+            let name = l.split_whitespace().next().unwrap_or_default().to_string();
+            (name, l.contains("Established"))
+        })
+        .collect()
+}
+
 /// Which container may reach which, by the groups they are in: a group with no rules
 /// accepts traffic only from its members and may send anywhere, so `i` reaches `j`
 /// when they share a group.

@@ -10,6 +10,7 @@ pub mod netns;
 pub mod nftwatch;
 pub mod probe;
 pub mod scenario;
+pub mod seed5;
 
 pub use netns::{Fabric, Netns};
 pub use probe::{can_connect, can_ping, connect_from, echo_roundtrip, EchoServer, Listener};

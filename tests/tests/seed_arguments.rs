@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use calico_e2e::cluster::{bin, Cluster};
-use calico_e2e::docker::{available, seed_ip, wait_for, CtlNode, DockerHost, DumpOnPanic};
+use calico_e2e::docker::{available, bird_sessions, seed_ip, wait_for, CtlNode, DockerHost, DumpOnPanic};
 use calico_e2e::serial;
 
 const POOL: &str = "apiVersion: calico/v1
@@ -81,6 +81,21 @@ fn bad_arguments(c: &Cluster, rd: &str) {
             "invalid value 'abc' for '--as <AS>'",
         ),
         (
+            node(&["--ip", "10.0.0.1", "--ip6", "fd00::zz"]),
+            None,
+            "--ip6: 'fd00::zz' is not an IP address",
+        ),
+        (
+            node(&["--ip", "10.0.0.1", "--as", "-5"]),
+            None,
+            "unexpected argument '-5' found",
+        ),
+        (
+            node(&["--ip", "10.0.0.1", "--as", "64512.5"]),
+            None,
+            "invalid value '64512.5' for '--as <AS>'",
+        ),
+        (
             vec!["node", "--ip", "10.0.0.1", "--name", "Bad_Name!", "--run-dir", rd],
             None,
             "'Bad_Name!' is not a valid node name",
@@ -128,6 +143,36 @@ fn bad_arguments(c: &Cluster, rd: &str) {
         ),
         (
             vec!["apply", "-f", "-"],
+            Some(doc("Node", "x", "{ipv4: 10.0.0.1/24, asNumber: -3}")),
+            "spec.asNumber: -3 is not an AS number (1 to 4294967295)",
+        ),
+        (
+            vec!["apply", "-f", "-"],
+            Some(doc("Node", "x", "{ipv4: 10.1.2.3/40}")),
+            "spec.ipv4: '10.1.2.3/40' is not an IP address",
+        ),
+        (
+            vec!["apply", "-f", "-"],
+            Some(doc("BGPPeer", "p", "{peerIP: 10.0.0.1, asNumber: 0}")),
+            "spec.asNumber: AS number 0 is reserved",
+        ),
+        (
+            vec!["apply", "-f", "-"],
+            Some(doc("BGPPeer", "p", "{peerIP: 10.0.0.1, asNumber: 4294967296}")),
+            "spec.asNumber: 4294967296 is not an AS number (1 to 4294967295)",
+        ),
+        (
+            vec!["apply", "-f", "-"],
+            Some(doc("Container", "p", "{node: x, netns: /x, ips: [10.65.0.999]}")),
+            "spec.ips[0]: '10.65.0.999' is not an IP address",
+        ),
+        (
+            vec!["apply", "-f", "-"],
+            Some(doc("Node", "bad.name_", "{ipv4: 10.0.0.1/24}")),
+            "metadata.name: \"bad.name_\" is not a valid name",
+        ),
+        (
+            vec!["apply", "-f", "-"],
             Some(doc("Group", "\"bad name\"", "{}")),
             "metadata.name: \"bad name\" is not a valid name",
         ),
@@ -141,30 +186,12 @@ fn bad_arguments(c: &Cluster, rd: &str) {
     // Nothing of it was written.
     let all = c.ctl(&["get", "all", "-o", "yaml"]).unwrap();
     assert!(!all.contains("name: x\n") && !all.contains("kind: BGPPeer") && !all.contains("kind: ClusterConfig"));
-    assert!(!all.contains("name: p\n"), "{all}");
-}
-
-fn birdc(node: &CtlNode, args: &[&str]) -> String {
-    let sock = node.run_dir.join("bird.ctl").display().to_string();
-    let mut full = vec!["-s", sock.as_str()];
-    full.extend_from_slice(args);
-    Command::new("birdc")
-        .args(&full)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
+    assert!(!all.contains("name: p\n") && !all.contains("bad.name_"), "{all}");
 }
 
 /// BIRD's BGP sessions: (protocol name, established).
 fn sessions(node: &CtlNode) -> Vec<(String, bool)> {
-    birdc(node, &["show", "protocols"])
-        .lines()
-        .filter(|l| l.split_whitespace().nth(1) == Some("BGP"))
-        .map(|l| {
-            let name = l.split_whitespace().next().unwrap_or_default().to_string();
-            (name, l.contains("Established"))
-        })
-        .collect()
+    bird_sessions(&node.run_dir)
 }
 
 fn bird_conf(node: &CtlNode) -> String {
@@ -235,7 +262,7 @@ fn bad_arguments_refused_and_as_mesh_and_peers_on_two_docker_hosts() {
     }
     let status = nodes[0].status().1;
     assert!(
-        status.contains("node-to-node mesh") && status.contains("Established"),
+        status.contains("node-to-node mesh") && status.contains("iBGP 64511") && status.contains("Established"),
         "{status}"
     );
     // No Container is made for it (nothing valid to record); the agent's log says why.
@@ -343,5 +370,13 @@ fn bad_arguments_refused_and_as_mesh_and_peers_on_two_docker_hosts() {
         sessions(&nodes[1]),
         bird_conf(&nodes[1]),
         logs()
+    );
+    // status names the session eBGP, with the AS numbers BIRD runs (host2's first).
+    let st = nodes[1].status().1;
+    assert!(
+        st.lines().any(|l| l.contains("node-specific (host2-to-host1)")
+            && l.contains("eBGP 65002-64600")
+            && l.contains("Established")),
+        "{st}"
     );
 }

@@ -15,57 +15,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use calico_e2e::cluster::{bin, Cluster};
-use calico_e2e::docker::{allowed, calico_net, seed_ip, wait_for, CtlNode, DockerHost, IMAGE};
+use calico_e2e::docker::{allowed, calico_net, wait_for, CtlNode, DockerHost, IMAGE};
+use calico_e2e::seed5::{address, measure_with, Net, GROUPS, NETWORKS, WORKLOADS};
 
 /// Where `--keep` leaves its teardown script and shell helpers.
 pub const KEEP_DIR: &str = "/run/calico-demo";
-
-/// How a container gets its network.
-#[derive(Clone, Copy)]
-enum Net {
-    /// `--net NETWORK`: the calico driver, the group from the network's `-o group=`.
-    Driver(&'static str),
-    /// `--net=none -e CALICO_IP=IP`, then `calicoctl addtogroup NAME GROUP`.
-    Seed(&'static str, &'static str),
-}
-
-struct Wl {
-    name: &'static str,
-    host: usize,
-    net: Net,
-}
-
-/// The seed's five containers: A, B, C on host1, D, E on host2; A, C, E in A_C_E.
-const WORKLOADS: [Wl; 5] = [
-    Wl {
-        name: "workload-A",
-        host: 0,
-        net: Net::Driver("net-ace"),
-    },
-    Wl {
-        name: "workload-B",
-        host: 0,
-        net: Net::Seed("10.65.0.2", "B"),
-    },
-    Wl {
-        name: "workload-C",
-        host: 0,
-        net: Net::Seed("auto", "A_C_E"),
-    },
-    Wl {
-        name: "workload-D",
-        host: 1,
-        net: Net::Driver("net-d"),
-    },
-    Wl {
-        name: "workload-E",
-        host: 1,
-        net: Net::Seed("10.65.0.5", "A_C_E"),
-    },
-];
-
-/// The calico networks: host, name, group.
-const NETWORKS: [(usize, &str, &str); 2] = [(0, "net-ace", "A_C_E"), (1, "net-d", "D")];
 
 fn step(title: &str) {
     println!("\n== {title}");
@@ -183,15 +137,6 @@ pub fn down_script(k: &Kept) -> String {
     s
 }
 
-/// A running container's Calico address: the driver's from `docker inspect`, the
-/// seed's from inside the container once the agent has given it one.
-fn address(d: &DockerHost, w: &Wl) -> Option<String> {
-    match w.net {
-        Net::Driver(net) => Some(d.ip_on(w.name, net)).filter(|a| !a.is_empty()),
-        Net::Seed(..) => seed_ip(d, w.name),
-    }
-}
-
 /// The groups of each container as etcd holds them, found by address.
 fn groups_in_etcd(c: &Cluster, ips: &[String]) -> anyhow::Result<Vec<Vec<String>>> {
     let json = c.ctl(&["get", "containers", "-o", "json"])?;
@@ -219,22 +164,8 @@ fn groups_in_etcd(c: &Cluster, ips: &[String]) -> anyhow::Result<Vec<Vec<String>
 /// One `docker exec X ping` per ordered pair, all at once; a second try for a pair
 /// whose first ping was lost.
 fn measure(docker: &[DockerHost], ips: &[String]) -> Vec<Vec<bool>> {
-    std::thread::scope(|s| {
-        let rows: Vec<Vec<_>> = WORKLOADS
-            .iter()
-            .enumerate()
-            .map(|(i, w)| {
-                (0..WORKLOADS.len())
-                    .map(|j| {
-                        let (d, ip) = (&docker[w.host], &ips[j]);
-                        s.spawn(move || i != j && (d.exec_ping(w.name, ip) || d.exec_ping(w.name, ip)))
-                    })
-                    .collect()
-            })
-            .collect();
-        rows.into_iter()
-            .map(|r| r.into_iter().map(|h| h.join().unwrap_or(false)).collect())
-            .collect()
+    measure_with(docker, ips, |d, from, to| {
+        d.exec_ping(from, to) || d.exec_ping(from, to)
     })
 }
 
@@ -310,7 +241,7 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
     }
 
     step("the seed's groups: calicoctl addgroup A_C_E; calicoctl addgroup B; calicoctl addgroup D");
-    for g in ["A_C_E", "B", "D"] {
+    for g in GROUPS {
         print!("{}", indent(&c.ctl(&["addgroup", g])?));
     }
 
