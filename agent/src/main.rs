@@ -72,12 +72,18 @@ struct Args {
     /// until it has read it).
     #[arg(long, env = "CALICO_LOG")]
     log: Option<String>,
+    /// Also append the log to this file (stdout keeps it too). `calicoctl node --docker`
+    /// gives <log-dir>/calico-node.log, so `docker logs` and `calicoctl status` both
+    /// have it.
+    #[arg(long, env = "CALICO_LOG_FILE", value_name = "FILE")]
+    log_file: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
     limit_malloc_arenas();
     let args = Args::parse();
-    let log_control = init_logging(args.log.as_deref())?;
+    let log_control = init_logging(args.log.as_deref(), args.log_file.as_deref())?;
+    write_pid_file(&args.run_dir)?;
     let mut etcd = StoreConfig::from_list(&args.etcd);
     etcd.timeout = Duration::try_from_secs_f64(args.etcd_timeout.max(0.1))
         .map_err(|_| anyhow::anyhow!("--timeout must be a number of seconds"))?;
@@ -144,18 +150,47 @@ fn limit_malloc_arenas() {
     }
 }
 
-/// Logs to stdout through a filter that can be swapped at run time. With `--log` (or
-/// CALICO_LOG) the filter is fixed and None is returned; otherwise the agent sets it
-/// from ClusterConfig's logLevel through the returned control.
-fn init_logging(fixed: Option<&str>) -> anyhow::Result<Option<LogControl>> {
+/// The agent's own pid in `<run-dir>/calico-node.pid`, by temp file and rename. `calicoctl
+/// node` writes it too, but an agent that Docker restarted (`node --docker`) has a new
+/// pid that only the agent knows.
+fn write_pid_file(run_dir: &std::path::Path) -> anyhow::Result<()> {
+    let run = calico_schema::RunDir(run_dir.to_path_buf());
+    std::fs::create_dir_all(run_dir).with_context(|| format!("create run dir {}", run_dir.display()))?;
+    let pid_file = run.agent_pid();
+    let tmp = pid_file.with_extension("pid.tmp");
+    std::fs::write(&tmp, format!("{}\n", std::process::id()))
+        .and_then(|()| std::fs::rename(&tmp, &pid_file))
+        .with_context(|| format!("write {}", pid_file.display()))
+}
+
+/// Logs to stdout (and, with `--log-file`, appends to that file) through a filter that
+/// can be swapped at run time. With `--log` (or CALICO_LOG) the filter is fixed and None
+/// is returned; otherwise the agent sets it from ClusterConfig's logLevel through the
+/// returned control.
+fn init_logging(fixed: Option<&str>, file: Option<&std::path::Path>) -> anyhow::Result<Option<LogControl>> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{fmt, reload, EnvFilter};
     let filter = EnvFilter::try_new(fixed.unwrap_or("info")).context("--log")?;
     let (filter, handle) = reload::Layer::new(filter);
+    let file_layer = match file {
+        Some(path) => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).with_context(|| format!("--log-file: create {}", dir.display()))?;
+            }
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("--log-file {}", path.display()))?;
+            Some(fmt::layer().with_ansi(false).with_writer(std::sync::Mutex::new(f)))
+        }
+        None => None,
+    };
     tracing_subscriber::registry()
         .with(filter)
         .with(fmt::layer().with_ansi(false))
+        .with(file_layer)
         .init();
     if fixed.is_some() {
         return Ok(None);

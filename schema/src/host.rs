@@ -12,8 +12,9 @@ pub const DEFAULT_RUN_DIR: &str = "/var/run/calico";
 /// The paths of one run directory. One directory per agent, so several agents on one
 /// machine (test hosts) stay apart.
 ///
-/// - `calico-node.pid`, `calico-node.args`: written by `calicoctl node` (the agent's pid,
-///   and the record of how it was started);
+/// - `calico-node.pid`: the agent's pid, written by `calicoctl node` and by the agent
+///   when it starts;
+/// - `calico-node.args`: written by `calicoctl node` (how the agent was started);
 /// - `bird.conf`, `bird.ctl`, `bird.pid`, `bird.log`: written by the agent and BIRD;
 /// - `nft.json`: the whole nftables ruleset the agent last committed;
 /// - `last-good.json`: the last good values of keys whose stored value is invalid.
