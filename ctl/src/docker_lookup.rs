@@ -45,6 +45,10 @@ impl DockerLookup for BollardLookup {
                 Ok(c) => Ok(Some(DockerIdentity {
                     id: c.id.unwrap_or_default(),
                     name: c.name.unwrap_or_default().trim_start_matches('/').to_string(),
+                    calico_ip: c
+                        .config
+                        .and_then(|c| c.env)
+                        .is_some_and(|env| env.iter().any(|e| e.starts_with("CALICO_IP="))),
                 })),
                 Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
                 Err(bollard::errors::Error::DockerResponseServerError { message, .. }) => {

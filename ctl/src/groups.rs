@@ -14,7 +14,7 @@ use crate::cli::GlobalOpts;
 use crate::conn::{store_error, Ctx};
 use crate::observed;
 use crate::output::{self, sync_owner};
-use crate::resolve::Resolver;
+use crate::resolve::{NotNetworkedYet, Resolver};
 
 fn check_group_name(g: &str) -> Result<()> {
     if !is_valid_name(g) {
@@ -191,6 +191,31 @@ async fn target(
     need_group: bool,
 ) -> Result<String> {
     check_group_name(group)?;
+    // A CALICO_IP container is networked by the agent a moment after `docker run`
+    // returns (the seed did it inside `docker run`): its Container is waited for.
+    let deadline = std::time::Instant::now() + NETWORKED_WAIT;
+    loop {
+        match target_once(ctx, docker_host, query, group, force, need_group).await {
+            Err(e) if e.downcast_ref::<NotNetworkedYet>().is_some() && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How long addtogroup/removefromgroup wait for the agent to network a CALICO_IP
+/// container.
+const NETWORKED_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn target_once(
+    ctx: &Ctx,
+    docker_host: Option<&str>,
+    query: &str,
+    group: &str,
+    force: bool,
+    need_group: bool,
+) -> Result<String> {
     let listing = ctx.call("list", ctx.store.list(None)).await?;
     if need_group
         && !listing

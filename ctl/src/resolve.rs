@@ -21,7 +21,32 @@ pub struct DockerIdentity {
     pub id: String,
     /// Its name, without Docker's leading '/'.
     pub name: String,
+    /// It has CALICO_IP in its environment: the agent networks it (and writes its
+    /// Container) once it sees the container start.
+    pub calico_ip: bool,
 }
+
+/// A running Docker container that asks for Calico networking (CALICO_IP) whose
+/// Container resource the agent has not written yet: worth waiting for, since the agent
+/// networks it a moment after `docker run` returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotNetworkedYet {
+    pub name: String,
+    pub id: String,
+}
+
+impl std::fmt::Display for NotNetworkedYet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Docker container '{}' ({}) has CALICO_IP set but no Container resource yet (is this node's agent running?)",
+            self.name,
+            short_id(&self.id)
+        )
+    }
+}
+
+impl std::error::Error for NotNetworkedYet {}
 
 /// Asks a Docker daemon which container `query` (name, ID or ID prefix) is.
 /// `Ok(None)`: Docker has no such container.
@@ -99,6 +124,13 @@ impl Resolver {
                 if let Some(name) = one(query, hits)? {
                     return Ok(name);
                 }
+                if ident.calico_ip {
+                    return Err(NotNetworkedYet {
+                        name: ident.name,
+                        id: ident.id,
+                    }
+                    .into());
+                }
                 bail!(
                     "Docker container '{}' ({}) has no Container resource (is it networked by Calico?)",
                     ident.name,
@@ -154,6 +186,7 @@ mod tests {
                     ("0123456789abcdef".starts_with(q) || q == "web-1").then(|| DockerIdentity {
                         id: "0123456789abcdef".into(),
                         name: "web-1".into(),
+                        calico_ip: false,
                     }),
                 )
             })
@@ -188,6 +221,41 @@ mod tests {
         let r = Resolver::new().with_docker(Box::new(FakeDocker));
         assert_eq!(r.resolve("web-1", &cs).await.unwrap(), "docker-0123456789abcdef");
         assert_eq!(r.resolve("0123", &cs).await.unwrap(), "docker-0123456789abcdef");
+    }
+
+    /// A CALICO_IP container the agent has not networked yet is told apart from one
+    /// Calico will never network: addtogroup waits for the first only.
+    #[tokio::test]
+    async fn calico_ip_container_not_networked_yet() {
+        struct SeedDocker(bool);
+        impl DockerLookup for SeedDocker {
+            fn inspect<'a>(&'a self, _q: &'a str) -> BoxFuture<'a, Result<Option<DockerIdentity>>> {
+                let calico_ip = self.0;
+                Box::pin(async move {
+                    Ok(Some(DockerIdentity {
+                        id: "fedcba9876543210fedcba".into(),
+                        name: "workload-E".into(),
+                        calico_ip,
+                    }))
+                })
+            }
+        }
+        let cs = vec![c("b", None)];
+        let err = Resolver::new()
+            .with_docker(Box::new(SeedDocker(true)))
+            .resolve("workload-E", &cs)
+            .await
+            .unwrap_err();
+        let pending = err.downcast_ref::<NotNetworkedYet>().expect("NotNetworkedYet");
+        assert_eq!(pending.name, "workload-E");
+        assert!(err.to_string().contains("has CALICO_IP set but no Container resource yet"), "{err}");
+        let err = Resolver::new()
+            .with_docker(Box::new(SeedDocker(false)))
+            .resolve("workload-E", &cs)
+            .await
+            .unwrap_err();
+        assert!(err.downcast_ref::<NotNetworkedYet>().is_none(), "{err}");
+        assert!(err.to_string().contains("is it networked by Calico?"), "{err}");
     }
 
     struct DownDocker;
