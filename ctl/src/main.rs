@@ -33,6 +33,7 @@ mod explain;
 mod get;
 mod groups;
 mod hostcmd;
+mod in_docker;
 mod input;
 mod ipam_cmd;
 mod master;
@@ -114,7 +115,7 @@ enum TopCommand {
 
 /// Commands that never contact etcd, and those that look up Docker containers.
 const OFFLINE: [&str; 4] = ["validate", "schema", "completion", "man"];
-const USES_DOCKER: [&str; 5] = ["addtogroup", "removefromgroup", "node", "explain", "reach"];
+const USES_DOCKER: [&str; 6] = ["addtogroup", "removefromgroup", "node", "master", "explain", "reach"];
 const ETCD_OPTIONS: [&str; 5] = ["etcd", "etcd_ca", "etcd_cert", "etcd_key", "timeout"];
 
 /// The command line as parsed and as shown by help, completions and man pages. The

@@ -22,8 +22,12 @@ use crate::agent_proc::{agent_log, find_agent_binary, tail, terminate, ProcState
 use crate::cli::GlobalOpts;
 use crate::conn::{self, Ctx};
 use crate::hostcmd::hostname;
+use crate::in_docker::{self, Component};
 use crate::output::sync_owner;
-use crate::run_dir::{node_name, AgentFiles, AgentRecord, RunDir, RunDirArg};
+use crate::run_dir::{node_name, AgentFiles, AgentRecord, ContainerRecord, RunDir, RunDirArg};
+
+/// Where dockerd looks for plugin sockets (the agent's default --plugin-dir).
+const DEFAULT_PLUGIN_DIR: &str = "/run/docker/plugins";
 
 /// How long `node` waits for a daemonised agent's /healthz.
 const HEALTH_WAIT: Duration = Duration::from_secs(10);
@@ -66,8 +70,17 @@ pub struct NodeArgs {
     #[arg(long, value_name = "DIR")]
     pub plugin_dir: Option<PathBuf>,
     /// Run the agent in place of this process (for service managers), logging to stderr
-    #[arg(long)]
+    #[arg(long, conflicts_with = "docker")]
     pub foreground: bool,
+    /// Run the agent (and its BIRD) as a Docker container, `calico-node-NAME`, in the
+    /// dockerd of --docker-host: host network and pid namespace, network capabilities,
+    /// restarted unless stopped
+    #[arg(long, conflicts_with = "netns")]
+    pub docker: bool,
+    /// The agent's image for --docker [default: calico-docker/node:VERSION, built by
+    /// scripts/build-images.sh]
+    #[arg(long, value_name = "IMAGE", requires = "docker")]
+    pub node_image: Option<String>,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -244,7 +257,12 @@ async fn start(g: &GlobalOpts, args: &NodeArgs) -> Result<()> {
             )
         })?;
     }
-    let binary = find_agent_binary()?;
+    // A containerised agent is the image's binary, not one next to calicoctl.
+    let binary = if args.docker {
+        PathBuf::from(format!("/usr/bin/{AGENT_BINARY}"))
+    } else {
+        find_agent_binary()?
+    };
     let run = RunDir(args.dirs.run_dir.clone());
     if let Some(pid) = run.agent().running() {
         bail!(
@@ -299,7 +317,11 @@ async fn start(g: &GlobalOpts, args: &NodeArgs) -> Result<()> {
         http: (!args.http.is_empty()).then(|| args.http.clone()),
         etcd,
         started: calico_schema::now_secs(),
+        container: None,
     };
+    if args.docker {
+        return start_in_docker(g, args, agent_args, record, &run).await;
+    }
 
     let mut cmd = Command::new(&binary);
     cmd.args(&agent_args).stdin(Stdio::null());
@@ -386,10 +408,147 @@ async fn start(g: &GlobalOpts, args: &NodeArgs) -> Result<()> {
     Ok(())
 }
 
+/// `node --docker`: the agent as the container `calico-node-NAME` in the dockerd of
+/// --docker-host, its log appended to the same file as a host process's.
+async fn start_in_docker(
+    g: &GlobalOpts,
+    args: &NodeArgs,
+    mut agent_args: Vec<String>,
+    mut record: AgentRecord,
+    run: &RunDir,
+) -> Result<()> {
+    let (docker, host) = in_docker::connect(g.docker_host.as_deref()).await?;
+    let abs = |p: &Path| -> Result<String> {
+        Ok(std::path::absolute(p)
+            .with_context(|| format!("{}", p.display()))?
+            .display()
+            .to_string())
+    };
+    let log_file = agent_log(&args.log_dir);
+    std::fs::create_dir_all(&args.log_dir).with_context(|| format!("create log dir {}", args.log_dir.display()))?;
+    let plugin_dir = args
+        .plugin_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_PLUGIN_DIR));
+    std::fs::create_dir_all(&plugin_dir).with_context(|| format!("create {}", plugin_dir.display()))?;
+    let socket = docker_socket(&host).map_err(|_| anyhow!("--docker-host must be unix:///PATH, not '{host}'"))?;
+    agent_args.extend(["--log-file".into(), abs(&log_file)?]);
+    if g.docker_host.is_none() {
+        // The agent's own default would do, but say it: it is what the mount below is.
+        agent_args.extend(["--docker-host".into(), docker_host_of(Path::new(&abs(socket)?))]);
+    }
+    let mut mounts = vec![
+        (abs(&run.0)?, false),
+        (abs(&args.log_dir)?, false),
+        (abs(&plugin_dir)?, false),
+        (abs(socket)?, false),
+    ];
+    for f in [&g.etcd_ca, &g.etcd_cert, &g.etcd_key].into_iter().flatten() {
+        mounts.push((abs(f)?, true));
+    }
+    mounts.sort();
+    mounts.dedup_by(|a, b| a.0 == b.0);
+    let component = Component {
+        kind: "node",
+        name: format!("calico-node-{}", record.name),
+        image: args
+            .node_image
+            .clone()
+            .unwrap_or_else(|| in_docker::default_image("node")),
+        args: agent_args,
+        mounts,
+    };
+    // The agent writes its own pid file when it starts: a stale one must not pass for it.
+    let _ = std::fs::remove_file(run.agent_pid());
+    let started = in_docker::start(&docker, &host, &component).await?;
+    record.pid = u32::try_from(started.pid).unwrap_or(0);
+    record.log_file = Some(log_file.display().to_string());
+    record.container = Some(ContainerRecord {
+        name: component.name.clone(),
+        image: component.image.clone(),
+        docker_host: host.clone(),
+    });
+    {
+        let rec = run.record();
+        let text = serde_json::to_string_pretty(&record)?;
+        std::fs::write(&rec, text + "\n").with_context(|| format!("write {}", rec.display()))?;
+    }
+
+    let deadline = Instant::now() + HEALTH_WAIT;
+    loop {
+        let st = in_docker::state(&docker, &component.name).await?;
+        match &st {
+            None => bail!("container {} is gone (removed by someone else?)", component.name),
+            Some(st) if !st.running => bail!(
+                "container {} stopped at once ({}, exit code {}); its last output:\n{}",
+                component.name,
+                st.status,
+                st.exit_code,
+                in_docker::logs(&docker, &component.name, 15).await
+            ),
+            Some(_) => {}
+        }
+        let healthy = if args.http.is_empty() {
+            run.agent().running().is_some()
+        } else {
+            matches!(
+                agent_http::get(&args.http, "/healthz", Duration::from_millis(500)).await,
+                Ok((200, _))
+            )
+        };
+        if healthy {
+            break;
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "container {} is running but the agent's /healthz on {} did not answer within {}s; see `docker logs {}` (stop it with `calicoctl node stop --run-dir {}`)",
+                component.name,
+                args.http,
+                HEALTH_WAIT.as_secs(),
+                component.name,
+                run.0.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pid = match run.agent() {
+        ProcState::Running(p) => p.to_string(),
+        _ => started.pid.to_string(),
+    };
+    println!(
+        "Started {AGENT_BINARY} for node {} in container {} (image {}, pid {pid})",
+        record.name, component.name, component.image
+    );
+    if !args.http.is_empty() {
+        println!("Health: http://{}/healthz", args.http);
+    }
+    println!("Log: {} (and `docker logs {}`)", log_file.display(), component.name);
+    Ok(())
+}
+
 // ------------------------------------------------------------------ node stop
 
 async fn stop(g: &GlobalOpts, args: &NodeStopArgs) -> Result<()> {
     let run = RunDir(args.dirs.run_dir.clone());
+    if let Some(c) = run.read_record().and_then(|r| r.container) {
+        let (docker, host) = in_docker::connect(Some(&c.docker_host))
+            .await
+            .with_context(|| format!("the agent runs in container {}", c.name))?;
+        if let Some(st) = in_docker::state(&docker, &c.name).await? {
+            let name = node_name(args.name.as_deref(), &run)?;
+            check_containers(g, &name, args.force).await?;
+            in_docker::remove(&docker, &c.name, AGENT_STOP_WAIT).await?;
+            println!(
+                "Stopped and removed container {} ({} before; {AGENT_BINARY} and bird with it) in dockerd at {host}",
+                c.name, st.status
+            );
+            for f in [run.agent_pid(), run.bird_pid()] {
+                let _ = std::fs::remove_file(f);
+            }
+            return Ok(());
+        }
+        // Removed by hand: what is left to judge are the pid files.
+    }
     let agent = run.agent();
     let bird = run.bird();
     if agent.running().is_none() && bird.running().is_none() {
@@ -408,25 +567,7 @@ async fn stop(g: &GlobalOpts, args: &NodeStopArgs) -> Result<()> {
     }
 
     let name = node_name(args.name.as_deref(), &run)?;
-    match containers_on(g, &name).await {
-        Ok(names) if !names.is_empty() && !args.force => bail!(
-            "Containers remain on node {name}: {}; delete them first, or use --force",
-            names.join(", ")
-        ),
-        Ok(names) if !names.is_empty() => {
-            eprintln!(
-                "warning: stopping with Containers still on node {name}: {}",
-                names.join(", ")
-            );
-        }
-        Ok(_) => {}
-        Err(e) if !args.force => {
-            return Err(e.context(format!(
-                "cannot check for Containers on node {name}; use --force to stop anyway"
-            )))
-        }
-        Err(e) => eprintln!("warning: cannot check for Containers on node {name}: {e:#}"),
-    }
+    check_containers(g, &name, args.force).await?;
 
     if let Some(pid) = agent.running() {
         println!("{}", terminate(pid, AGENT_BINARY, AGENT_STOP_WAIT)?);
@@ -442,6 +583,31 @@ async fn stop(g: &GlobalOpts, args: &NodeStopArgs) -> Result<()> {
     for f in [run.agent_pid(), run.bird_pid()] {
         let _ = std::fs::remove_file(f);
     }
+    Ok(())
+}
+
+/// Refuses (unless `force`) while Containers remain on the node or etcd cannot say.
+async fn check_containers(g: &GlobalOpts, name: &str, force: bool) -> Result<()> {
+    match containers_on(g, name).await {
+        Ok(names) if !names.is_empty() && !force => bail!(
+            "Containers remain on node {name}: {}; delete them first, or use --force",
+            names.join(", ")
+        ),
+        Ok(names) if !names.is_empty() => {
+            eprintln!(
+                "warning: stopping with Containers still on node {name}: {}",
+                names.join(", ")
+            );
+        }
+        Ok(_) => {}
+        Err(e) if !force => {
+            return Err(e.context(format!(
+                "cannot check for Containers on node {name}; use --force to stop anyway"
+            )))
+        }
+        Err(e) => eprintln!("warning: cannot check for Containers on node {name}: {e:#}"),
+    }
+
     Ok(())
 }
 

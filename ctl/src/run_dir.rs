@@ -2,7 +2,8 @@
 //! the pid files judged, and the record of how the agent was started. The files' names
 //! are `calico_schema::RunDir`'s, the same the agent writes.
 //!
-//! - `calico-node.pid`: the agent's pid, written by `calicoctl node`;
+//! - `calico-node.pid`: the agent's pid, written by `calicoctl node` and by the agent
+//!   itself when it starts (Docker may restart a containerised one);
 //! - `calico-node.args`: JSON [`AgentRecord`]: how the agent was started (node name,
 //!   netns, HTTP address, log file). `status` and `diags` read it; it is how they know
 //!   which namespace the dataplane lives in. `node stop` leaves it, so they still know
@@ -42,6 +43,18 @@ pub struct AgentRecord {
     pub etcd: String,
     /// Seconds since the Unix epoch.
     pub started: u64,
+    /// `node --docker`: the agent's container and the dockerd that runs it.
+    pub container: Option<ContainerRecord>,
+}
+
+/// Where a containerised agent runs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ContainerRecord {
+    pub name: String,
+    pub image: String,
+    /// `unix:///PATH` of the dockerd.
+    pub docker_host: String,
 }
 
 /// What calicoctl does with a run directory beyond naming its files (the names are

@@ -21,6 +21,7 @@ use crate::agent_proc::{ProcState, AGENT_BINARY};
 use crate::birdc::birdc;
 use crate::cli::GlobalOpts;
 use crate::conn::Ctx;
+use crate::in_docker;
 use crate::observed::{agent_status, agent_status_key, container_status};
 use crate::output::table;
 use crate::run_dir::{node_name, AgentFiles, RunDir, RunDirArg};
@@ -118,7 +119,7 @@ fn bgp_kind(p: &Protocol) -> String {
     }
 }
 
-fn age(secs: u64) -> String {
+pub fn age(secs: u64) -> String {
     let d = now_secs().saturating_sub(secs);
     match d {
         0..=119 => format!("{d}s ago"),
@@ -183,6 +184,17 @@ pub async fn run(g: &GlobalOpts, args: &StatusArgs) -> Result<()> {
         ProcState::Stale(pid) => format!("not running (pid {pid} from the pid file is gone)"),
     };
     let mut rows: Vec<(&str, String)> = vec![("process", process)];
+    if let Some(c) = record.as_ref().and_then(|r| r.container.as_ref()) {
+        let state = match in_docker::connect(Some(&c.docker_host)).await {
+            Ok((docker, _)) => match in_docker::state(&docker, &c.name).await {
+                Ok(Some(st)) => st.describe(&c.name),
+                Ok(None) => format!("{} (no such container in dockerd at {})", c.name, c.docker_host),
+                Err(e) => format!("{}: unknown ({e:#})", c.name),
+            },
+            Err(e) => format!("{}: unknown ({e:#})", c.name),
+        };
+        rows.push(("container", state));
+    }
     let report = match &etcd {
         Ok(e) => e.report.clone(),
         Err(e) => Err(format!("{e:#}")),

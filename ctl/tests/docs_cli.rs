@@ -152,7 +152,7 @@ fn connection_options_show_only_where_used() {
         let top = path[0].as_str();
         let offline = ["validate", "schema", "completion", "man"].contains(&top);
         assert_eq!(text.contains("--etcd "), !offline, "{path:?}:\n{text}");
-        let docker = ["addtogroup", "removefromgroup", "node", "explain", "reach"].contains(&top);
+        let docker = ["addtogroup", "removefromgroup", "node", "master", "explain", "reach"].contains(&top);
         assert_eq!(text.contains("--docker-host"), docker, "{path:?}:\n{text}");
     }
     // Hidden is not refused: the options are global and accepted anywhere.

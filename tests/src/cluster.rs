@@ -218,6 +218,14 @@ impl Cluster {
     }
 
     /// The etcd flags of calicoctl and calico-node (they are the same).
+    /// The ports of etcd's client endpoints (all on 127.0.0.1).
+    pub fn etcd_ports(&self) -> Vec<u16> {
+        self.etcd_endpoints
+            .split(',')
+            .filter_map(|e| e.rsplit(':').next()?.parse().ok())
+            .collect()
+    }
+
     pub fn etcd_flags(&self) -> Vec<String> {
         let mut out = vec!["--etcd".to_string(), self.etcd_endpoints.clone()];
         if let Some(t) = &self.etcd_tls {

@@ -328,8 +328,16 @@ impl DockerHost {
 impl Drop for DockerHost {
     fn drop(&mut self) {
         if self.child.is_some() {
-            if let Ok(ids) = self.try_docker(&["ps", "-aq"]) {
-                let ids: Vec<&str> = ids.split_whitespace().collect();
+            // Workloads first, while a containerised agent still serves their network's
+            // plugin (dockerd waits long on a plugin that went away), then the agents.
+            let components = self
+                .try_docker(&["ps", "-aq", "--filter", "label=org.calico-docker.component"])
+                .unwrap_or_default();
+            let all = self.try_docker(&["ps", "-aq"]).unwrap_or_default();
+            let components: Vec<&str> = components.split_whitespace().collect();
+            let (agents, workloads): (Vec<&str>, Vec<&str>) =
+                all.split_whitespace().partition(|id| components.contains(id));
+            for ids in [workloads, agents] {
                 if !ids.is_empty() {
                     let mut args = vec!["rm", "-f"];
                     args.extend(ids);
@@ -571,6 +579,159 @@ pub fn allowed(groups: &[Vec<String>]) -> Vec<Vec<bool>> {
                 .collect()
         })
         .collect()
+}
+
+/// calicoctl's tag for its own images (`scripts/build-images.sh` uses the same).
+pub fn node_image() -> String {
+    format!("calico-docker/node:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// `scripts/build-images.sh --bin-dir <the binaries under test>` into each dockerd
+/// that lacks the images.
+pub fn build_images(hosts: &[&DockerHost]) -> anyhow::Result<()> {
+    let mut args = vec!["--bin-dir".to_string(), crate::cluster::bin_dir().display().to_string()];
+    for d in hosts {
+        if !d.docker(&["image", "inspect", &node_image()]).status.success() {
+            args.extend(["-H".to_string(), d.host()]);
+        }
+    }
+    if args.len() == 2 {
+        return Ok(());
+    }
+    let script = format!("{}/../scripts/build-images.sh", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("bash").arg(&script).args(&args).output()?;
+    if !out.status.success() {
+        bail!(
+            "build-images.sh failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// A host's agent run the seed's way, as a Docker container: `calicoctl node --docker`,
+/// run (like every calicoctl command about this host) in the host's network namespace,
+/// where the agent's HTTP is and where etcd is forwarded at the test's own address
+/// ([`crate::forward::Forward`]). Stopped on drop (`node stop --force`, then `docker rm
+/// -f` of its container), also when the test failed half-way.
+pub struct ContainerNode {
+    pub name: String,
+    pub run_dir: PathBuf,
+    ns: PathBuf,
+    docker_host: String,
+    etcd: Vec<String>,
+    _forward: Vec<crate::forward::Forward>,
+}
+
+impl ContainerNode {
+    /// `calicoctl --docker-host H node --docker --ip ADDR/24 --name hostN ...` for
+    /// fabric host `i` with `extra` flags, after building the images into `d` if need
+    /// be; the guard and calicoctl's output.
+    pub fn start(
+        c: &crate::cluster::Cluster,
+        i: usize,
+        d: &DockerHost,
+        extra: &[&str],
+    ) -> anyhow::Result<(ContainerNode, String)> {
+        build_images(&[d])?;
+        let name = format!("host{}", i + 1);
+        let run_dir = c.dir.path().join(format!("node-{name}"));
+        std::fs::create_dir_all(&run_dir)?;
+        let ns = c.host_ns(i).path();
+        let forward = c
+            .etcd_ports()
+            .into_iter()
+            .map(|p| crate::forward::Forward::start(&ns, p))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let node = ContainerNode {
+            name: name.clone(),
+            run_dir,
+            ns,
+            docker_host: d.host(),
+            etcd: c.etcd_flags(),
+            _forward: forward,
+        };
+        let (ip, rd) = (format!("{}/24", c.fabric.hosts[i].addr), node.rd());
+        let http = format!("127.0.0.1:{}", crate::cluster::free_port());
+        let plugins = d.plugin_dir().display().to_string();
+        #[rustfmt::skip]
+        let mut args = vec![
+            "--docker-host", &node.docker_host, "node", "--docker", "--ip", &ip, "--name", &name,
+            "--run-dir", &rd, "--log-dir", &rd, "--http", &http, "--plugin-dir", &plugins,
+        ].into_iter().map(str::to_string).collect::<Vec<_>>();
+        args.extend(extra.iter().map(ToString::to_string));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = node.ctl(&args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if !out.status.success() {
+            bail!("calicoctl {}: {text}", args.join(" "));
+        }
+        Ok((node, text))
+    }
+
+    pub fn rd(&self) -> String {
+        self.run_dir.display().to_string()
+    }
+
+    /// The agent's container.
+    pub fn container(&self) -> String {
+        format!("calico-node-{}", self.name)
+    }
+
+    /// calicoctl with etcd's flags, in this host's network namespace.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net={}", self.ns.display()))
+            .arg(crate::cluster::bin("calicoctl"))
+            .args(&self.etcd)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running calicoctl: {e}"))
+    }
+
+    /// `calicoctl status --run-dir ...`: stdout and stderr together, and whether it
+    /// exited 0.
+    pub fn status(&self) -> (bool, String) {
+        let o = self.ctl(&["status", "--run-dir", &self.rd()]);
+        (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        )
+    }
+
+    /// The agent's log (the file the container appends to) and BIRD's.
+    pub fn logs(&self) -> String {
+        ["calico-node.log", "bird.log"]
+            .iter()
+            .map(|f| {
+                let p = self.run_dir.join(f);
+                format!(
+                    "----- {} -----\n{}\n",
+                    p.display(),
+                    std::fs::read_to_string(&p).unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for ContainerNode {
+    fn drop(&mut self) {
+        let _ = self.ctl(&["node", "stop", "--force", "--run-dir", &self.rd()]);
+        let _ = Command::new("docker")
+            .args(["-H", &self.docker_host, "rm", "-f", &self.container()])
+            .output();
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod docker;
+pub mod forward;
 pub mod netns;
 pub mod nftwatch;
 pub mod probe;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 
 use crate::cluster::Cluster;
-use crate::docker::{bird_sessions, birdc_at, calico_net, seed_ip, wait_for, CtlNode, DockerHost};
+use crate::docker::{bird_sessions, birdc_at, calico_net, seed_ip, wait_for, ContainerNode, CtlNode, DockerHost};
 
 /// How a container gets its network.
 #[derive(Clone, Copy, Debug)]
@@ -157,6 +157,21 @@ pub trait SeedNode {
     fn status(&self) -> (bool, String);
 }
 
+impl SeedNode for ContainerNode {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+    fn logs(&self) -> String {
+        ContainerNode::logs(self)
+    }
+    fn status(&self) -> (bool, String) {
+        ContainerNode::status(self)
+    }
+}
+
 impl SeedNode for CtlNode {
     fn name(&self) -> &str {
         &self.name
@@ -177,6 +192,9 @@ impl SeedNode for CtlNode {
 pub enum NodeMode {
     /// `calicoctl node --ip ...`: the agent and BIRD as host processes.
     HostProcess,
+    /// `calicoctl node --docker --ip ...`: the agent and BIRD in a container of the
+    /// host's dockerd.
+    Container,
 }
 
 impl NodeMode {
@@ -185,6 +203,7 @@ impl NodeMode {
     pub fn start(self, c: &Cluster, i: usize, d: &DockerHost, extra: &[&str]) -> anyhow::Result<Box<dyn SeedNode>> {
         match self {
             NodeMode::HostProcess => Ok(Box::new(CtlNode::start(c, i, d, extra)?.0)),
+            NodeMode::Container => Ok(Box::new(ContainerNode::start(c, i, d, extra)?.0)),
         }
     }
 }
@@ -243,7 +262,9 @@ impl Seed5 {
         for w in &WORKLOADS {
             if let Net::Seed(_, group) = w.net {
                 let host = s.docker[w.host].host();
-                s.c.ctl(&["--docker-host", &host, "addtogroup", w.name, group])?;
+                if let Err(e) = s.c.ctl(&["--docker-host", &host, "addtogroup", w.name, group]) {
+                    bail!("{e:#}\n{}", s.logs());
+                }
             }
         }
         for w in &WORKLOADS {
