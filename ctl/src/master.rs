@@ -23,12 +23,12 @@ use std::path::PathBuf;
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{anyhow, bail, Context, Result};
 use calico_schema::{Kind, Resource};
 use calico_store::election::{self, margin, Fence, Lease};
 use calico_store::ipam::{container_handle, Ipam};
 use calico_store::Store;
-use clap::Args;
+use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -36,16 +36,20 @@ use tracing::{debug, info, warn};
 use crate::args::parse_duration;
 use crate::cli::GlobalOpts;
 use crate::conn::Ctx;
+use crate::in_docker::{self, Component};
 use crate::sync::{self, Syncer};
 
 /// The election key.
 pub const LEADER_KEY: &str = "/calico/v1/master/leader";
 
 #[derive(Debug, Clone, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct MasterArgs {
+    #[command(subcommand)]
+    pub command: Option<MasterCommand>,
     /// This master's address: its identity in the election (shown as the leader)
-    #[arg(long, value_name = "IP")]
-    pub ip: IpAddr,
+    #[arg(long, value_name = "IP", required = true)]
+    pub ip: Option<IpAddr>,
     /// A name for this master [default: the host name]
     #[arg(long)]
     pub name: Option<String>,
@@ -75,7 +79,26 @@ pub struct MasterArgs {
     /// How often the leader looks for IPAM garbage
     #[arg(long = "gc-interval", default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub gc_interval: Duration,
+    /// Run the master as the Docker container `calico-master` in the dockerd of
+    /// --docker-host (host network, restarted unless stopped) instead of in this process
+    #[arg(long)]
+    pub docker: bool,
+    /// The master's image for --docker [default: calico-docker/master:VERSION, built by
+    /// scripts/build-images.sh]
+    #[arg(long, value_name = "IMAGE", requires = "docker")]
+    pub master_image: Option<String>,
 }
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum MasterCommand {
+    /// Stop and remove the `calico-master` container (`master --docker`)
+    Stop,
+    /// The `calico-master` container's state and which master leads
+    Status,
+}
+
+/// The container `master --docker` runs.
+pub const MASTER_CONTAINER: &str = "calico-master";
 
 /// The leader key's value.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -272,6 +295,15 @@ async fn lead(store: &Store, a: &MasterArgs, me: &LeaderInfo, lease: &Lease) -> 
 }
 
 pub async fn run(g: &GlobalOpts, a: &MasterArgs) -> Result<()> {
+    match a.command {
+        Some(MasterCommand::Stop) => return stop(g).await,
+        Some(MasterCommand::Status) => return status(g).await,
+        None => {}
+    }
+    let ip = a.ip.ok_or_else(|| anyhow!("--ip is required"))?;
+    if a.docker {
+        return start_in_docker(g, a, ip).await;
+    }
     sync::init_logging("info");
     if let Some(id) = &a.sync_id {
         sync::status::check_id(id)?;
@@ -281,14 +313,11 @@ pub async fn run(g: &GlobalOpts, a: &MasterArgs) -> Result<()> {
     let client = store.client();
     let host = sync::hostname();
     let me = LeaderInfo {
-        name: a.name.clone().unwrap_or_else(|| {
-            if host.is_empty() {
-                a.ip.to_string()
-            } else {
-                host.clone()
-            }
-        }),
-        ip: a.ip,
+        name: a
+            .name
+            .clone()
+            .unwrap_or_else(|| if host.is_empty() { ip.to_string() } else { host.clone() }),
+        ip,
         host,
         pid: std::process::id(),
         since: 0,
@@ -327,4 +356,157 @@ fn describe_leader(value: &[u8]) -> String {
     serde_json::from_slice::<LeaderInfo>(value)
         .map(|l| format!("{} ({}, pid {} on {})", l.name, l.ip, l.pid, l.host))
         .unwrap_or_else(|_| "an unknown master".into())
+}
+
+// ------------------------------------------------------------------ in Docker
+
+/// The `calicoctl master` command line a container runs: this one's flags, etcd's
+/// connection and absolute paths (the container sees host paths at the same place).
+fn container_args(g: &GlobalOpts, a: &MasterArgs, ip: IpAddr) -> Result<(Vec<String>, in_docker::Mounts)> {
+    let abs = |p: &std::path::Path| -> Result<String> {
+        Ok(std::path::absolute(p)
+            .with_context(|| p.display().to_string())?
+            .display()
+            .to_string())
+    };
+    let mut args: Vec<String> = vec![
+        "--etcd".into(),
+        crate::conn::endpoints(g),
+        "--timeout".into(),
+        g.timeout.to_string(),
+    ];
+    let mut mounts = Vec::new();
+    for (flag, file) in [
+        ("--etcd-ca", &g.etcd_ca),
+        ("--etcd-cert", &g.etcd_cert),
+        ("--etcd-key", &g.etcd_key),
+    ] {
+        if let Some(f) = file {
+            std::fs::metadata(f).with_context(|| format!("{flag} {}", f.display()))?;
+            args.extend([flag.to_string(), abs(f)?]);
+            mounts.push((abs(f)?, true));
+        }
+    }
+    args.extend(["master".into(), "--ip".into(), ip.to_string()]);
+    if let Some(n) = &a.name {
+        args.extend(["--name".into(), n.clone()]);
+    }
+    if let Some(dir) = &a.sync_dir {
+        if !dir.is_dir() {
+            bail!("--sync-dir {}: not a directory", dir.display());
+        }
+        let dir = abs(dir)?;
+        args.extend(["--sync-dir".into(), dir.clone()]);
+        // The sync id defaults to one derived from the path: the same path inside.
+        mounts.push((dir, true));
+        if let Some(id) = &a.sync_id {
+            args.extend(["--sync-id".into(), id.clone()]);
+        }
+        if a.prune {
+            args.push("--prune".into());
+        }
+        if a.adopt {
+            args.push("--adopt".into());
+        }
+        args.extend(["--sync-interval".into(), format!("{}ms", a.sync_interval.as_millis())]);
+    }
+    args.extend([
+        "--lease-ttl".into(),
+        a.lease_ttl.to_string(),
+        "--gc-grace".into(),
+        format!("{}ms", a.gc_grace.as_millis()),
+        "--gc-interval".into(),
+        format!("{}ms", a.gc_interval.as_millis()),
+    ]);
+    Ok((args, mounts))
+}
+
+async fn start_in_docker(g: &GlobalOpts, a: &MasterArgs, ip: IpAddr) -> Result<()> {
+    if let Some(id) = &a.sync_id {
+        sync::status::check_id(id)?;
+    }
+    let (args, mounts) = container_args(g, a, ip)?;
+    let (docker, host) = in_docker::connect(g.docker_host.as_deref()).await?;
+    let component = Component {
+        kind: "master",
+        name: MASTER_CONTAINER.into(),
+        image: a
+            .master_image
+            .clone()
+            .unwrap_or_else(|| in_docker::default_image("master")),
+        args,
+        mounts,
+    };
+    let st = in_docker::start(&docker, &host, &component).await?;
+    // A master that cannot reach etcd or refuses its flags exits at once: say so here.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    match in_docker::state(&docker, MASTER_CONTAINER).await? {
+        Some(now) if now.running && now.restarts == 0 => {}
+        Some(now) => bail!(
+            "container {MASTER_CONTAINER} did not stay up ({}); its last output:\n{}",
+            now.describe(MASTER_CONTAINER),
+            in_docker::logs(&docker, MASTER_CONTAINER, 15).await
+        ),
+        None => bail!("container {MASTER_CONTAINER} is gone"),
+    }
+    println!(
+        "Started the master in container {MASTER_CONTAINER} (image {}, pid {}) in dockerd at {host}",
+        component.image, st.pid
+    );
+    println!("Log: `docker logs {MASTER_CONTAINER}`; state: `calicoctl master status`");
+    Ok(())
+}
+
+async fn stop(g: &GlobalOpts) -> Result<()> {
+    let (docker, host) = in_docker::connect(g.docker_host.as_deref()).await?;
+    let Some(st) = in_docker::state(&docker, MASTER_CONTAINER).await? else {
+        bail!(
+            "no {MASTER_CONTAINER} container in dockerd at {host} (a master run in the foreground stops with Ctrl-C or SIGTERM)"
+        );
+    };
+    in_docker::remove(&docker, MASTER_CONTAINER, Duration::from_secs(10)).await?;
+    println!(
+        "Stopped and removed container {MASTER_CONTAINER} ({} before) in dockerd at {host}",
+        st.status
+    );
+    Ok(())
+}
+
+/// The container (if Docker can be asked) and the leader (if etcd can be): exit 0
+/// when this host's master container runs.
+async fn status(g: &GlobalOpts) -> Result<()> {
+    let mut running = false;
+    match in_docker::connect(g.docker_host.as_deref()).await {
+        Ok((docker, host)) => match in_docker::state(&docker, MASTER_CONTAINER).await {
+            Ok(Some(st)) => {
+                running = st.running;
+                println!("container: {}", st.describe(MASTER_CONTAINER));
+            }
+            Ok(None) => println!("container: none ({MASTER_CONTAINER} is not in dockerd at {host})"),
+            Err(e) => println!("container: unknown ({e:#})"),
+        },
+        Err(e) => println!("container: unknown ({e:#})"),
+    }
+    match Ctx::connect(g).await {
+        Ok(ctx) => match election::leader(&ctx.store.client(), LEADER_KEY, ctx.cfg.timeout).await {
+            Ok(Some(v)) => match serde_json::from_slice::<LeaderInfo>(&v) {
+                Ok(l) => println!(
+                    "leader:    {} ({}, pid {} on {}), leading for {}",
+                    l.name,
+                    l.ip,
+                    l.pid,
+                    l.host,
+                    crate::status::age(l.since).trim_end_matches(" ago")
+                ),
+                Err(_) => println!("leader:    an unknown master ({LEADER_KEY} is not a master's record)"),
+            },
+            Ok(None) => println!("leader:    none (no master leads)"),
+            Err(e) => println!("leader:    unknown ({e})"),
+        },
+        Err(e) => println!("leader:    unknown ({e:#})"),
+    }
+    if !running {
+        bail!("the {MASTER_CONTAINER} container is not running");
+    }
+    Ok(())
 }

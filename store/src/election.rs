@@ -57,6 +57,13 @@ async fn within<T>(
     }
 }
 
+/// The leader key's value now (None: nobody leads), bounded by `call`.
+pub async fn leader(client: &Client, key: &str, call: Duration) -> Result<Option<Vec<u8>>, String> {
+    let mut kv = client.kv_client();
+    let resp = within(call, kv.get(key, None)).await?;
+    Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
+}
+
 /// Gives the lease up at once (a leader handing over), bounded by `call`; best effort.
 pub async fn revoke(client: &Client, lease: &Lease, call: Duration) {
     let mut l = client.lease_client();
