@@ -2,7 +2,8 @@
 //!
 //! A private etcd; two hosts (network namespaces on a bridge), each with its own dockerd
 //! (its defaults: iptables on), started the way calico_e2e::docker::DockerHost starts
-//! them, and its agent (with BIRD) started by `calicoctl node`; the seed's five
+//! them, and its agent (with BIRD) started by `calicoctl node` (with
+//! `--docker-components`, `calicoctl node --docker`: in a container); the seed's five
 //! containers started with `docker run`, A and D through the calico network driver, B,
 //! C and E the seed's way (`--net=none -e CALICO_IP=...`, then `calicoctl addtogroup`).
 //! Who reaches whom is measured by `docker exec ... ping` and printed next to what the
@@ -15,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use calico_e2e::cluster::{bin, Cluster};
-use calico_e2e::docker::{allowed, calico_net, wait_for, CtlNode, DockerHost, IMAGE};
-use calico_e2e::seed5::{address, measure_with, Net, GROUPS, NETWORKS, WORKLOADS};
+use calico_e2e::docker::{allowed, build_images, calico_net, wait_for, ContainerNode, CtlNode, DockerHost, IMAGE};
+use calico_e2e::seed5::{address, measure_with, Net, SeedNode, GROUPS, NETWORKS, WORKLOADS};
 
 /// Where `--keep` leaves its teardown script and shell helpers.
 pub const KEEP_DIR: &str = "/run/calico-demo";
@@ -186,7 +187,7 @@ fn matrix(c: &Cluster, docker: &[DockerHost], ips: &[String]) -> anyhow::Result<
     Ok(differ)
 }
 
-pub fn run(keep: bool) -> anyhow::Result<()> {
+pub fn run(keep: bool, components: bool) -> anyhow::Result<()> {
     let keep_script = Path::new(KEEP_DIR).join("down.sh");
     if keep && keep_script.exists() {
         bail!(
@@ -207,7 +208,7 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
 
     // Declared before the dockerds so it is dropped after them: containers go first,
     // while their agents still run.
-    let mut nodes: Vec<CtlNode> = Vec::new();
+    let mut nodes: Vec<Box<dyn SeedNode>> = Vec::new();
     step("a dockerd on each host, with its defaults (iptables on), and a busybox image (docker import, no registry)");
     let (n1, n2) = (c.host_ns(0).path(), c.host_ns(1).path());
     let t1 = std::thread::spawn(move || DockerHost::start(&n1));
@@ -224,17 +225,44 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
         );
     }
 
-    step("calicoctl node on each host: the agent and its BIRD, serving the Docker plugin");
+    if components {
+        step("scripts/build-images.sh: calico-docker/node and calico-docker/master, docker import into each dockerd");
+        let t = Instant::now();
+        build_images(&[&docker[0], &docker[1]])?;
+        println!("  built and imported in {:.1} s", t.elapsed().as_secs_f64());
+        step("calicoctl node --docker on each host: the agent and its BIRD in a container, serving the Docker plugin");
+    } else {
+        step("calicoctl node on each host: the agent and its BIRD, serving the Docker plugin");
+    }
     for (i, d) in docker.iter().enumerate() {
         println!(
-            "  host{}$ calicoctl node --ip {}/24 --name host{}",
+            "  host{}$ calicoctl node{} --ip {}/24 --name host{}",
             i + 1,
+            if components { " --docker" } else { "" },
             c.fabric.hosts[i].addr,
             i + 1
         );
-        let (node, out) = CtlNode::start(&c, i, d, &[])?;
+        let (node, out): (Box<dyn SeedNode>, String) = if components {
+            let (n, out) = ContainerNode::start(&c, i, d, &[])?;
+            (Box::new(n), out)
+        } else {
+            let (n, out) = CtlNode::start(&c, i, d, &[])?;
+            (Box::new(n), out)
+        };
         nodes.push(node);
         print!("{}", indent(&out));
+    }
+    if components {
+        print!(
+            "{}",
+            indent(&docker[0].must(&[
+                "ps",
+                "--filter",
+                "name=calico-node",
+                "--format",
+                "host1$ docker ps: {{.Names}}  {{.Image}}  {{.Status}}"
+            ]))
+        );
     }
     for d in &docker {
         d.wait_for_plugin()?;
@@ -310,7 +338,7 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
     step("calicoctl showgroups --detailed");
     print!("{}", indent(&c.ctl(&["showgroups", "--detailed"])?));
     step("calicoctl status   (on host1)");
-    print!("{}", indent(&c.ctl(&["status", "--run-dir", &nodes[0].rd()])?));
+    print!("{}", indent(&nodes[0].status().1));
     step("routes host1 learned over BGP (ip route show proto bird)");
     print!(
         "{}",
@@ -361,15 +389,15 @@ fn indent(text: &str) -> String {
     text.lines().map(|l| format!("  {l}\n")).collect()
 }
 
-fn logs(nodes: &[CtlNode]) -> String {
-    nodes.iter().map(CtlNode::logs).collect()
+fn logs(nodes: &[Box<dyn SeedNode>]) -> String {
+    nodes.iter().map(|n| n.logs()).collect()
 }
 
 /// `--keep`: writes the teardown script and shell helpers, then leaves every process,
 /// namespace and directory as it is (their guards are forgotten, not dropped).
 fn keep_running(
     c: Cluster,
-    nodes: Vec<CtlNode>,
+    nodes: Vec<Box<dyn SeedNode>>,
     docker: [DockerHost; 2],
     ips: &[String],
     started: Instant,
@@ -384,7 +412,7 @@ fn keep_running(
         etcd: c.etcd.endpoint(),
         etcd_pid: c.etcd.pid(),
         dockerds: docker.iter().map(|d| (d.host(), d.dockerd_pid())).collect(),
-        run_dirs: nodes.iter().map(|n| n.run_dir.clone()).collect(),
+        run_dirs: nodes.iter().map(|n| n.run_dir().to_path_buf()).collect(),
         netns,
         dirs,
     };
@@ -408,7 +436,7 @@ fn keep_running(
         "left running (--keep), after {:.0} s",
         started.elapsed().as_secs_f64()
     ));
-    let rd1 = nodes[0].rd();
+    let rd1 = nodes[0].run_dir().display().to_string();
     println!(
         "  . {KEEP_DIR}/env   # defines calicoctl, docker1 (host1's dockerd), docker2 (host2's)\n\
          \x20 docker1 ps\n\
