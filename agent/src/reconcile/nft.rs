@@ -18,16 +18,17 @@ use std::time::Instant;
 use calico_render::{normalize_listing, Delta, NodeView};
 use tracing::{debug, info, warn};
 
-use super::{AddressManager, Dataplane, Reconciler, Report, WorkloadResolver};
+use super::{AddressManager, Dataplane, Phases, Reconciler, Report, WorkloadResolver};
 
 impl<D: Dataplane, A: AddressManager, R: WorkloadResolver> Reconciler<D, A, R> {
     /// Renders the table and makes the kernel's equal to it with the smallest
     /// transaction: nothing when it is unchanged, the delta from the table last
     /// committed, or a whole load at start, after a failed transaction, and when the
     /// periodic check finds the kernel's table is not what was committed.
-    pub(super) async fn nft_step(&mut self, view: &NodeView, report: &mut Report) {
+    pub(super) async fn nft_step(&mut self, view: &NodeView, report: &mut Report, phases: &mut Phases) {
         let table = calico_render::render_nft(view);
         report.nft_rules = table.counts().rules;
+        phases.mark("render");
         let verifying = std::mem::take(&mut self.nft_verify);
         let t = Instant::now();
         let delta = match &self.committed {
@@ -57,9 +58,12 @@ impl<D: Dataplane, A: AddressManager, R: WorkloadResolver> Reconciler<D, A, R> {
             Delta::Patch(patch) => match patch.to_text() {
                 Ok(text) => {
                     report.nft_loads += 1;
+                    phases.mark("delta");
                     match self.dp.apply_nft(text.as_bytes()).await {
                         Ok(()) => {
                             report.nft_committed_at = Some(Instant::now());
+                            phases.mark("nft");
+                            report.to_commit = std::mem::take(&mut phases.done);
                             debug!(commands = patch.len(), bytes = text.len(), "nftables delta committed");
                             patched = true;
                             None
@@ -84,12 +88,17 @@ impl<D: Dataplane, A: AddressManager, R: WorkloadResolver> Reconciler<D, A, R> {
                 report.nft_loads += 1;
                 report.nft_whole_loads += 1;
                 let loaded = match table.to_load_text() {
-                    Ok(text) => self.dp.apply_nft(text.as_bytes()).await.map_err(|e| e.to_string()),
+                    Ok(text) => {
+                        phases.mark("delta");
+                        self.dp.apply_nft(text.as_bytes()).await.map_err(|e| e.to_string())
+                    }
                     Err(e) => Err(e.to_string()),
                 };
                 match loaded {
                     Ok(()) => {
                         report.nft_committed_at = Some(Instant::now());
+                        phases.mark("nft");
+                        report.to_commit = std::mem::take(&mut phases.done);
                         true
                     }
                     Err(e) => {
