@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use calico_render::{NftTable, RouteSpec};
@@ -66,10 +67,14 @@ pub trait Dataplane: Send + Sync {
     fn list_workloads(&self, prefix: &str) -> impl Future<Output = Result<Vec<String>, StepError>> + Send;
     /// Commits nftables commands in nft's own syntax (`nft -f -`) as one transaction.
     fn apply_nft(&self, text: &[u8]) -> impl Future<Output = Result<(), StepError>> + Send;
-    /// Keeps the whole ruleset as last committed where people and `calicoctl diags` read
-    /// it (replaced by rename). A fake dataplane keeps nothing.
-    fn write_nft_file(&self, _json: &[u8]) -> impl Future<Output = Result<(), StepError>> + Send {
-        async { Ok(()) }
+    /// Keeps `table`, just committed, as the whole ruleset where people and `calicoctl
+    /// diags` read it (replaced by rename). Called right after each commit and off the
+    /// path to the next one: the real dataplane hands both tables to a writer thread,
+    /// which prints the newest as JSON, writes it and frees `retired` (the table it
+    /// replaces: freeing 10k endpoints' chains is itself milliseconds). A fake dataplane
+    /// keeps nothing.
+    fn write_nft_file(&self, table: Arc<NftTable>, retired: Option<Arc<NftTable>>) {
+        drop((table, retired));
     }
     fn apply_routes(&self, routes: &[RouteSpec]) -> impl Future<Output = Result<(), StepError>> + Send;
     /// Checks, installs and activates bird.conf.
@@ -211,10 +216,13 @@ pub struct Reconciler<D, A, R> {
     /// resync or failure: until the next one, `plumbed` is trusted.
     workloads_listed: bool,
     last_bird: Option<String>,
+    /// The routes as last synced without error; `None` before the first sync, after a
+    /// failure and at a resync (then they are synced again).
+    last_routes: Option<Vec<RouteSpec>>,
     /// The table as last committed to the kernel, which the next delta starts from;
     /// `None` before the first load and after a failed transaction (the next load is
     /// then whole).
-    committed: Option<NftTable>,
+    committed: Option<Arc<NftTable>>,
     /// The periodic check is due: read our table back and compare.
     nft_verify: bool,
     last_statuses: BTreeMap<String, ContainerStatus>,
@@ -235,6 +243,7 @@ impl<D: Dataplane, A: AddressManager, R: WorkloadResolver> Reconciler<D, A, R> {
             plumbed: BTreeMap::new(),
             workloads_listed: false,
             last_bird: None,
+            last_routes: None,
             committed: None,
             nft_verify: false,
             last_statuses: BTreeMap::new(),
@@ -254,6 +263,7 @@ impl<D: Dataplane, A: AddressManager, R: WorkloadResolver> Reconciler<D, A, R> {
         self.plumbed.clear();
         self.workloads_listed = false;
         self.last_bird = None;
+        self.last_routes = None;
         self.nft_verify = true;
         self.host_checked = false;
     }
@@ -289,8 +299,7 @@ impl<D: Dataplane, A: AddressManager, R: WorkloadResolver> Reconciler<D, A, R> {
         let view = plan::view(&self.node, input.resources, addrs, &statuses, &blocks);
         phases.mark("view");
         self.nft_step(&view, &mut report, &mut phases).await;
-        self.routes_step(&calico_render::render_routes(&view), &mut report)
-            .await;
+        self.routes_step(calico_render::render_routes(&view), &mut report).await;
         self.bird_step(calico_render::render_bird(&view), &mut report).await;
 
         let changed = self.status_step(statuses, &mut report);

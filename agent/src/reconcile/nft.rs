@@ -13,6 +13,7 @@
 //! Kept in a file of its own because the nft transport is the part of the reconcile
 //! that changes most.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use calico_render::{normalize_listing, Delta, NodeView};
@@ -111,11 +112,11 @@ impl<D: Dataplane, A: AddressManager, R: WorkloadResolver> Reconciler<D, A, R> {
             }
         };
         if committed {
-            let json = table.to_batch().to_json_bytes();
-            if let Err(e) = self.dp.write_nft_file(&json).await {
-                warn!(error = %e, "could not write the nftables file");
-            }
-            self.committed = Some(table);
+            // The file and the freeing of the table it replaces are the writer's: off the
+            // path from this commit to the next.
+            let table = Arc::new(table);
+            let retired = self.committed.replace(table.clone());
+            self.dp.write_nft_file(table, retired);
         }
         report.nft_duration = t.elapsed();
     }

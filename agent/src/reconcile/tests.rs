@@ -29,6 +29,8 @@ pub(super) struct FakeDp {
     kernel: Mutex<Option<String>>,
     /// How many times the workload interfaces were listed.
     listings: Mutex<usize>,
+    /// How many times the routes were synced.
+    route_syncs: Mutex<usize>,
 }
 
 impl Dataplane for FakeDp {
@@ -70,6 +72,7 @@ impl Dataplane for FakeDp {
         Ok(())
     }
     async fn apply_routes(&self, routes: &[RouteSpec]) -> Result<(), StepError> {
+        *self.route_syncs.lock().unwrap() += 1;
         *self.routes.lock().unwrap() = routes.to_vec();
         Ok(())
     }
@@ -497,4 +500,35 @@ async fn an_address_taken_out_of_the_spec_is_released_and_only_that_one() {
     let c = cache(&[container("x", None), handle(r#""10.65.0.9","fd00::9""#)]);
     r.reconcile(&c).await;
     assert_eq!(r.ipam.released_ips.lock().unwrap().len(), 1);
+}
+
+/// Routes are synced when they change and at a resync, not on every reconcile (a sync
+/// lists every link and route of the host).
+#[tokio::test]
+async fn routes_are_synced_only_when_they_change() {
+    let mut r = rec();
+    let syncs = |r: &Reconciler<FakeDp, FakeIpam, NetnsOnly>| *r.dp.route_syncs.lock().unwrap();
+    let mut c = cache(&[container("x", Some("10.65.0.9"))]);
+    r.reconcile(&c).await;
+    assert_eq!(syncs(&r), 1);
+    r.reconcile(&c).await;
+    assert_eq!(syncs(&r), 1, "unchanged routes are not synced again");
+    let (k, v) = container("y", Some("10.65.0.10"));
+    c.apply(WatchEvent::Put {
+        key: k.to_string(),
+        value: v.into_bytes(),
+        mod_revision: 10,
+    });
+    r.reconcile(&c).await;
+    assert_eq!(syncs(&r), 2);
+    assert!(r
+        .dp
+        .routes
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|rt| rt.dst.to_string() == "10.65.0.10/32"));
+    r.forget_plumbing();
+    r.reconcile(&c).await;
+    assert_eq!(syncs(&r), 3, "a resync syncs them again");
 }
