@@ -38,8 +38,10 @@ echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg); whole outputs in $logs"
 
 # Builds first (outside the lock): the agent and calicoctl binaries the end-to-end
-# benches start, the test binaries, and the render bench (release, as cargo bench is).
+# benches start (release builds, what users run; the debug ones for the rest), the test
+# binaries, and the render bench (release, as cargo bench is).
 cargo build --locked -p calico-agent -p calicoctl --bins
+cargo build --locked --release -p calico-agent -p calicoctl --bins
 cargo test --locked -p calico-e2e --test bench_agent --no-run
 cargo test --locked -p calicoctl --test bench_apply --no-run
 cargo bench --locked -p calico-render --bench render --no-run

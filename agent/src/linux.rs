@@ -21,8 +21,8 @@ pub struct LinuxDataplane {
     plumber: Plumber,
     routes: droutes::NetlinkRoutes,
     nft: NftCommand,
-    /// Where the whole ruleset as last committed is kept (`nft.json` beside bird.conf).
-    nft_file: Option<PathBuf>,
+    /// Keeps the whole ruleset as last committed in `nft.json` beside bird.conf.
+    nft_file: crate::dataplane::nft::NftFileWriter,
     iptables: Iptables,
     host_netns: Option<PathBuf>,
     bird_opts: BirdOptions,
@@ -69,7 +69,7 @@ impl LinuxDataplane {
             plumber,
             routes,
             nft,
-            nft_file: Some(nft_file),
+            nft_file: crate::dataplane::nft::NftFileWriter::start(nft_file),
             iptables: Iptables::new(host_netns.clone()),
             host_netns,
             bird_opts,
@@ -130,6 +130,8 @@ impl LinuxDataplane {
         if let Some(m) = self.monitor_handle().take() {
             m.abort();
         }
+        // nft.json as last committed, before the agent exits.
+        self.nft_file.flush().await;
         match std::mem::take(&mut *self.bird.lock().await) {
             Bird::Supervised { sup, .. } => {
                 let pid = sup.detach().await;
@@ -268,16 +270,8 @@ impl Dataplane for LinuxDataplane {
         result.map_err(|e| StepError::wrap("commit to table inet calico", e))
     }
 
-    async fn write_nft_file(&self, json: &[u8]) -> Result<(), StepError> {
-        let Some(path) = &self.nft_file else {
-            return Ok(());
-        };
-        crate::dataplane::nft::write_file_atomic(path, json).map_err(|e| {
-            StepError::wrap(
-                "write the nftables file",
-                std::io::Error::new(e.kind(), format!("{}: {e}", path.display())),
-            )
-        })
+    fn write_nft_file(&self, table: Arc<calico_render::NftTable>, retired: Option<Arc<calico_render::NftTable>>) {
+        self.nft_file.write(table, retired);
     }
 
     async fn nft_listing(&self) -> Result<Option<String>, StepError> {

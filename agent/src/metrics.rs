@@ -9,6 +9,7 @@ use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
@@ -37,6 +38,7 @@ pub struct Metrics {
     nft_loads: Counter,
     event_to_commit_seconds: Histogram,
     event_to_commit_seconds_last: FloatGauge,
+    event_to_commit_phase_seconds: Family<Vec<(String, String)>, FloatGauge>,
     endpoints_programmed: Gauge,
     endpoints_failed: Gauge,
     nft_rules: Gauge,
@@ -60,6 +62,7 @@ impl Default for Metrics {
             nft_loads: Counter::default(),
             event_to_commit_seconds: duration_buckets(),
             event_to_commit_seconds_last: FloatGauge::default(),
+            event_to_commit_phase_seconds: Family::default(),
             endpoints_programmed: Gauge::default(),
             endpoints_failed: Gauge::default(),
             nft_rules: Gauge::default(),
@@ -111,6 +114,11 @@ impl Default for Metrics {
             "calico_event_to_commit_seconds_last",
             "The last event-to-commit time, in seconds",
             m.event_to_commit_seconds_last.clone(),
+        );
+        r.register(
+            "calico_event_to_commit_phase_seconds",
+            "Where the last event-to-commit time went: the wait before the reconcile (debounce), then the reconcile's steps up to the commit, in seconds",
+            m.event_to_commit_phase_seconds.clone(),
         );
         r.register(
             "calico_endpoints_programmed",
@@ -202,6 +210,21 @@ impl Metrics {
         let secs = d.as_secs_f64();
         self.event_to_commit_seconds.observe(secs);
         self.event_to_commit_seconds_last.set(secs);
+    }
+
+    /// Where the last event-to-commit time went, phase by phase (a phase named twice is
+    /// added up); phases the last change did not have read 0.
+    pub fn set_event_to_commit_phases(&self, phases: &[(&'static str, std::time::Duration)]) {
+        let mut sums: std::collections::BTreeMap<&str, f64> = std::collections::BTreeMap::new();
+        for (name, d) in phases {
+            *sums.entry(name).or_default() += d.as_secs_f64();
+        }
+        self.event_to_commit_phase_seconds.clear();
+        for (name, secs) in sums {
+            self.event_to_commit_phase_seconds
+                .get_or_create(&vec![("phase".to_string(), name.to_string())])
+                .set(secs);
+        }
     }
 
     /// The revision the last error-free reconcile enforced (what `apply --wait` waits for).

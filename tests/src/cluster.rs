@@ -12,9 +12,20 @@ use calico_store::testing::TestEtcd;
 use crate::netns::{Fabric, Netns};
 use crate::unique;
 
-/// The directory holding the workspace's built binaries (target/debug), found from
-/// the running test executable (target/debug/deps/<test>).
+/// Which build of the workspace's binaries (calico-node, calicoctl, calico-demo) the
+/// harness starts: the end-to-end tests use the binaries of their own profile
+/// (target/debug), the agent benchmarks switch to release builds with
+/// [`use_release_binaries`], because users run release builds.
+static BIN_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// The directory holding the built binaries the harness starts: target/debug (found
+/// from the running test executable, target/debug/deps/<test>), or target/release
+/// after [`use_release_binaries`].
 pub fn bin_dir() -> PathBuf {
+    BIN_DIR.get().cloned().unwrap_or_else(own_profile_dir)
+}
+
+fn own_profile_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
     // Test executables live in target/debug/deps, binaries (the demo) in target/debug.
@@ -23,6 +34,50 @@ pub fn bin_dir() -> PathBuf {
     } else {
         dir
     }
+}
+
+/// From now on, this process starts the release builds (target/release) of calico-node
+/// and calicoctl, whatever profile the test itself was built with: the benchmarks
+/// measure what users run. `cargo test` does not build them: run `cargo build
+/// --release -p calico-agent -p calicoctl` first (scripts/bench.sh does). Returns the
+/// directory, or an error naming what is missing.
+pub fn use_release_binaries() -> Result<PathBuf, String> {
+    let own = own_profile_dir();
+    let release = own
+        .parent()
+        .map(|t| t.join("release"))
+        .ok_or_else(|| format!("no target directory above {}", own.display()))?;
+    for name in ["calico-node", "calicoctl"] {
+        if !release.join(name).exists() {
+            return Err(format!(
+                "{} not built: run `cargo build --release -p calico-agent -p calicoctl` first",
+                release.join(name).display()
+            ));
+        }
+    }
+    let set = BIN_DIR.get_or_init(|| release.clone());
+    if *set == release {
+        Ok(release)
+    } else {
+        Err(format!("binaries already chosen from {}", set.display()))
+    }
+}
+
+/// When `name` in [`bin_dir`] was built (its mtime), for benchmark output: a stale
+/// release binary measures old code.
+pub fn bin_built(name: &str) -> String {
+    std::fs::metadata(bin_dir().join(name))
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| {
+            let ago = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|n| n.as_secs().saturating_sub(d.as_secs()))
+                .unwrap_or(0);
+            format!("built {ago} s ago")
+        })
+        .unwrap_or_else(|| "not built".into())
 }
 
 pub fn bin(name: &str) -> PathBuf {

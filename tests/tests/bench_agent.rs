@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo build --workspace
+//! cargo build --release -p calico-agent -p calicoctl   # the agents the benches start
 //! cargo test -p calico-e2e --test bench_agent -- --ignored --nocapture --test-threads 1
 //! ```
 //!
@@ -23,8 +24,21 @@ use calico_e2e::probe::in_netns;
 use calico_e2e::scenario::{self, await_ping, ip};
 use calico_e2e::{can_connect, serial, Listener, Netns};
 
-/// The binaries under test are the ones built with this test's profile.
+/// The profile of this test binary: what the in-process plumbing bench runs.
 const PROFILE: &str = if cfg!(debug_assertions) { "debug" } else { "release" };
+
+/// The benches that start agents run the release builds of calico-node and calicoctl
+/// (what users run), whatever this test was built with: `cargo build --release -p
+/// calico-agent -p calicoctl` first. Returns the build's name for the figures.
+fn release_agents() -> String {
+    let dir = calico_e2e::cluster::use_release_binaries().unwrap_or_else(|e| panic!("{e}"));
+    let built = calico_e2e::cluster::bin_built("calico-node");
+    println!(
+        "BENCH agents: release binaries from {} (calico-node {built})",
+        dir.display()
+    );
+    "release".into()
+}
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -163,6 +177,7 @@ fn spin_until_open(from: &Netns, to: IpAddr, port: u16, t0: Instant, limit: Dura
 #[ignore = "benchmark: run by hand with --ignored --nocapture"]
 fn bench_policy_apply_to_enforced() {
     let _g = serial();
+    let build = release_agents();
     let wls: &[scenario::Wl] = &[
         ("cl", 0, Some("10.65.0.10"), "client"),
         ("t1", 0, Some("10.65.0.20"), "target"),
@@ -237,7 +252,7 @@ spec:
     }
     println!(
         "BENCH apply-to-enforced ({RUNS} runs, {} build): median {:.1} ms until all three hosts enforce (min {:.1}, max {:.1}); per host median {:.1} / {:.1} / {:.1} ms; `calicoctl apply` itself median {:.1} ms",
-        PROFILE,
+        build,
         median(&mut all.clone()),
         all.iter().copied().fold(f64::INFINITY, f64::min),
         all.iter().copied().fold(0.0, f64::max),
@@ -261,6 +276,7 @@ fn proc_kb(pid: u32, field: &str) -> u64 {
 #[ignore = "benchmark: run by hand with --ignored --nocapture"]
 fn bench_agent_memory_1k_endpoints() {
     let _g = serial();
+    let build = release_agents();
     const N: usize = 1000;
     const GROUPS: usize = 20;
     let mut c = scenario::cluster(1, None, &[]).expect("cluster");
@@ -332,7 +348,7 @@ fn bench_agent_memory_1k_endpoints() {
         .matches(": cali")
         .count();
     println!(
-        "BENCH memory ({PROFILE} build): {N} endpoints (real namespaces, {links} veths), {GROUPS} groups, 10 policies: agent RSS median {:.1} MiB, max {:.1} MiB over 11 s of steady state (lifetime peak {:.1} MiB, idle before {:.1} MiB), BIRD RSS {:.1} MiB; {rules} nft rules; full resync reconcile {:.0} ms (nft load {:.0} ms); {N} namespaces made in {made:?}, all programmed {converged:?} after apply",
+        "BENCH memory ({build} build): {N} endpoints (real namespaces, {links} veths), {GROUPS} groups, 10 policies: agent RSS median {:.1} MiB, max {:.1} MiB over 11 s of steady state (lifetime peak {:.1} MiB, idle before {:.1} MiB), BIRD RSS {:.1} MiB; {rules} nft rules; full resync reconcile {:.0} ms (nft load {:.0} ms); {N} namespaces made in {made:?}, all programmed {converged:?} after apply",
         rss as f64 / 1024.0,
         steady_max / 1024.0,
         hwm as f64 / 1024.0,
@@ -376,8 +392,9 @@ fn nft_in(ns: &Netns, args: &[&str]) -> Result<Duration, String> {
 }
 
 /// Applies `yaml` and returns the agent's own event-to-commit time for it: waits until
-/// `calico_event_to_commit_seconds_count` moves past `count` and `done` holds.
-fn agent_change(c: &Cluster, yaml: &str, done: &dyn Fn(&Cluster) -> bool) -> Option<f64> {
+/// `calico_event_to_commit_seconds_count` moves past `count` and `done` holds. The
+/// change's breakdown (`calico_event_to_commit_phase_seconds`) goes into `phases`.
+fn agent_change(c: &Cluster, yaml: &str, done: &dyn Fn(&Cluster) -> bool, phases: &mut Breakdown) -> Option<f64> {
     let a = &c.agents["host1"];
     let count = a.metric("calico_event_to_commit_seconds_count").unwrap_or(0.0);
     if let Err(e) = c.apply(yaml) {
@@ -390,9 +407,45 @@ fn agent_change(c: &Cluster, yaml: &str, done: &dyn Fn(&Cluster) -> bool) -> Opt
             .is_some_and(|n| n > count)
             && done(c)
     });
-    ok.then(|| a.metric("calico_event_to_commit_seconds_last"))
-        .flatten()
-        .map(|s| s * 1e3)
+    if !ok {
+        return None;
+    }
+    let page = a.metrics();
+    let mut last = None;
+    for l in page.lines() {
+        if let Some(v) = l.strip_prefix("calico_event_to_commit_seconds_last ") {
+            last = v.trim().parse::<f64>().ok().map(|s| s * 1e3);
+        } else if let Some(rest) = l.strip_prefix("calico_event_to_commit_phase_seconds{phase=\"") {
+            if let Some((name, v)) = rest.split_once("\"} ") {
+                if let Ok(v) = v.trim().parse::<f64>() {
+                    phases.entry(name.to_string()).or_default().push(v * 1e3);
+                }
+            }
+        }
+    }
+    last
+}
+
+/// Per phase of the agent's event-to-commit time, the samples in milliseconds.
+type Breakdown = std::collections::BTreeMap<String, Vec<f64>>;
+
+/// The phases in the order the agent runs them, each with its median.
+fn breakdown(b: &mut Breakdown) -> String {
+    const ORDER: [&str; 11] = [
+        "debounce", "inputs", "host", "release", "ipam", "plumbing", "view", "render", "delta", "nft", "",
+    ];
+    let mut names: Vec<String> = b.keys().cloned().collect();
+    names.sort_by_key(|n| ORDER.iter().position(|o| o == n).unwrap_or(ORDER.len()));
+    names
+        .iter()
+        .map(|n| {
+            format!(
+                "{n} {:.1}",
+                median(b.get_mut(n).map(Vec::as_mut_slice).unwrap_or(&mut []))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn stats(v: &mut [f64]) -> String {
@@ -419,6 +472,7 @@ fn stats(v: &mut [f64]) -> String {
 #[ignore = "benchmark: run by hand with --ignored --nocapture"]
 fn bench_change_event_to_commit() {
     let _g = serial();
+    let build = release_agents();
     const GROUPS: usize = 20;
     const ROUNDS: usize = 7;
     for n in e2e_sizes() {
@@ -512,12 +566,12 @@ fn bench_change_event_to_commit() {
         });
 
         // 1. A local endpoint added (and removed again between rounds).
-        let (mut agent, mut floor) = (Vec::new(), Vec::new());
+        let (mut agent, mut floor, mut phases) = (Vec::new(), Vec::new(), Breakdown::new());
         for r in 0..ROUNDS {
             let name = format!("x{r}");
             c.workload_ns(&name).expect("workload namespace");
             let y = c.container_yaml(&name, "host1", None, &["g1"]);
-            if let Some(ms) = agent_change(&c, &y, &|c| programmed(c, n + 1)) {
+            if let Some(ms) = agent_change(&c, &y, &|c| programmed(c, n + 1), &mut phases) {
                 agent.push(ms);
             }
             c.ctl(&["delete", "container", &name]).expect("delete");
@@ -532,16 +586,16 @@ fn bench_change_event_to_commit() {
                 }
             }
         }
-        report_change(n, "local endpoint added", &mut agent, &mut floor);
+        report_change(n, &build, "local endpoint added", &mut agent, &mut floor, &mut phases);
 
         // 2. A remote endpoint added to a group (removed again between rounds).
-        let (mut agent, mut floor) = (Vec::new(), Vec::new());
+        let (mut agent, mut floor, mut phases) = (Vec::new(), Vec::new(), Breakdown::new());
         for r in 0..ROUNDS {
             let y = format!(
                 "apiVersion: calico/v1\nkind: Container\nmetadata: {{name: remote{r}}}\nspec:\n  node: host9\n  netns: /var/run/netns/remote{r}\n  ips: [10.65.250.{}]\n  groups: [g1]\n",
                 r + 1
             );
-            if let Some(ms) = agent_change(&c, &y, &|_| true) {
+            if let Some(ms) = agent_change(&c, &y, &|_| true, &mut phases) {
                 agent.push(ms);
             }
             let count = c.agents["host1"]
@@ -563,10 +617,17 @@ fn bench_change_event_to_commit() {
                 }
             }
         }
-        report_change(n, "remote endpoint added to a group", &mut agent, &mut floor);
+        report_change(
+            n,
+            &build,
+            "remote endpoint added to a group",
+            &mut agent,
+            &mut floor,
+            &mut phases,
+        );
 
         // 3. A policy's rule edited (its port, back and forth).
-        let (mut agent, mut floor) = (Vec::new(), Vec::new());
+        let (mut agent, mut floor, mut phases) = (Vec::new(), Vec::new(), Breakdown::new());
         // nft's `replace rule` trips over the rule's interval set (nft 1.0.6: "BUG:
         // unhandled op 2"), so the floor is the same edit as one transaction that
         // inserts the edited rule in the old one's place and deletes the old one.
@@ -581,7 +642,7 @@ fn bench_change_event_to_commit() {
         };
         for r in 0..ROUNDS {
             let port = if r % 2 == 0 { 81 } else { 80 };
-            if let Some(ms) = agent_change(&c, &policy_yaml(0, port), &|_| true) {
+            if let Some(ms) = agent_change(&c, &policy_yaml(0, port), &|_| true, &mut phases) {
                 agent.push(ms);
             }
             if let Some((ch, (rule, h))) = pol_chain.as_ref().and_then(|ch| Some((ch, handle(ch)?))) {
@@ -603,7 +664,7 @@ fn bench_change_event_to_commit() {
                 }
             }
         }
-        report_change(n, "policy rule edited", &mut agent, &mut floor);
+        report_change(n, &build, "policy rule edited", &mut agent, &mut floor, &mut phases);
     }
 }
 
@@ -615,12 +676,16 @@ fn policy_yaml(k: usize, port: u16) -> String {
     )
 }
 
-fn report_change(n: usize, what: &str, agent: &mut [f64], floor: &mut [f64]) {
+fn report_change(n: usize, build: &str, what: &str, agent: &mut [f64], floor: &mut [f64], phases: &mut Breakdown) {
     let (a, f) = (median(agent), median(floor));
     println!(
-        "BENCH e2e n={n} {what}: agent event-to-commit {} | hand-written nft floor {} | ratio {:.2} (target <= 2)",
+        "BENCH e2e n={n} {what}: agent ({build} build) event-to-commit {} | hand-written nft floor {} | ratio {:.2} (target <= 2)",
         stats(agent),
         stats(floor),
         a / f
+    );
+    println!(
+        "BENCH e2e n={n} {what}: agent's time by phase, medians in ms: {}",
+        breakdown(phases)
     );
 }

@@ -191,6 +191,7 @@ pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> anyhow::R
         }
         triggers.debounce(&mut cache).await;
         dirty = false;
+        let reconcile_started = Instant::now();
         let (report, changed) = rec.reconcile(&cache).await;
         if let Some(ctl) = &cfg.log_control {
             ctl.follow(report.log_level);
@@ -206,6 +207,9 @@ pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> anyhow::R
         // sent nothing (or failed) ends its measurement here too.
         if let (Some(from), Some(to)) = (first_event.take(), report.nft_committed_at) {
             metrics.observe_event_to_commit(to.saturating_duration_since(from));
+            let mut phases = vec![("debounce", reconcile_started.saturating_duration_since(from))];
+            phases.extend(report.to_commit.iter().copied());
+            metrics.set_event_to_commit_phases(&phases);
         }
         let invalid = cache.invalid();
         last_good.persist(&cache);

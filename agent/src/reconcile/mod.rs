@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use calico_render::{NftTable, RouteSpec};
@@ -66,10 +67,14 @@ pub trait Dataplane: Send + Sync {
     fn list_workloads(&self, prefix: &str) -> impl Future<Output = Result<Vec<String>, StepError>> + Send;
     /// Commits nftables commands in nft's own syntax (`nft -f -`) as one transaction.
     fn apply_nft(&self, text: &[u8]) -> impl Future<Output = Result<(), StepError>> + Send;
-    /// Keeps the whole ruleset as last committed where people and `calicoctl diags` read
-    /// it (replaced by rename). A fake dataplane keeps nothing.
-    fn write_nft_file(&self, _json: &[u8]) -> impl Future<Output = Result<(), StepError>> + Send {
-        async { Ok(()) }
+    /// Keeps `table`, just committed, as the whole ruleset where people and `calicoctl
+    /// diags` read it (replaced by rename). Called right after each commit and off the
+    /// path to the next one: the real dataplane hands both tables to a writer thread,
+    /// which prints the newest as JSON, writes it and frees `retired` (the table it
+    /// replaces: freeing 10k endpoints' chains is itself milliseconds). A fake dataplane
+    /// keeps nothing.
+    fn write_nft_file(&self, table: Arc<NftTable>, retired: Option<Arc<NftTable>>) {
+        drop((table, retired));
     }
     fn apply_routes(&self, routes: &[RouteSpec]) -> impl Future<Output = Result<(), StepError>> + Send;
     /// Checks, installs and activates bird.conf.
@@ -163,6 +168,32 @@ pub struct Report {
     pub nft_committed_at: Option<Instant>,
     /// ClusterConfig's logLevel as this reconcile read it.
     pub log_level: Option<calico_schema::LogLevel>,
+    /// Where the time from the reconcile's start to the nftables commit went, step by
+    /// step in order (empty when nothing was committed): what
+    /// `calico_event_to_commit_phase_seconds` shows for the last change.
+    pub to_commit: Vec<(&'static str, Duration)>,
+}
+
+/// Times the steps of a reconcile one after another, for [`Report::to_commit`].
+pub(crate) struct Phases {
+    last: Instant,
+    done: Vec<(&'static str, Duration)>,
+}
+
+impl Phases {
+    pub(crate) fn start() -> Phases {
+        Phases {
+            last: Instant::now(),
+            done: Vec::new(),
+        }
+    }
+
+    /// The step `name` ended now.
+    pub(crate) fn mark(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.done.push((name, now.saturating_duration_since(self.last)));
+        self.last = now;
+    }
 }
 
 /// How many workload setups run at once.
@@ -181,11 +212,17 @@ pub struct Reconciler<D, A, R> {
     assigned: BTreeMap<String, Vec<IpAddr>>,
     /// What was set up, per host interface, so unchanged workloads are not re-plumbed.
     plumbed: BTreeMap<String, PlannedWorkload>,
+    /// The host's workload interfaces were listed (with the whole cache) since the last
+    /// resync or failure: until the next one, `plumbed` is trusted.
+    workloads_listed: bool,
     last_bird: Option<String>,
+    /// The routes as last synced without error; `None` before the first sync, after a
+    /// failure and at a resync (then they are synced again).
+    last_routes: Option<Vec<RouteSpec>>,
     /// The table as last committed to the kernel, which the next delta starts from;
     /// `None` before the first load and after a failed transaction (the next load is
     /// then whole).
-    committed: Option<NftTable>,
+    committed: Option<Arc<NftTable>>,
     /// The periodic check is due: read our table back and compare.
     nft_verify: bool,
     last_statuses: BTreeMap<String, ContainerStatus>,
@@ -204,7 +241,9 @@ impl<D: Dataplane, A: AddressManager, R: WorkloadResolver> Reconciler<D, A, R> {
             claimed: BTreeMap::new(),
             assigned: BTreeMap::new(),
             plumbed: BTreeMap::new(),
+            workloads_listed: false,
             last_bird: None,
+            last_routes: None,
             committed: None,
             nft_verify: false,
             last_statuses: BTreeMap::new(),
@@ -222,7 +261,9 @@ impl<D: Dataplane, A: AddressManager, R: WorkloadResolver> Reconciler<D, A, R> {
     /// (periodic full resync: repairs what was changed behind the agent's back).
     pub fn forget_plumbing(&mut self) {
         self.plumbed.clear();
+        self.workloads_listed = false;
         self.last_bird = None;
+        self.last_routes = None;
         self.nft_verify = true;
         self.host_checked = false;
     }
@@ -230,29 +271,35 @@ impl<D: Dataplane, A: AddressManager, R: WorkloadResolver> Reconciler<D, A, R> {
     /// statuses that changed (to be written to etcd by the caller).
     pub async fn reconcile(&mut self, cache: &Cache) -> (Report, Vec<(String, Option<ContainerStatus>)>) {
         let started = Instant::now();
+        let mut phases = Phases::start();
         let mut report = Report::default();
         let input = plan::Inputs::new(cache.resources());
         report.log_level = input.config.log_level;
         let containers = input.containers();
         let mut statuses: BTreeMap<String, ContainerStatus> = BTreeMap::new();
+        phases.mark("inputs");
 
         self.host_step(&input.prefix, &mut report).await;
+        phases.mark("host");
         self.release_step(cache, &containers, &mut report).await;
+        phases.mark("release");
         let addrs = self
             .address_step(cache, &input, &containers, &mut statuses, &mut report)
             .await;
+        phases.mark("ipam");
 
         let workloads = plan::workloads(&self.node, &input, &containers, &addrs, &statuses, &self.resolver);
         statuses.extend(workloads.unresolved);
         self.workload_step(cache, &input.prefix, &workloads.desired, &mut statuses, &mut report)
             .await;
+        phases.mark("plumbing");
 
         // 4. The three artefacts, from the view of what is programmed now.
         let blocks = cache.node_blocks(&self.node);
         let view = plan::view(&self.node, input.resources, addrs, &statuses, &blocks);
-        self.nft_step(&view, &mut report).await;
-        self.routes_step(&calico_render::render_routes(&view), &mut report)
-            .await;
+        phases.mark("view");
+        self.nft_step(&view, &mut report, &mut phases).await;
+        self.routes_step(calico_render::render_routes(&view), &mut report).await;
         self.bird_step(calico_render::render_bird(&view), &mut report).await;
 
         let changed = self.status_step(statuses, &mut report);

@@ -13,21 +13,23 @@
 //! Kept in a file of its own because the nft transport is the part of the reconcile
 //! that changes most.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use calico_render::{normalize_listing, Delta, NodeView};
 use tracing::{debug, info, warn};
 
-use super::{AddressManager, Dataplane, Reconciler, Report, WorkloadResolver};
+use super::{AddressManager, Dataplane, Phases, Reconciler, Report, WorkloadResolver};
 
 impl<D: Dataplane, A: AddressManager, R: WorkloadResolver> Reconciler<D, A, R> {
     /// Renders the table and makes the kernel's equal to it with the smallest
     /// transaction: nothing when it is unchanged, the delta from the table last
     /// committed, or a whole load at start, after a failed transaction, and when the
     /// periodic check finds the kernel's table is not what was committed.
-    pub(super) async fn nft_step(&mut self, view: &NodeView, report: &mut Report) {
+    pub(super) async fn nft_step(&mut self, view: &NodeView, report: &mut Report, phases: &mut Phases) {
         let table = calico_render::render_nft(view);
         report.nft_rules = table.counts().rules;
+        phases.mark("render");
         let verifying = std::mem::take(&mut self.nft_verify);
         let t = Instant::now();
         let delta = match &self.committed {
@@ -57,9 +59,12 @@ impl<D: Dataplane, A: AddressManager, R: WorkloadResolver> Reconciler<D, A, R> {
             Delta::Patch(patch) => match patch.to_text() {
                 Ok(text) => {
                     report.nft_loads += 1;
+                    phases.mark("delta");
                     match self.dp.apply_nft(text.as_bytes()).await {
                         Ok(()) => {
                             report.nft_committed_at = Some(Instant::now());
+                            phases.mark("nft");
+                            report.to_commit = std::mem::take(&mut phases.done);
                             debug!(commands = patch.len(), bytes = text.len(), "nftables delta committed");
                             patched = true;
                             None
@@ -84,12 +89,17 @@ impl<D: Dataplane, A: AddressManager, R: WorkloadResolver> Reconciler<D, A, R> {
                 report.nft_loads += 1;
                 report.nft_whole_loads += 1;
                 let loaded = match table.to_load_text() {
-                    Ok(text) => self.dp.apply_nft(text.as_bytes()).await.map_err(|e| e.to_string()),
+                    Ok(text) => {
+                        phases.mark("delta");
+                        self.dp.apply_nft(text.as_bytes()).await.map_err(|e| e.to_string())
+                    }
                     Err(e) => Err(e.to_string()),
                 };
                 match loaded {
                     Ok(()) => {
                         report.nft_committed_at = Some(Instant::now());
+                        phases.mark("nft");
+                        report.to_commit = std::mem::take(&mut phases.done);
                         true
                     }
                     Err(e) => {
@@ -102,11 +112,11 @@ impl<D: Dataplane, A: AddressManager, R: WorkloadResolver> Reconciler<D, A, R> {
             }
         };
         if committed {
-            let json = table.to_batch().to_json_bytes();
-            if let Err(e) = self.dp.write_nft_file(&json).await {
-                warn!(error = %e, "could not write the nftables file");
-            }
-            self.committed = Some(table);
+            // The file and the freeing of the table it replaces are the writer's: off the
+            // path from this commit to the next.
+            let table = Arc::new(table);
+            let retired = self.committed.replace(table.clone());
+            self.dp.write_nft_file(table, retired);
         }
         report.nft_duration = t.elapsed();
     }

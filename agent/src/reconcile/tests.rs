@@ -27,6 +27,10 @@ pub(super) struct FakeDp {
     /// The table as the fake kernel lists it: a whole load's table text; tests stand in
     /// for the kernel applying a delta, or tamper with it.
     kernel: Mutex<Option<String>>,
+    /// How many times the workload interfaces were listed.
+    listings: Mutex<usize>,
+    /// How many times the routes were synced.
+    route_syncs: Mutex<usize>,
 }
 
 impl Dataplane for FakeDp {
@@ -48,6 +52,7 @@ impl Dataplane for FakeDp {
         Ok(())
     }
     async fn list_workloads(&self, prefix: &str) -> Result<Vec<String>, StepError> {
+        *self.listings.lock().unwrap() += 1;
         Ok(self
             .ifaces
             .lock()
@@ -67,6 +72,7 @@ impl Dataplane for FakeDp {
         Ok(())
     }
     async fn apply_routes(&self, routes: &[RouteSpec]) -> Result<(), StepError> {
+        *self.route_syncs.lock().unwrap() += 1;
         *self.routes.lock().unwrap() = routes.to_vec();
         Ok(())
     }
@@ -325,9 +331,14 @@ async fn vanished_plumbing_is_not_kept_as_good() {
         1,
         "unchanged workloads are not re-plumbed"
     );
-    // The workload's namespace went away, and its veth with it.
+    // The workload's namespace went away, and its veth with it. A reconcile between
+    // checks trusts what it set up (no listing of every interface per change); the
+    // next full check notices.
     r.dp.ifaces.lock().unwrap().clear();
     r.dp.fail.lock().unwrap().insert("x".into());
+    r.reconcile(&c).await;
+    assert_eq!(r.dp.setups.lock().unwrap().len(), 1, "no check was due");
+    r.forget_plumbing();
     let (report, changed) = r.reconcile(&c).await;
     assert_eq!(
         r.dp.setups.lock().unwrap().len(),
@@ -337,6 +348,57 @@ async fn vanished_plumbing_is_not_kept_as_good() {
     assert_eq!(state_of(&changed, "x").unwrap().state, EndpointState::Error);
     assert_eq!(report.programmed, 0);
     assert!(r.dp.routes.lock().unwrap().is_empty());
+}
+
+/// A change between resyncs does not list every workload interface (O(endpoints));
+/// the first reconcile, a resync and a failed setup do, and a deleted Container's
+/// interface is removed either way.
+#[tokio::test]
+async fn workload_interfaces_are_listed_only_when_a_check_is_due() {
+    let mut r = rec();
+    let listings = |r: &Reconciler<FakeDp, FakeIpam, NetnsOnly>| *r.dp.listings.lock().unwrap();
+    let mut c = cache(&[container("x", Some("10.65.0.9"))]);
+    // A leftover of an earlier run: removed by the first (listing) reconcile.
+    r.dp.ifaces.lock().unwrap().insert("caliold".into());
+    r.reconcile(&c).await;
+    assert_eq!(listings(&r), 1);
+    assert!(!r.dp.ifaces.lock().unwrap().contains("caliold"));
+    let (k, v) = container("y", Some("10.65.0.10"));
+    c.apply(WatchEvent::Put {
+        key: k.to_string(),
+        value: v.into_bytes(),
+        mod_revision: 10,
+    });
+    let (report, _) = r.reconcile(&c).await;
+    assert_eq!(report.programmed, 2);
+    assert_eq!(listings(&r), 1, "a change lists nothing");
+    let yif = r.plumbed.keys().find(|i| r.plumbed[*i].name == "y").cloned().unwrap();
+    c.apply(WatchEvent::Delete {
+        key: k.to_string(),
+        revision: 11,
+    });
+    let (report, _) = r.reconcile(&c).await;
+    assert_eq!(report.programmed, 1);
+    assert_eq!(listings(&r), 1);
+    assert!(
+        !r.dp.ifaces.lock().unwrap().contains(&yif),
+        "the deleted Container's veth is removed"
+    );
+    r.forget_plumbing();
+    r.reconcile(&c).await;
+    assert_eq!(listings(&r), 2, "a resync lists");
+    // A failed setup asks for a check on the next reconcile.
+    r.dp.fail.lock().unwrap().insert("z".into());
+    let (k, v) = container("z", Some("10.65.0.11"));
+    c.apply(WatchEvent::Put {
+        key: k.to_string(),
+        value: v.into_bytes(),
+        mod_revision: 12,
+    });
+    r.reconcile(&c).await;
+    assert_eq!(listings(&r), 2);
+    r.reconcile(&c).await;
+    assert_eq!(listings(&r), 3, "a failure makes the next reconcile list");
 }
 
 #[tokio::test]
@@ -438,4 +500,35 @@ async fn an_address_taken_out_of_the_spec_is_released_and_only_that_one() {
     let c = cache(&[container("x", None), handle(r#""10.65.0.9","fd00::9""#)]);
     r.reconcile(&c).await;
     assert_eq!(r.ipam.released_ips.lock().unwrap().len(), 1);
+}
+
+/// Routes are synced when they change and at a resync, not on every reconcile (a sync
+/// lists every link and route of the host).
+#[tokio::test]
+async fn routes_are_synced_only_when_they_change() {
+    let mut r = rec();
+    let syncs = |r: &Reconciler<FakeDp, FakeIpam, NetnsOnly>| *r.dp.route_syncs.lock().unwrap();
+    let mut c = cache(&[container("x", Some("10.65.0.9"))]);
+    r.reconcile(&c).await;
+    assert_eq!(syncs(&r), 1);
+    r.reconcile(&c).await;
+    assert_eq!(syncs(&r), 1, "unchanged routes are not synced again");
+    let (k, v) = container("y", Some("10.65.0.10"));
+    c.apply(WatchEvent::Put {
+        key: k.to_string(),
+        value: v.into_bytes(),
+        mod_revision: 10,
+    });
+    r.reconcile(&c).await;
+    assert_eq!(syncs(&r), 2);
+    assert!(r
+        .dp
+        .routes
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|rt| rt.dst.to_string() == "10.65.0.10/32"));
+    r.forget_plumbing();
+    r.reconcile(&c).await;
+    assert_eq!(syncs(&r), 3, "a resync syncs them again");
 }

@@ -89,10 +89,27 @@ impl NftTable {
             return Delta::Whole("a map was removed");
         }
 
+        // Every part is walked once, both tables side by side in key order (a merge
+        // join, not a lookup per key: at 10k endpoints the lookups were most of the
+        // delta's time).
         let mut out: Vec<Op<'a>> = Vec::new();
-        // 1. New chains, sets and maps.
-        for name in self.chains.keys().filter(|n| !old.chains.contains_key(*n)) {
-            out.push(Op::AddChain(name));
+        let mut chain_ops: Vec<Op<'a>> = Vec::new();
+        let mut removed: Vec<&'a String> = Vec::new();
+        // 1. New chains, sets and maps (and, on the same walk, the chains' rules for 3
+        // and the removed chains for 5).
+        for j in join(&self.chains, &old.chains) {
+            match j {
+                Joined::New(name, rules) => {
+                    out.push(Op::AddChain(name));
+                    chain_ops.extend(rules.iter().map(|r| Op::AddRule(name, r)));
+                }
+                Joined::Both(_, rules, was) if rules == was => {}
+                Joined::Both(name, rules, _) => {
+                    chain_ops.push(Op::FlushChain(name));
+                    chain_ops.extend(rules.iter().map(|r| Op::AddRule(name, r)));
+                }
+                Joined::Old(name) => removed.push(name),
+            }
         }
         for (name, (ty, elems)) in self.sets.iter().filter(|(n, _)| !old.sets.contains_key(*n)) {
             out.push(Op::AddSet(name, *ty, elems));
@@ -107,27 +124,24 @@ impl NftTable {
             let Some((_, old_elems)) = old.vmaps.get(name) else {
                 continue;
             };
-            let changed: Vec<&'a str> = elems
-                .iter()
-                .filter(|(k, t)| old_elems.get(*k).is_some_and(|ot| ot != *t))
-                .map(|(k, _)| k.as_str())
-                .collect();
+            let (mut changed, mut added, mut gone) = (Vec::new(), Vec::new(), Vec::new());
+            for j in join(elems, old_elems) {
+                match j {
+                    Joined::Both(_, t, ot) if t == ot => {}
+                    Joined::Both(k, t, _) => {
+                        changed.push(k.as_str());
+                        added.push((k.as_str(), t.as_str()));
+                    }
+                    Joined::New(k, t) => added.push((k.as_str(), t.as_str())),
+                    Joined::Old(k) => gone.push(k.as_str()),
+                }
+            }
             if !changed.is_empty() {
                 out.push(Op::DelMapElems(name, changed));
             }
-            let added: Vec<(&'a str, &'a str)> = elems
-                .iter()
-                .filter(|(k, t)| old_elems.get(*k) != Some(*t))
-                .map(|(k, t)| (k.as_str(), t.as_str()))
-                .collect();
             if !added.is_empty() {
                 out.push(Op::AddMapElems(name, added));
             }
-            let gone: Vec<&'a str> = old_elems
-                .keys()
-                .filter(|k| !elems.contains_key(*k))
-                .map(String::as_str)
-                .collect();
             if !gone.is_empty() {
                 map_gone.push((name, gone));
             }
@@ -156,16 +170,7 @@ impl NftTable {
                 out.extend(new.iter().map(|r| Op::AddRule(b.name, r)));
             }
         }
-        for (name, rules) in &self.chains {
-            match old.chains.get(name) {
-                Some(was) if was == rules => {}
-                Some(_) => {
-                    out.push(Op::FlushChain(name));
-                    out.extend(rules.iter().map(|r| Op::AddRule(name, r)));
-                }
-                None => out.extend(rules.iter().map(|r| Op::AddRule(name, r))),
-            }
-        }
+        out.append(&mut chain_ops);
 
         // 4. Elements no longer wanted.
         for (name, gone) in map_gone {
@@ -176,7 +181,6 @@ impl NftTable {
         }
 
         // 5. Removed chains (flushed first: one may jump to another), then removed sets.
-        let removed: Vec<&'a String> = old.chains.keys().filter(|n| !self.chains.contains_key(*n)).collect();
         for name in &removed {
             out.push(Op::FlushChain(name));
         }
@@ -312,6 +316,37 @@ fn element<'a>(cmd: fn(NfListObject<'a>) -> NfCmd<'a>, set: &'a str, elem: Vec<E
 }
 
 /// Elements in `new` and not in `old`, and the other way round.
+/// One key of a merge join of two sorted maps: only in the new one, in both, or only in
+/// the old one.
+enum Joined<'a, K, A, B> {
+    New(&'a K, &'a A),
+    Both(&'a K, &'a A, &'a B),
+    Old(&'a K),
+}
+
+/// Both maps' entries side by side in key order, each map walked once.
+fn join<'a, K: Ord, A, B>(
+    new: &'a std::collections::BTreeMap<K, A>,
+    old: &'a std::collections::BTreeMap<K, B>,
+) -> impl Iterator<Item = Joined<'a, K, A, B>> {
+    let mut n = new.iter().peekable();
+    let mut o = old.iter().peekable();
+    std::iter::from_fn(move || match (n.peek(), o.peek()) {
+        (Some((nk, _)), Some((ok, _))) => match nk.cmp(ok) {
+            std::cmp::Ordering::Less => n.next().map(|(k, a)| Joined::New(k, a)),
+            std::cmp::Ordering::Greater => o.next().map(|(k, _)| Joined::Old(k)),
+            std::cmp::Ordering::Equal => {
+                let (k, a) = n.next()?;
+                let (_, b) = o.next()?;
+                Some(Joined::Both(k, a, b))
+            }
+        },
+        (Some(_), None) => n.next().map(|(k, a)| Joined::New(k, a)),
+        (None, Some(_)) => o.next().map(|(k, _)| Joined::Old(k)),
+        (None, None) => None,
+    })
+}
+
 fn elems_diff(new: &Elems, old: &Elems) -> (Elems, Elems) {
     fn diff<T: Ord + Clone>(a: &BTreeSet<T>, b: &BTreeSet<T>) -> (BTreeSet<T>, BTreeSet<T>) {
         (a.difference(b).cloned().collect(), b.difference(a).cloned().collect())
