@@ -248,7 +248,11 @@ mod tests {
             .unwrap_err();
         let pending = err.downcast_ref::<NotNetworkedYet>().expect("NotNetworkedYet");
         assert_eq!(pending.name, "workload-E");
-        assert!(err.to_string().contains("has CALICO_IP set but no Container resource yet"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("has CALICO_IP set but no Container resource yet"),
+            "{err}"
+        );
         let err = Resolver::new()
             .with_docker(Box::new(SeedDocker(false)))
             .resolve("workload-E", &cs)
